@@ -1,0 +1,4 @@
+//! gearframe: a Gearman job framework on blocking sockets and threads.
+
+pub mod proto;
+pub mod server;

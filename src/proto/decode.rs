@@ -1,0 +1,300 @@
+//! Incremental decoder: push bytes as they arrive, pull whole frames.
+//!
+//! A frame is either a binary packet (the first byte is NUL) or a text admin
+//! line (any other first byte), decided at each frame boundary, so both may be
+//! mixed on one connection. "Need more bytes" is `Ok(None)`, never an error.
+//! The decoder never rescans bytes it has already looked at, and refuses an
+//! oversize body from the header alone, before any of the body is buffered.
+
+use super::error::ProtocolError;
+use super::packet::{HEADER_LEN, Magic, PacketType};
+
+/// Default maximum body size: 64 MiB.
+pub const DEFAULT_MAX_BODY: u32 = 64 << 20;
+/// Default maximum text line length: 64 KiB.
+pub const DEFAULT_MAX_LINE: usize = 64 << 10;
+
+/// One decoded frame, borrowing from the decoder's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// A binary packet; parse its body with [`super::Packet::parse`].
+    Binary {
+        /// `\0REQ` or `\0RES`.
+        magic: Magic,
+        /// Packet type.
+        kind: PacketType,
+        /// The body, `size` bytes.
+        body: &'a [u8],
+    },
+    /// A text line without its line ending (`\n` or `\r\n`).
+    Text(&'a [u8]),
+}
+
+/// The incremental decoder.
+#[derive(Debug)]
+pub struct Decoder {
+    buf: Vec<u8>,
+    /// Start of the first unconsumed byte.
+    pos: usize,
+    /// For a text line in progress: how far (from `pos`) we have looked for `\n`.
+    scanned: usize,
+    max_body: u32,
+    max_line: usize,
+    failed: Option<ProtocolError>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(DEFAULT_MAX_BODY)
+    }
+}
+
+impl Decoder {
+    /// A decoder refusing bodies over `max_body` bytes.
+    pub fn new(max_body: u32) -> Decoder {
+        Decoder {
+            buf: Vec::new(),
+            pos: 0,
+            scanned: 0,
+            max_body,
+            max_line: DEFAULT_MAX_LINE,
+            failed: None,
+        }
+    }
+
+    /// Sets the maximum text line length (without the line ending).
+    pub fn with_max_line(mut self, max_line: usize) -> Decoder {
+        self.max_line = max_line;
+        self
+    }
+
+    /// Bytes buffered but not yet returned as frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.pos > 0 {
+            // Move the partial frame to the front; the bytes before it were
+            // returned already.
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// A spare region of at least `min` bytes at the end of the buffer to
+    /// read into directly; report how much was written with [`Decoder::commit`].
+    pub fn spare(&mut self, min: usize) -> &mut [u8] {
+        if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + min, 0);
+        &mut self.buf[len..]
+    }
+
+    /// Keeps `n` bytes of the region returned by [`Decoder::spare`].
+    pub fn commit(&mut self, spare_len: usize, n: usize) {
+        let n = n.min(spare_len);
+        let new_len = self.buf.len() - spare_len + n;
+        self.buf.truncate(new_len);
+    }
+
+    /// Returns the next whole frame, `Ok(None)` when more bytes are needed.
+    ///
+    /// # Errors
+    /// A [`ProtocolError`] for a bad magic, an unknown type, an oversize body
+    /// or an overlong text line. The stream cannot be resynchronised after an
+    /// error, so every later call returns the same error.
+    pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, ProtocolError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let avail_len = self.buf.len() - self.pos;
+        if avail_len == 0 {
+            return Ok(None);
+        }
+        if self.buf[self.pos] == 0 {
+            if avail_len < HEADER_LEN {
+                return Ok(None);
+            }
+            let (magic, kind, size) = self.check_header()?;
+            let total = HEADER_LEN + size;
+            if avail_len < total {
+                // Make room for the whole frame once, not on every push.
+                let need = total - avail_len;
+                self.buf.reserve(need);
+                return Ok(None);
+            }
+            let start = self.pos + HEADER_LEN;
+            self.pos += total;
+            Ok(Some(Frame::Binary { magic, kind, body: &self.buf[start..start + size] }))
+        } else {
+            let avail = &self.buf[self.pos..];
+            let from = self.scanned;
+            match avail[from..].iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    let nl = from + i;
+                    if nl > self.max_line + 1 {
+                        return Err(self.fail(ProtocolError::LineTooLong { max: self.max_line }));
+                    }
+                    let start = self.pos;
+                    let mut end = start + nl;
+                    if end > start && self.buf[end - 1] == b'\r' {
+                        end -= 1;
+                    }
+                    self.pos += nl + 1;
+                    self.scanned = 0;
+                    Ok(Some(Frame::Text(&self.buf[start..end])))
+                }
+                None => {
+                    self.scanned = avail_len;
+                    if avail_len > self.max_line + 1 {
+                        return Err(self.fail(ProtocolError::LineTooLong { max: self.max_line }));
+                    }
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    fn check_header(&mut self) -> Result<(Magic, PacketType, usize), ProtocolError> {
+        let h = &self.buf[self.pos..self.pos + HEADER_LEN];
+        let magic_bytes = [h[0], h[1], h[2], h[3]];
+        let kind = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+        let size = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+        let Some(magic) = Magic::from_bytes(magic_bytes) else {
+            return Err(self.fail(ProtocolError::BadMagic(magic_bytes)));
+        };
+        let Some(kind) = PacketType::from_u32(kind) else {
+            return Err(self.fail(ProtocolError::UnknownType(kind)));
+        };
+        if size > self.max_body {
+            return Err(self.fail(ProtocolError::BodyTooLarge { size: size as u64, max: self.max_body }));
+        }
+        Ok((magic, kind, size as usize))
+    }
+
+    fn fail(&mut self, e: ProtocolError) -> ProtocolError {
+        self.failed = Some(e.clone());
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::packet::{Packet, Priority, SubmitKind};
+
+    fn sample_stream() -> (Vec<u8>, usize) {
+        let mut out = Vec::new();
+        let packets = [
+            Packet::CanDo { function: b"reverse" },
+            Packet::Submit {
+                kind: SubmitKind { priority: Priority::High, background: true },
+                function: b"f",
+                unique: b"u",
+                data: b"d\0ata",
+            },
+            Packet::GrabJobUniq,
+            Packet::WorkComplete { handle: b"H:x:1", data: b"" },
+        ];
+        for p in packets {
+            p.encode(Magic::Req, &mut out).unwrap();
+        }
+        out.extend_from_slice(b"status\r\n");
+        Packet::EchoRes { data: b"ping" }.encode(Magic::Res, &mut out).unwrap();
+        out.extend_from_slice(b"show jobs\n");
+        (out, 7)
+    }
+
+    fn collect(d: &mut Decoder, out: &mut Vec<String>) {
+        while let Some(f) = d.next_frame().unwrap() {
+            out.push(match f {
+                Frame::Binary { magic, kind, body } => format!("{magic:?} {kind} {body:?}"),
+                Frame::Text(t) => format!("text {}", String::from_utf8_lossy(t)),
+            });
+        }
+    }
+
+    #[test]
+    fn every_split_point_gives_the_same_frames() {
+        let (stream, count) = sample_stream();
+        let mut whole = Decoder::default();
+        whole.push(&stream);
+        let mut expected = Vec::new();
+        collect(&mut whole, &mut expected);
+        assert_eq!(expected.len(), count);
+        for cut in 0..=stream.len() {
+            let mut d = Decoder::default();
+            let mut got = Vec::new();
+            d.push(&stream[..cut]);
+            collect(&mut d, &mut got);
+            d.push(&stream[cut..]);
+            collect(&mut d, &mut got);
+            assert_eq!(got, expected, "split at {cut}");
+            assert_eq!(d.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn byte_by_byte() {
+        let (stream, count) = sample_stream();
+        let mut d = Decoder::default();
+        let mut got = Vec::new();
+        for b in &stream {
+            d.push(std::slice::from_ref(b));
+            collect(&mut d, &mut got);
+        }
+        assert_eq!(got.len(), count);
+    }
+
+    #[test]
+    fn oversize_body_refused_from_header() {
+        let mut d = Decoder::new(100);
+        let mut h = b"\0REQ".to_vec();
+        h.extend_from_slice(&7u32.to_be_bytes());
+        h.extend_from_slice(&101u32.to_be_bytes());
+        d.push(&h);
+        assert_eq!(d.next_frame(), Err(ProtocolError::BodyTooLarge { size: 101, max: 100 }));
+        assert_eq!(d.buffered(), 12);
+    }
+
+    #[test]
+    fn bad_magic_and_unknown_type() {
+        let mut d = Decoder::default();
+        d.push(b"\0XYZ\0\0\0\x01\0\0\0\0");
+        assert_eq!(d.next_frame(), Err(ProtocolError::BadMagic(*b"\0XYZ")));
+        let mut d = Decoder::default();
+        d.push(b"\0REQ\0\0\0\x2b\0\0\0\0");
+        assert_eq!(d.next_frame(), Err(ProtocolError::UnknownType(43)));
+        let mut d = Decoder::default();
+        d.push(b"\0REQ\0\0\0\0\0\0\0\0");
+        assert_eq!(d.next_frame(), Err(ProtocolError::UnknownType(0)));
+    }
+
+    #[test]
+    fn long_line_refused() {
+        let mut d = Decoder::default().with_max_line(10);
+        d.push(b"0123456789");
+        assert_eq!(d.next_frame(), Ok(None));
+        d.push(b"\n");
+        assert_eq!(d.next_frame(), Ok(Some(Frame::Text(b"0123456789"))));
+        d.push(b"0123456789abc");
+        assert_eq!(d.next_frame(), Err(ProtocolError::LineTooLong { max: 10 }));
+    }
+
+    #[test]
+    fn spare_and_commit_read_in_place() {
+        let mut d = Decoder::default();
+        let s = d.spare(64);
+        s[..7].copy_from_slice(b"status\n");
+        let len = s.len();
+        d.commit(len, 7);
+        assert_eq!(d.next_frame(), Ok(Some(Frame::Text(b"status"))));
+        assert_eq!(d.buffered(), 0);
+    }
+}
