@@ -1,4 +1,11 @@
 //! gearframe: a Gearman job framework on blocking sockets and threads.
+//!
+//! - [`proto`]: the binary and text protocol as pure functions over bytes.
+//! - [`server`]: an embedded job server, a drop-in for gearmand.
+//! - [`config`]: the config.yaml model.
+//!
+//! The library logs through the `log` facade and never installs a logger.
 
+pub mod config;
 pub mod proto;
 pub mod server;

@@ -91,7 +91,8 @@ fn limit(t: &[u8]) -> u32 {
 }
 
 fn error_args(word: &[u8]) -> Vec<u8> {
-    let mut v = b"ERR INVALID_ARGUMENTS An+incomplete+set+of+arguments+was+sent+to+this+command+".to_vec();
+    let mut v =
+        b"ERR INVALID_ARGUMENTS An+incomplete+set+of+arguments+was+sent+to+this+command+".to_vec();
     v.extend_from_slice(word);
     v.extend_from_slice(b"\r\n");
     v

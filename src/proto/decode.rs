@@ -173,7 +173,9 @@ impl Decoder {
             return Err(self.fail(ProtocolError::UnknownType(kind)));
         };
         if size > self.max_body {
-            return Err(self.fail(ProtocolError::BodyTooLarge { size: size as u64, max: self.max_body }));
+            return Err(
+                self.fail(ProtocolError::BodyTooLarge { size: size as u64, max: self.max_body })
+            );
         }
         Ok((magic, kind, size as usize))
     }

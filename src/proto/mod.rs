@@ -15,4 +15,6 @@ mod packet;
 
 pub use decode::{DEFAULT_MAX_BODY, DEFAULT_MAX_LINE, Decoder, Frame};
 pub use error::ProtocolError;
-pub use packet::{ArgList, HEADER_LEN, Magic, Packet, PacketType, Priority, SubmitKind, encode_raw};
+pub use packet::{
+    ArgList, HEADER_LEN, Magic, Packet, PacketType, Priority, SubmitKind, encode_raw,
+};

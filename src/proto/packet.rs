@@ -297,25 +297,58 @@ impl SubmitKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(missing_docs)] // the fields are the protocol's argument names
 pub enum Packet<'a> {
-    CanDo { function: &'a [u8] },
-    CantDo { function: &'a [u8] },
+    CanDo {
+        function: &'a [u8],
+    },
+    CantDo {
+        function: &'a [u8],
+    },
     ResetAbilities,
     PreSleep,
     Unused,
     Noop,
     /// SUBMIT_JOB, SUBMIT_JOB_BG, SUBMIT_JOB_HIGH(_BG), SUBMIT_JOB_LOW(_BG).
-    Submit { kind: SubmitKind, function: &'a [u8], unique: &'a [u8], data: &'a [u8] },
-    JobCreated { handle: &'a [u8] },
+    Submit {
+        kind: SubmitKind,
+        function: &'a [u8],
+        unique: &'a [u8],
+        data: &'a [u8],
+    },
+    JobCreated {
+        handle: &'a [u8],
+    },
     GrabJob,
     NoJob,
-    JobAssign { handle: &'a [u8], function: &'a [u8], data: &'a [u8] },
-    WorkStatus { handle: &'a [u8], numerator: &'a [u8], denominator: &'a [u8] },
-    WorkComplete { handle: &'a [u8], data: &'a [u8] },
-    WorkFail { handle: &'a [u8] },
-    GetStatus { handle: &'a [u8] },
-    EchoReq { data: &'a [u8] },
-    EchoRes { data: &'a [u8] },
-    Error { code: &'a [u8], text: &'a [u8] },
+    JobAssign {
+        handle: &'a [u8],
+        function: &'a [u8],
+        data: &'a [u8],
+    },
+    WorkStatus {
+        handle: &'a [u8],
+        numerator: &'a [u8],
+        denominator: &'a [u8],
+    },
+    WorkComplete {
+        handle: &'a [u8],
+        data: &'a [u8],
+    },
+    WorkFail {
+        handle: &'a [u8],
+    },
+    GetStatus {
+        handle: &'a [u8],
+    },
+    EchoReq {
+        data: &'a [u8],
+    },
+    EchoRes {
+        data: &'a [u8],
+    },
+    Error {
+        code: &'a [u8],
+        text: &'a [u8],
+    },
     StatusRes {
         handle: &'a [u8],
         known: &'a [u8],
@@ -323,16 +356,39 @@ pub enum Packet<'a> {
         numerator: &'a [u8],
         denominator: &'a [u8],
     },
-    SetClientId { id: &'a [u8] },
-    CanDoTimeout { function: &'a [u8], timeout: &'a [u8] },
+    SetClientId {
+        id: &'a [u8],
+    },
+    CanDoTimeout {
+        function: &'a [u8],
+        timeout: &'a [u8],
+    },
     AllYours,
-    WorkException { handle: &'a [u8], data: &'a [u8] },
-    OptionReq { option: &'a [u8] },
-    OptionRes { option: &'a [u8] },
-    WorkData { handle: &'a [u8], data: &'a [u8] },
-    WorkWarning { handle: &'a [u8], data: &'a [u8] },
+    WorkException {
+        handle: &'a [u8],
+        data: &'a [u8],
+    },
+    OptionReq {
+        option: &'a [u8],
+    },
+    OptionRes {
+        option: &'a [u8],
+    },
+    WorkData {
+        handle: &'a [u8],
+        data: &'a [u8],
+    },
+    WorkWarning {
+        handle: &'a [u8],
+        data: &'a [u8],
+    },
     GrabJobUniq,
-    JobAssignUniq { handle: &'a [u8], function: &'a [u8], unique: &'a [u8], data: &'a [u8] },
+    JobAssignUniq {
+        handle: &'a [u8],
+        function: &'a [u8],
+        unique: &'a [u8],
+        data: &'a [u8],
+    },
     SubmitJobSched {
         function: &'a [u8],
         unique: &'a [u8],
@@ -343,7 +399,12 @@ pub enum Packet<'a> {
         wday: &'a [u8],
         data: &'a [u8],
     },
-    SubmitJobEpoch { function: &'a [u8], unique: &'a [u8], epoch: &'a [u8], data: &'a [u8] },
+    SubmitJobEpoch {
+        function: &'a [u8],
+        unique: &'a [u8],
+        epoch: &'a [u8],
+        data: &'a [u8],
+    },
     SubmitReduceJob {
         background: bool,
         function: &'a [u8],
@@ -360,7 +421,9 @@ pub enum Packet<'a> {
         reducer: &'a [u8],
         data: &'a [u8],
     },
-    GetStatusUnique { unique: &'a [u8] },
+    GetStatusUnique {
+        unique: &'a [u8],
+    },
     StatusResUnique {
         unique: &'a [u8],
         known: &'a [u8],
@@ -420,10 +483,8 @@ impl<'a> Packet<'a> {
             | T::SubmitJobLow
             | T::SubmitJobLowBg => {
                 let [function, unique, data] = args!(3);
-                let kind = SubmitKind::of(kind).unwrap_or(SubmitKind {
-                    priority: Priority::Normal,
-                    background: false,
-                });
+                let kind = SubmitKind::of(kind)
+                    .unwrap_or(SubmitKind { priority: Priority::Normal, background: false });
                 Packet::Submit { kind, function, unique, data }
             }
             T::JobCreated => Packet::JobCreated { handle: body },
@@ -774,10 +835,7 @@ mod tests {
             data: b"test",
         };
         let bytes = p.to_vec(Magic::Req);
-        assert_eq!(
-            bytes,
-            b"\0REQ\x00\x00\x00\x07\x00\x00\x00\x0dreverse\x00\x00test".to_vec()
-        );
+        assert_eq!(bytes, b"\0REQ\x00\x00\x00\x07\x00\x00\x00\x0dreverse\x00\x00test".to_vec());
     }
 
     #[test]

@@ -1,27 +1,75 @@
-//! The embedded job server (work in progress: API only).
+//! The embedded job server: a drop-in for gearmand on blocking sockets and
+//! threads.
+//!
+//! ```text
+//!             accept thread ──spawns──▶ per connection: reader thread ──▶ writer thread
+//!                                              │  decode, lock state,         ▲
+//!                                              │  apply, append replies ──────┘ (outboxes of
+//!                                              ▼                                 any connection)
+//!                           Mutex<State>  ◀── timer thread (CAN_DO_TIMEOUT, epoch jobs)
+//! ```
+//!
+//! One mutex guards all queues and registrations, so commands apply in one
+//! order as in gearmand's single processing thread; no socket I/O ever
+//! happens under it. Replies are appended to a bounded per-connection outbox
+//! and written by that connection's writer thread in as few writes as
+//! possible; a peer that stops reading is disconnected once its outbox is
+//! full, and cannot stall anyone else.
+//!
+//! ```no_run
+//! use gearframe::server::{Server, ServerConfig};
+//! let server = Server::bind(ServerConfig { listen: "127.0.0.1:0".into(), ..Default::default() })?;
+//! println!("listening on {}", server.local_addr());
+//! server.shutdown();
+//! server.join();
+//! # Ok::<(), std::io::Error>(())
+//! ```
 
-use std::io;
-use std::net::SocketAddr;
+mod admin;
+mod dispatch;
+mod outbox;
+mod state;
 
-/// Server settings.
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use outbox::Outbox;
+use state::{Control, Settings, State};
+
+use crate::proto::{DEFAULT_MAX_LINE, Decoder};
+
+/// Server settings. Every field has a default that matches gearmand where
+/// gearmand has the option.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Address to listen on, such as `127.0.0.1:4730` or `127.0.0.1:0`.
     pub listen: String,
-    /// Drop a job after it was started this many times (0 = unlimited).
+    /// Drop a job once it was started this many times (0 = unlimited, as in
+    /// gearmand 1.1).
     pub job_retries: u32,
     /// NOOPs sent per queued job (0 = wake every sleeping worker).
     pub worker_wakeup: u32,
-    /// Rotate the function order of each worker after every grab.
+    /// Rotate the function order of a worker after every job it is given.
     pub round_robin: bool,
-    /// Prefix of job handles (default `H:<hostname>`).
+    /// Prefix of job handles (default `H:<hostname>`); handles are `PREFIX:N`.
     pub job_handle_prefix: Option<String>,
-    /// Largest accepted packet body in bytes.
+    /// Largest accepted packet body in bytes; a larger one is refused from
+    /// its header with `ARGUMENT_TOO_LARGE` and the connection is closed.
     pub max_packet_size: u32,
-    /// Most connections served at once.
+    /// Most connections served at once; further ones are closed on accept.
     pub max_connections: usize,
     /// Every connection starts with the `exceptions` option on.
     pub exceptions: bool,
+    /// Bytes a connection may have waiting to be written before it is
+    /// considered dead and disconnected.
+    pub max_outbox: usize,
+    /// How long one write to a peer may block before it is disconnected.
+    pub write_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -35,34 +83,383 @@ impl Default for ServerConfig {
             max_packet_size: crate::proto::DEFAULT_MAX_BODY,
             max_connections: 10_000,
             exceptions: false,
+            max_outbox: 256 << 20,
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
 
-/// A running server.
-#[derive(Debug)]
-pub struct ServerHandle {
-    addr: SocketAddr,
+/// The host name, for the default job handle prefix.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
-/// Entry point.
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    /// Paired with `state`: wakes the timer thread when an earlier deadline
+    /// is added, and the accept thread when the server must stop.
+    timer_cv: Condvar,
+    stop_cv: Condvar,
+    stop: AtomicBool,
+    graceful: AtomicBool,
+    timer_quit: AtomicBool,
+    wake_addr: SocketAddr,
+    config: ServerConfig,
+    active: AtomicUsize,
+    next_conn: AtomicU64,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Acts on what applying commands asked for: timer changes, stop requests.
+    fn after_apply(&self, st: &mut State) {
+        if st.timers_changed {
+            st.timers_changed = false;
+            self.timer_cv.notify_one();
+        }
+        if st.lifecycle.graceful && !self.graceful.swap(true, Ordering::SeqCst) {
+            self.wake_acceptor();
+        }
+        if st.lifecycle.stop && !self.stop.swap(true, Ordering::SeqCst) {
+            self.stop_cv.notify_all();
+            self.wake_acceptor();
+        }
+    }
+
+    /// Unblocks `accept()` by connecting to our own listening address.
+    fn wake_acceptor(&self) {
+        let _ = TcpStream::connect_timeout(&self.wake_addr, Duration::from_secs(1));
+    }
+}
+
+/// Entry point: [`Server::bind`].
 #[derive(Debug)]
 pub struct Server;
 
 impl Server {
-    /// Binds and starts serving on background threads.
-    pub fn bind(_config: ServerConfig) -> io::Result<ServerHandle> {
-        Err(io::Error::other("server not implemented yet"))
+    /// Binds the listening socket and starts serving on background threads.
+    ///
+    /// # Errors
+    /// The address cannot be parsed or bound, or a thread cannot be started.
+    pub fn bind(config: ServerConfig) -> io::Result<ServerHandle> {
+        let listener = TcpListener::bind(config.listen.as_str()).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
+        })?;
+        let addr = listener.local_addr()?;
+        let wake_ip = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let prefix =
+            config.job_handle_prefix.clone().unwrap_or_else(|| format!("H:{}", hostname()));
+        let settings = Settings {
+            job_retries: config.job_retries,
+            worker_wakeup: config.worker_wakeup,
+            round_robin: config.round_robin,
+            handle_prefix: prefix.into_bytes(),
+            exceptions: config.exceptions,
+        };
+        let mut state = State::new(settings);
+        state.verbose = match log::max_level() {
+            log::LevelFilter::Off => "FATAL",
+            log::LevelFilter::Error => "ERROR",
+            log::LevelFilter::Warn => "WARNING",
+            log::LevelFilter::Info => "INFO",
+            _ => "DEBUG",
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            timer_cv: Condvar::new(),
+            stop_cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+            graceful: AtomicBool::new(false),
+            timer_quit: AtomicBool::new(false),
+            wake_addr: SocketAddr::new(wake_ip, addr.port()),
+            config,
+            active: AtomicUsize::new(0),
+            next_conn: AtomicU64::new(1),
+        });
+        let timer = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("gearframe-timer".into())
+                .spawn(move || run_timer(&shared))?
+        };
+        let acceptor = {
+            let shared = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("gearframe-accept".into())
+                .spawn(move || run_acceptor(&shared, listener, timer))?
+        };
+        log::info!("listening on {addr}");
+        Ok(ServerHandle { addr, shared, acceptor: Some(acceptor) })
+    }
+}
+
+/// A running server. Dropping it stops the server and waits for its threads.
+#[derive(Debug)]
+pub struct ServerHandle {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+/// A cloneable way to stop a server from another thread (a signal handler).
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    shared: Arc<Shared>,
+}
+
+impl Stopper {
+    /// Stops at once: the listener and every connection close.
+    pub fn shutdown(&self) {
+        let mut st = self.shared.lock();
+        st.lifecycle.stop = true;
+        self.shared.after_apply(&mut st);
+    }
+
+    /// Stops accepting connections and stops once no job is left.
+    pub fn shutdown_graceful(&self) {
+        let mut st = self.shared.lock();
+        st.lifecycle.graceful = true;
+        if st.jobs.is_empty() {
+            st.lifecycle.stop = true;
+        }
+        self.shared.after_apply(&mut st);
     }
 }
 
 impl ServerHandle {
-    /// The bound address.
+    /// The bound address (with the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
-    /// Stops at once: closes the listener and every connection.
-    pub fn shutdown(&self) {}
-    /// Waits for every thread to finish.
-    pub fn join(self) {}
+
+    /// A handle that can stop the server from elsewhere.
+    pub fn stopper(&self) -> Stopper {
+        Stopper { shared: Arc::clone(&self.shared) }
+    }
+
+    /// Stops at once: the listener and every connection close.
+    pub fn shutdown(&self) {
+        self.stopper().shutdown();
+    }
+
+    /// Stops accepting connections, then stops once no job is left.
+    pub fn shutdown_graceful(&self) {
+        self.stopper().shutdown_graceful();
+    }
+
+    /// True once a stop was requested (by a signal, the API or `shutdown`).
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the server has stopped and every thread is joined.
+    pub fn join(mut self) {
+        self.join_inner();
+    }
+
+    fn join_inner(&mut self) {
+        if let Some(h) = self.acceptor.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.acceptor.is_some() {
+            self.shutdown();
+            self.join_inner();
+        }
+    }
+}
+
+fn run_timer(shared: &Shared) {
+    let mut st = shared.lock();
+    loop {
+        if shared.timer_quit.load(Ordering::SeqCst) {
+            return;
+        }
+        let now = Instant::now();
+        let next = st.run_timers(now);
+        st.timers_changed = false;
+        shared.after_apply(&mut st);
+        st = match next {
+            Some(at) => {
+                let wait = at.saturating_duration_since(Instant::now());
+                shared.timer_cv.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner()).0
+            }
+            None => shared.timer_cv.wait(st).unwrap_or_else(|e| e.into_inner()),
+        };
+    }
+}
+
+fn run_acceptor(shared: &Arc<Shared>, listener: TcpListener, timer: JoinHandle<()>) {
+    let mut conns: Vec<JoinHandle<()>> = Vec::new();
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) || shared.graceful.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("accept failed: {e}");
+                // Out of file descriptors and similar: back off briefly.
+                thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
+        conns.retain(|h| !h.is_finished());
+        if shared.active.load(Ordering::SeqCst) >= shared.config.max_connections {
+            log::warn!(
+                "connection refused: {} connections already open",
+                shared.config.max_connections
+            );
+            let _ = stream.shutdown(Shutdown::Both);
+            continue;
+        }
+        shared.active.fetch_add(1, Ordering::SeqCst);
+        let s = Arc::clone(shared);
+        let spawned = thread::Builder::new()
+            .name("gearframe-conn".into())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                serve_connection(&s, stream);
+                s.active.fetch_sub(1, Ordering::SeqCst);
+            });
+        match spawned {
+            Ok(h) => conns.push(h),
+            Err(e) => {
+                shared.active.fetch_sub(1, Ordering::SeqCst);
+                log::error!("cannot start a connection thread: {e}");
+            }
+        }
+    }
+    drop(listener);
+    // Graceful: keep serving until the last job is gone.
+    {
+        let mut st = shared.lock();
+        while !st.lifecycle.stop {
+            st = shared.stop_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        shared.stop.store(true, Ordering::SeqCst);
+        for c in st.conns.values() {
+            c.out.close();
+            c.out.shutdown_socket();
+        }
+    }
+    for h in conns {
+        let _ = h.join();
+    }
+    shared.timer_quit.store(true, Ordering::SeqCst);
+    {
+        let _st = shared.lock();
+        shared.timer_cv.notify_all();
+    }
+    let _ = timer.join();
+    log::info!("server stopped");
+}
+
+fn serve_connection(shared: &Shared, mut stream: TcpStream) {
+    let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
+    let peer = stream.peer_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_write_timeout(Some(shared.config.write_timeout));
+    let out = Arc::new(Outbox::new(stream.try_clone().ok(), shared.config.max_outbox));
+    let writer_stream = match stream.try_clone() {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("cannot clone socket: {e}");
+            return;
+        }
+    };
+    {
+        let mut st = shared.lock();
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let ip = peer.map_or_else(|| "-".to_string(), |p| p.ip().to_string());
+        let loopback = peer.is_some_and(|p| p.ip().is_loopback());
+        st.add_conn(id, i64::from(stream.as_raw_fd()), ip, loopback, Arc::clone(&out));
+    }
+    log::debug!("conn={id} connected peer={peer:?}");
+    let writer = {
+        let out = Arc::clone(&out);
+        thread::Builder::new()
+            .name("gearframe-write".into())
+            .stack_size(128 << 10)
+            .spawn(move || out.run_writer(writer_stream))
+    };
+    let writer = match writer {
+        Ok(w) => Some(w),
+        Err(e) => {
+            log::error!("cannot start a writer thread: {e}");
+            None
+        }
+    };
+    if writer.is_some() {
+        read_loop(shared, id, &mut stream);
+    }
+    {
+        let mut st = shared.lock();
+        st.remove_conn(id);
+        shared.after_apply(&mut st);
+    }
+    out.close();
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    let _ = stream.shutdown(Shutdown::Both);
+    log::debug!("conn={id} closed");
+}
+
+fn read_loop(shared: &Shared, id: u64, stream: &mut TcpStream) {
+    let mut dec = Decoder::new(shared.config.max_packet_size).with_max_line(DEFAULT_MAX_LINE);
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::debug!("conn={id} read failed: {e}");
+                return;
+            }
+        };
+        dec.push(&buf[..n]);
+        let mut st = shared.lock();
+        let mut close = false;
+        loop {
+            match dec.next_frame() {
+                Ok(Some(frame)) => {
+                    if st.handle_frame(id, frame) == Control::Close {
+                        close = true;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    st.protocol_error(id, &e);
+                    close = true;
+                    break;
+                }
+            }
+        }
+        shared.after_apply(&mut st);
+        drop(st);
+        if close {
+            return;
+        }
+    }
 }

@@ -1,0 +1,79 @@
+//! `gearframe server`.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use gearframe::config::{Config, parse_duration};
+use gearframe::server::Server;
+
+use super::Failure;
+
+/// Options of `gearframe server`; each overrides the `server:` key of the
+/// same name in config.yaml.
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// Address to listen on [default: 127.0.0.1:4730].
+    #[arg(short = 'L', long, value_name = "HOST:PORT")]
+    listen: Option<String>,
+    /// Drop a job once it was started N times (0 = unlimited).
+    #[arg(short = 'j', long, value_name = "N")]
+    job_retries: Option<u32>,
+    /// NOOPs sent per queued job (0 = wake every sleeping worker).
+    #[arg(short = 'w', long, value_name = "N")]
+    worker_wakeup: Option<u32>,
+    /// Rotate each worker's function order after every job.
+    #[arg(short = 'R', long)]
+    round_robin: bool,
+    /// Job handle prefix [default: H:<hostname>].
+    #[arg(long, value_name = "PREFIX")]
+    job_handle_prefix: Option<String>,
+    /// Largest packet body accepted, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_packet_size: Option<u32>,
+    /// Most connections served at once.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Every connection starts with the `exceptions` option on.
+    #[arg(long)]
+    exceptions: bool,
+    /// How long one write to a peer may block before it is disconnected (e.g. 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    write_timeout: Option<std::time::Duration>,
+}
+
+pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure> {
+    let mut cfg = config.server.to_server_config();
+    if let Some(v) = args.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = args.job_retries {
+        cfg.job_retries = v;
+    }
+    if let Some(v) = args.worker_wakeup {
+        cfg.worker_wakeup = v;
+    }
+    cfg.round_robin |= args.round_robin;
+    if let Some(v) = args.job_handle_prefix {
+        cfg.job_handle_prefix = Some(v);
+    }
+    if let Some(v) = args.max_packet_size {
+        cfg.max_packet_size = v;
+    }
+    if let Some(v) = args.max_connections {
+        cfg.max_connections = v;
+    }
+    cfg.exceptions |= args.exceptions;
+    if let Some(v) = args.write_timeout {
+        cfg.write_timeout = v;
+    }
+    let server = Server::bind(cfg)?;
+    let stopper = server.stopper();
+    ctrlc::set_handler(move || {
+        log::info!("signal received: stopping");
+        stopper.shutdown();
+    })
+    .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;
+    eprintln!("gearframe server listening on {}", server.local_addr());
+    server.join();
+    Ok(ExitCode::SUCCESS)
+}

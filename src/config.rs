@@ -1,0 +1,189 @@
+//! config.yaml: the file model, its defaults, and validation with errors
+//! that name the key to fix.
+//!
+//! Unknown keys are errors. Durations are written with a unit: `500ms`,
+//! `15s`, `2m`, `1h`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The `server:` section.
+    pub server: ServerSection,
+}
+
+/// The `server:` section; each key mirrors a `gearframe server` option.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on.
+    pub listen: String,
+    /// Drop a job once it was started this many times (0 = unlimited).
+    pub job_retries: u32,
+    /// NOOPs per queued job (0 = wake every sleeping worker).
+    pub worker_wakeup: u32,
+    /// Rotate each worker's function order after every job.
+    pub round_robin: bool,
+    /// Job handle prefix (default `H:<hostname>`).
+    pub job_handle_prefix: Option<String>,
+    /// Largest packet body accepted, in bytes.
+    pub max_packet_size: u32,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Every connection starts with the `exceptions` option on.
+    pub exceptions: bool,
+    /// How long one write to a peer may block before it is disconnected.
+    pub write_timeout: DurationStr,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        let d = crate::server::ServerConfig::default();
+        ServerSection {
+            listen: d.listen,
+            job_retries: d.job_retries,
+            worker_wakeup: d.worker_wakeup,
+            round_robin: d.round_robin,
+            job_handle_prefix: d.job_handle_prefix,
+            max_packet_size: d.max_packet_size,
+            max_connections: d.max_connections,
+            exceptions: d.exceptions,
+            write_timeout: DurationStr(d.write_timeout),
+        }
+    }
+}
+
+impl ServerSection {
+    /// The server settings this section describes.
+    pub fn to_server_config(&self) -> crate::server::ServerConfig {
+        crate::server::ServerConfig {
+            listen: self.listen.clone(),
+            job_retries: self.job_retries,
+            worker_wakeup: self.worker_wakeup,
+            round_robin: self.round_robin,
+            job_handle_prefix: self.job_handle_prefix.clone(),
+            max_packet_size: self.max_packet_size,
+            max_connections: self.max_connections,
+            exceptions: self.exceptions,
+            write_timeout: self.write_timeout.0,
+            ..Default::default()
+        }
+    }
+}
+
+/// A duration written with a unit in the file (`500ms`, `15s`, `2m`, `1h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationStr(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(DurationStr).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `500ms`, `15s`, `1.5s`, `2m`, `1h`, or `0`.
+///
+/// # Errors
+/// A message naming the value and the accepted forms.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || {
+        format!("invalid duration `{s}`: write a number with a unit, such as 500ms, 15s, 2m or 1h")
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Why a config file could not be used.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a file.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not valid YAML, has an unknown key or a
+    /// bad value; the message names the file and the key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
+        Config::parse(&text).map_err(|e| ConfigError(format!("config {}: {}", path.display(), e.0)))
+    }
+
+    /// Parses YAML text.
+    ///
+    /// # Errors
+    /// Invalid YAML, an unknown key, or a bad value.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let cfg: Config = serde_yaml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::parse("server:\n  listn: 1.2.3.4:1\n").unwrap_err();
+        assert!(e.0.contains("listn"), "{}", e.0);
+        let e = Config::parse("sever: {}\n").unwrap_err();
+        assert!(e.0.contains("sever"), "{}", e.0);
+    }
+
+    #[test]
+    fn server_section() {
+        let c = Config::parse(
+            "server:\n  listen: 127.0.0.1:0\n  job_retries: 3\n  write_timeout: 2s\n",
+        )
+        .unwrap();
+        let s = c.server.to_server_config();
+        assert_eq!(s.listen, "127.0.0.1:0");
+        assert_eq!(s.job_retries, 3);
+        assert_eq!(s.write_timeout, Duration::from_secs(2));
+    }
+}

@@ -1,0 +1,142 @@
+//! Admin text commands: replies rendered byte for byte as gearmand renders
+//! them (see the protocol reference, section 3).
+
+use std::io::Write;
+
+use super::state::{ConnId, Control, State};
+use crate::proto::admin::{AdminRequest, parse_request};
+
+impl State {
+    /// Applies one admin line and queues its reply.
+    pub(crate) fn admin(&mut self, conn: ConnId, line: &[u8]) -> Control {
+        let req = parse_request(line);
+        log::debug!("conn={conn} admin {:?}", String::from_utf8_lossy(line));
+        let mut out = Vec::new();
+        match req {
+            AdminRequest::TooManyTokens => return Control::Close,
+            AdminRequest::Invalid(reply) => out = reply,
+            AdminRequest::Workers => self.render_workers(&mut out),
+            AdminRequest::Status => self.render_status(&mut out),
+            AdminRequest::PriorityStatus => self.render_priority_status(&mut out),
+            AdminRequest::ShowJobs => self.render_jobs(&mut out),
+            AdminRequest::ShowUniqueJobs => self.render_unique_jobs(&mut out),
+            AdminRequest::GetPid => {
+                let _ = writeln!(out, "OK {}", std::process::id());
+            }
+            AdminRequest::Verbose => {
+                let _ = writeln!(out, "OK {}", self.verbose);
+            }
+            AdminRequest::Version => {
+                let _ = writeln!(out, "OK {}", self.version);
+            }
+            AdminRequest::MaxQueue { function, limits } => {
+                self.set_max_queue(function, limits);
+                out.extend_from_slice(b"OK\r\n");
+            }
+            AdminRequest::CancelJob { handle } => {
+                out.extend_from_slice(if self.cancel(handle) {
+                    b"OK\r\n"
+                } else {
+                    b"ERR UNKNOWN_JOB\r\n"
+                });
+            }
+            AdminRequest::CreateFunction { name } => {
+                self.function_id(name);
+                out.extend_from_slice(b"OK\r\n");
+            }
+            AdminRequest::DropFunction { name } => match self.drop_function(name) {
+                Ok(()) => out.extend_from_slice(b"OK\r\n"),
+                Err(e) => out.extend_from_slice(e.as_bytes()),
+            },
+            AdminRequest::Shutdown { graceful } => {
+                if self.conns.get(&conn).is_some_and(|c| c.loopback) {
+                    log::info!(
+                        "shutdown{} requested by conn={conn}",
+                        if graceful { " graceful" } else { "" }
+                    );
+                    if graceful {
+                        self.lifecycle.graceful = true;
+                        if self.jobs.is_empty() {
+                            self.lifecycle.stop = true;
+                        }
+                    } else {
+                        self.lifecycle.stop = true;
+                    }
+                    out.extend_from_slice(b"OK\r\n");
+                } else {
+                    out.extend_from_slice(b"ERR PERMISSION_DENIED shutdown+is+only+accepted+from+a+loopback+address\r\n");
+                }
+            }
+        }
+        self.send_raw(conn, &out);
+        Control::Continue
+    }
+
+    fn render_workers(&self, out: &mut Vec<u8>) {
+        let mut ids: Vec<&ConnId> = self.conns.keys().collect();
+        ids.sort();
+        for id in ids {
+            let c = &self.conns[id];
+            let _ = write!(out, "{} {} ", c.fd, c.ip);
+            out.extend_from_slice(&c.client_id);
+            out.extend_from_slice(b" :");
+            for a in &c.abilities {
+                out.push(b' ');
+                out.extend_from_slice(&self.functions[a.func].name);
+            }
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b".\n");
+    }
+
+    fn render_status(&self, out: &mut Vec<u8>) {
+        for f in &self.functions {
+            out.extend_from_slice(&f.name);
+            let _ = writeln!(out, "\t{}\t{}\t{}", f.job_total, f.job_running, f.workers.len());
+        }
+        out.extend_from_slice(b".\n");
+    }
+
+    fn render_priority_status(&self, out: &mut Vec<u8>) {
+        for f in &self.functions {
+            out.extend_from_slice(&f.name);
+            let _ = writeln!(
+                out,
+                "\t{}\t{}\t{}\t{}",
+                f.queues[0].len(),
+                f.queues[1].len() + f.scheduled,
+                f.queues[2].len(),
+                f.workers.len()
+            );
+        }
+        out.extend_from_slice(b".\n");
+    }
+
+    fn sorted_jobs(&self) -> Vec<&super::state::Job> {
+        let mut ids: Vec<_> = self.jobs.keys().copied().collect();
+        ids.sort_unstable();
+        ids.iter().map(|id| &self.jobs[id]).collect()
+    }
+
+    fn render_jobs(&self, out: &mut Vec<u8>) {
+        for job in self.sorted_jobs() {
+            out.extend_from_slice(&job.handle);
+            let _ = writeln!(
+                out,
+                "\t{}\t{}\t{}",
+                job.retries,
+                u8::from(job.ignore),
+                u8::from(job.job_queued)
+            );
+        }
+        out.extend_from_slice(b".\n");
+    }
+
+    fn render_unique_jobs(&self, out: &mut Vec<u8>) {
+        for job in self.sorted_jobs() {
+            out.extend_from_slice(&job.unique);
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b".\n");
+    }
+}

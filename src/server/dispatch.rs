@@ -1,0 +1,157 @@
+//! Applies one decoded frame from a connection to the state.
+
+use std::time::Duration;
+
+use super::state::{ConnId, Control, State, atoi};
+use crate::proto::{Frame, Magic, Packet, PacketType, ProtocolError};
+
+impl State {
+    /// Applies a frame; replies go to the outboxes.
+    pub(crate) fn handle_frame(&mut self, conn: ConnId, frame: Frame<'_>) -> Control {
+        match frame {
+            Frame::Text(line) => self.admin(conn, line),
+            Frame::Binary { magic: Magic::Res, kind, .. } => {
+                log::debug!("conn={conn} sent {kind} with response magic");
+                self.send_error(conn, "INVALID_MAGIC", "Request magic expected");
+                Control::Continue
+            }
+            Frame::Binary { magic: Magic::Req, kind, body } => {
+                log::trace!("conn={conn} packet={kind} size={}", body.len());
+                // Types without arguments ignore any body they carry.
+                let body = if kind.arg_count() == 0 { &[][..] } else { body };
+                match Packet::parse(kind, body) {
+                    Ok(p) => self.handle_packet(conn, p),
+                    Err(e) => {
+                        self.protocol_error(conn, &e);
+                        Control::Close
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a framing or argument error with an ERROR packet; the caller
+    /// closes the connection afterwards.
+    pub(crate) fn protocol_error(&mut self, conn: ConnId, e: &ProtocolError) {
+        log::warn!("conn={conn} protocol error: {e}; closing connection");
+        let (code, text) = match e {
+            ProtocolError::BadMagic(_) => ("INVALID_MAGIC", "Request magic expected".to_string()),
+            ProtocolError::UnknownType(_) => {
+                ("INVALID_COMMAND", "Invalid command expected".to_string())
+            }
+            ProtocolError::BodyTooLarge { .. } => ("ARGUMENT_TOO_LARGE", e.to_string()),
+            ProtocolError::LineTooLong { .. } => return,
+            _ => ("INVALID_PACKET", e.to_string()),
+        };
+        self.send_error(conn, code, &text);
+    }
+
+    fn handle_packet(&mut self, conn: ConnId, p: Packet<'_>) -> Control {
+        use PacketType as T;
+        match p {
+            Packet::Submit { kind, function, unique, data } => self.submit(
+                conn,
+                function,
+                unique,
+                data,
+                kind.priority,
+                kind.background,
+                None,
+                None,
+            ),
+            Packet::SubmitJobEpoch { function, unique, epoch, data } => {
+                let when = u64::try_from(atoi(epoch)).unwrap_or(0);
+                self.submit(
+                    conn,
+                    function,
+                    unique,
+                    data,
+                    crate::proto::Priority::Normal,
+                    true,
+                    Some(when),
+                    None,
+                )
+            }
+            Packet::SubmitReduceJob { background, function, unique, reducer, data, .. } => self
+                .submit(
+                    conn,
+                    function,
+                    unique,
+                    data,
+                    crate::proto::Priority::Normal,
+                    background,
+                    None,
+                    Some(reducer),
+                ),
+            Packet::CanDo { function } => self.can_do(conn, function, None),
+            Packet::CanDoTimeout { function, timeout } => {
+                let ms = atoi(timeout);
+                let timeout = (ms > 0).then(|| Duration::from_millis(ms.max(1000) as u64));
+                self.can_do(conn, function, timeout)
+            }
+            Packet::CantDo { function } => {
+                if let Some(&fid) = self.func_index.get(function) {
+                    self.drop_abilities(conn, Some(fid));
+                }
+            }
+            Packet::ResetAbilities => self.drop_abilities(conn, None),
+            Packet::PreSleep => self.pre_sleep(conn),
+            Packet::GrabJob => self.grab(conn, T::GrabJob),
+            Packet::GrabJobUniq => self.grab(conn, T::GrabJobUniq),
+            Packet::GrabJobAll => self.grab(conn, T::GrabJobAll),
+            Packet::WorkStatus { handle, numerator, denominator } => {
+                self.work(conn, T::WorkStatus, handle, &[numerator, denominator])
+            }
+            Packet::WorkComplete { handle, data } => {
+                self.work(conn, T::WorkComplete, handle, &[data])
+            }
+            Packet::WorkFail { handle } => self.work(conn, T::WorkFail, handle, &[]),
+            Packet::WorkException { handle, data } => {
+                self.work(conn, T::WorkException, handle, &[data])
+            }
+            Packet::WorkData { handle, data } => self.work(conn, T::WorkData, handle, &[data]),
+            Packet::WorkWarning { handle, data } => {
+                self.work(conn, T::WorkWarning, handle, &[data])
+            }
+            Packet::GetStatus { handle } => self.get_status(conn, handle),
+            Packet::GetStatusUnique { unique } => self.get_status_unique(conn, unique),
+            Packet::EchoReq { data } => self.send(conn, T::EchoRes, &[data]),
+            Packet::SetClientId { id } => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.client_id = id[..id.len().min(127)].into();
+                }
+            }
+            Packet::OptionReq { option } => {
+                if option.eq_ignore_ascii_case(b"exceptions") {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.exceptions = true;
+                    }
+                    self.send(conn, T::OptionRes, &[option]);
+                } else {
+                    self.send_error(
+                        conn,
+                        "UNKNOWN_OPTION",
+                        "Server does not recognize given option",
+                    );
+                }
+            }
+            Packet::Unused
+            | Packet::AllYours
+            | Packet::SubmitJobSched { .. }
+            | Packet::Noop
+            | Packet::JobCreated { .. }
+            | Packet::NoJob
+            | Packet::JobAssign { .. }
+            | Packet::EchoRes { .. }
+            | Packet::Error { .. }
+            | Packet::StatusRes { .. }
+            | Packet::OptionRes { .. }
+            | Packet::JobAssignUniq { .. }
+            | Packet::JobAssignAll { .. }
+            | Packet::StatusResUnique { .. } => {
+                self.send_error(conn, "INVALID_COMMAND", "Command not expected")
+            }
+        }
+        Control::Continue
+    }
+}

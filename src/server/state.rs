@@ -1,0 +1,997 @@
+//! The server's whole state: functions with their three priority queues,
+//! jobs, connections with their registrations and attachments, and timers.
+//!
+//! One mutex guards it (see `super::Shared`); every packet is applied under
+//! that lock and its replies are appended to the outboxes of the connections
+//! concerned. No socket I/O happens here.
+
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::outbox::Outbox;
+use crate::proto::{Magic, PacketType, Priority, encode_raw};
+
+/// Connection id, unique for the life of the server.
+pub(crate) type ConnId = u64;
+/// Job id: the number at the end of the job's handle.
+pub(crate) type JobId = u64;
+/// Index of a function in `State::functions`.
+pub(crate) type FuncId = usize;
+
+/// A fast hasher for integer keys (ids that the server allocates itself).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+
+/// Settings the state needs (a subset of `ServerConfig`).
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) job_retries: u32,
+    pub(crate) worker_wakeup: u32,
+    pub(crate) round_robin: bool,
+    pub(crate) handle_prefix: Vec<u8>,
+    pub(crate) exceptions: bool,
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobState {
+    /// In its function's priority queue.
+    Queued,
+    /// An epoch job waiting for its time; not in any queue yet.
+    Scheduled,
+    /// Assigned to a worker connection; `seq` identifies the assignment.
+    Running { conn: ConnId, seq: u64 },
+}
+
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) handle: Box<[u8]>,
+    pub(crate) func: FuncId,
+    pub(crate) unique: Box<[u8]>,
+    pub(crate) data: Box<[u8]>,
+    pub(crate) reducer: Option<Box<[u8]>>,
+    pub(crate) priority: Priority,
+    pub(crate) state: JobState,
+    /// Foreground listeners; a connection attached twice appears twice.
+    pub(crate) clients: Vec<ConnId>,
+    /// A background submission owns this job: it runs even with no listener.
+    pub(crate) bg_owned: bool,
+    pub(crate) retries: u32,
+    pub(crate) numerator: u32,
+    pub(crate) denominator: u32,
+    /// Cancelled, or abandoned by its last foreground client.
+    pub(crate) ignore: bool,
+    /// Counted as stored in the (background) queue, as `show jobs` reports.
+    pub(crate) job_queued: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Function {
+    pub(crate) name: Box<[u8]>,
+    pub(crate) queues: [VecDeque<JobId>; 3],
+    /// Epoch jobs not yet due.
+    pub(crate) scheduled: usize,
+    /// Queued + scheduled + running, including ignored jobs not yet reaped.
+    pub(crate) job_total: u32,
+    pub(crate) job_running: u32,
+    /// Registrations (connections, duplicates kept), walked circularly for NOOPs.
+    pub(crate) workers: Vec<ConnId>,
+    pub(crate) wake_cursor: usize,
+    pub(crate) max_queue: [u32; 3],
+    pub(crate) uniques: HashMap<Box<[u8]>, JobId>,
+    /// Jobs submitted with unique `-`, keyed by their data.
+    pub(crate) by_data: HashMap<Box<[u8]>, JobId>,
+}
+
+impl Function {
+    fn new(name: &[u8]) -> Function {
+        Function {
+            name: name.into(),
+            queues: Default::default(),
+            scheduled: 0,
+            job_total: 0,
+            job_running: 0,
+            workers: Vec::new(),
+            wake_cursor: 0,
+            max_queue: [0; 3],
+            uniques: HashMap::new(),
+            by_data: HashMap::new(),
+        }
+    }
+}
+
+/// One registration of a connection: a function and its optional timeout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ability {
+    pub(crate) func: FuncId,
+    pub(crate) timeout: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) fd: i64,
+    pub(crate) ip: String,
+    pub(crate) loopback: bool,
+    pub(crate) client_id: Box<[u8]>,
+    pub(crate) exceptions: bool,
+    pub(crate) sleeping: bool,
+    pub(crate) noop_sent: bool,
+    /// Newest registration first.
+    pub(crate) abilities: Vec<Ability>,
+    /// Jobs assigned to this connection.
+    pub(crate) running: Vec<JobId>,
+    /// Foreground jobs this connection listens to, with multiplicity.
+    pub(crate) attached: IdMap<JobId, u32>,
+    pub(crate) out: Arc<Outbox>,
+}
+
+/// What a timer does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum TimerKind {
+    /// Requeue the job if this assignment is still current.
+    CanDoTimeout { job: JobId, seq: u64 },
+    /// Move a scheduled epoch job into its queue.
+    EpochDue { job: JobId },
+}
+
+/// What the caller must do after a request was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Control {
+    Continue,
+    /// Flush the outbox and close the connection.
+    Close,
+}
+
+/// Lifecycle requests raised while applying commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Lifecycle {
+    pub(crate) stop: bool,
+    pub(crate) graceful: bool,
+}
+
+/// The whole server state.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) settings: Settings,
+    pub(crate) functions: Vec<Function>,
+    pub(crate) func_index: HashMap<Box<[u8]>, FuncId>,
+    pub(crate) jobs: IdMap<JobId, Job>,
+    pub(crate) next_job: JobId,
+    pub(crate) next_seq: u64,
+    pub(crate) conns: IdMap<ConnId, Conn>,
+    pub(crate) timers: BinaryHeap<std::cmp::Reverse<(Instant, TimerKind)>>,
+    /// Set when a timer earlier than every other was added.
+    pub(crate) timers_changed: bool,
+    pub(crate) lifecycle: Lifecycle,
+    /// Reply of `version`.
+    pub(crate) version: String,
+    /// Reply of `verbose`.
+    pub(crate) verbose: &'static str,
+}
+
+/// `atoi`: optional sign and leading digits; anything else ends the number.
+pub(crate) fn atoi(s: &[u8]) -> i64 {
+    let s = match s.iter().position(|b| !b.is_ascii_whitespace()) {
+        Some(p) => &s[p..],
+        None => return 0,
+    };
+    let (neg, digits) = match s.first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let mut v: i64 = 0;
+    for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
+        v = v.saturating_mul(10).saturating_add(i64::from(b - b'0'));
+    }
+    if neg { -v } else { v }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl State {
+    pub(crate) fn new(settings: Settings) -> State {
+        State {
+            settings,
+            functions: Vec::new(),
+            func_index: HashMap::new(),
+            jobs: IdMap::default(),
+            next_job: 1,
+            next_seq: 1,
+            conns: IdMap::default(),
+            timers: BinaryHeap::new(),
+            timers_changed: false,
+            lifecycle: Lifecycle::default(),
+            version: format!("gearframe-{}", env!("CARGO_PKG_VERSION")),
+            verbose: "ERROR",
+        }
+    }
+
+    // ----- connections -------------------------------------------------
+
+    pub(crate) fn add_conn(
+        &mut self,
+        id: ConnId,
+        fd: i64,
+        ip: String,
+        loopback: bool,
+        out: Arc<Outbox>,
+    ) {
+        let exceptions = self.settings.exceptions;
+        self.conns.insert(
+            id,
+            Conn {
+                fd,
+                ip,
+                loopback,
+                client_id: b"-"[..].into(),
+                exceptions,
+                sleeping: false,
+                noop_sent: false,
+                abilities: Vec::new(),
+                running: Vec::new(),
+                attached: IdMap::default(),
+                out,
+            },
+        );
+    }
+
+    /// Appends a packet to a connection's outbox.
+    pub(crate) fn send(&self, conn: ConnId, kind: PacketType, args: &[&[u8]]) {
+        if let Some(c) = self.conns.get(&conn) {
+            c.out.push_with(|b| encode_raw(Magic::Res, kind, args, b));
+        }
+    }
+
+    /// Appends raw bytes (admin text) to a connection's outbox.
+    pub(crate) fn send_raw(&self, conn: ConnId, bytes: &[u8]) {
+        if let Some(c) = self.conns.get(&conn) {
+            c.out.push(bytes);
+        }
+    }
+
+    pub(crate) fn send_error(&self, conn: ConnId, code: &str, text: &str) {
+        self.send(conn, PacketType::Error, &[code.as_bytes(), text.as_bytes()]);
+    }
+
+    /// Removes a connection: its registrations go, its running jobs are
+    /// requeued, and foreground jobs it alone listened to are abandoned.
+    pub(crate) fn remove_conn(&mut self, id: ConnId) {
+        self.drop_abilities(id, None);
+        let Some(conn) = self.conns.remove(&id) else { return };
+        for job_id in conn.running {
+            self.requeue(job_id, "worker disconnected");
+        }
+        for (job_id, _) in conn.attached {
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            job.clients.retain(|&c| c != id);
+            if job.clients.is_empty() && !job.bg_owned {
+                // Nobody waits for the result any more: a queued job is never
+                // handed out, a running one finishes without a listener.
+                job.ignore = true;
+                job.job_queued = false;
+                log::debug!("abandoned job={}", String::from_utf8_lossy(&job.handle));
+            }
+        }
+    }
+
+    // ----- functions ---------------------------------------------------
+
+    pub(crate) fn function_id(&mut self, name: &[u8]) -> FuncId {
+        if let Some(&f) = self.func_index.get(name) {
+            return f;
+        }
+        // Reuse a dropped slot if there is one.
+        let id = self.functions.len();
+        self.functions.push(Function::new(name));
+        self.func_index.insert(name.into(), id);
+        id
+    }
+
+    // ----- submission --------------------------------------------------
+
+    /// Applies a SUBMIT_* packet and replies JOB_CREATED or ERROR.
+    #[allow(clippy::too_many_arguments)] // one argument per field of the packet
+    pub(crate) fn submit(
+        &mut self,
+        conn: ConnId,
+        function: &[u8],
+        unique: &[u8],
+        data: &[u8],
+        priority: Priority,
+        background: bool,
+        epoch: Option<u64>,
+        reducer: Option<&[u8]>,
+    ) {
+        if unique.len() > 64 {
+            self.send_error(conn, "ARGUMENT_TOO_LARGE", "Unique value too large");
+            return;
+        }
+        let unique = &unique[..unique.len().min(63)];
+        let fid = self.function_id(function);
+        let existing = {
+            let f = &self.functions[fid];
+            if unique.is_empty() {
+                None
+            } else if unique == b"-" {
+                if data.is_empty() { None } else { f.by_data.get(data).copied() }
+            } else {
+                f.uniques.get(unique).copied()
+            }
+        };
+        if let Some(job_id) = existing {
+            let job = self.jobs.get_mut(&job_id).expect("unique maps point at live jobs");
+            if background {
+                job.bg_owned = true;
+                if job.ignore && !matches!(job.state, JobState::Running { .. }) {
+                    // A fresh background claim revives an abandoned queued job.
+                    job.ignore = false;
+                }
+            } else {
+                job.clients.push(conn);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    *c.attached.entry(job_id).or_insert(0) += 1;
+                }
+            }
+            let handle = job.handle.clone();
+            self.send(conn, PacketType::JobCreated, &[&handle]);
+            return;
+        }
+        let f = &self.functions[fid];
+        let limit = f.max_queue[priority.index()];
+        if limit > 0 && f.job_total >= limit {
+            self.send_error(conn, "QUEUE_ERROR", "Job queue is full");
+            return;
+        }
+        let job_id = self.next_job;
+        self.next_job += 1;
+        let mut handle = Vec::with_capacity(self.settings.handle_prefix.len() + 12);
+        handle.extend_from_slice(&self.settings.handle_prefix);
+        handle.push(b':');
+        handle.extend_from_slice(job_id.to_string().as_bytes());
+        let due = epoch.filter(|&e| e > unix_now());
+        let job = Job {
+            handle: handle.into(),
+            func: fid,
+            unique: unique.into(),
+            data: data.into(),
+            reducer: reducer.map(Into::into),
+            priority,
+            state: if due.is_some() { JobState::Scheduled } else { JobState::Queued },
+            clients: if background { Vec::new() } else { vec![conn] },
+            bg_owned: background,
+            retries: 0,
+            numerator: 0,
+            denominator: 0,
+            ignore: false,
+            job_queued: background,
+        };
+        self.send(conn, PacketType::JobCreated, &[&job.handle]);
+        log::debug!(
+            "job created handle={} func={} bg={background} prio={}",
+            String::from_utf8_lossy(&job.handle),
+            String::from_utf8_lossy(function),
+            priority.name()
+        );
+        if !background && let Some(c) = self.conns.get_mut(&conn) {
+            *c.attached.entry(job_id).or_insert(0) += 1;
+        }
+        let f = &mut self.functions[fid];
+        if unique == b"-" {
+            if !data.is_empty() {
+                f.by_data.insert(data.into(), job_id);
+            }
+        } else if !unique.is_empty() {
+            f.uniques.insert(unique.into(), job_id);
+        }
+        f.job_total += 1;
+        self.jobs.insert(job_id, job);
+        match due {
+            Some(when) => {
+                self.functions[fid].scheduled += 1;
+                let wait = Duration::from_secs(when.saturating_sub(unix_now()));
+                self.add_timer(Instant::now() + wait, TimerKind::EpochDue { job: job_id });
+            }
+            None => {
+                self.functions[fid].queues[priority.index()].push_back(job_id);
+                self.wake(fid);
+            }
+        }
+    }
+
+    /// Sends NOOP to sleeping workers of a function that has work.
+    fn wake(&mut self, fid: FuncId) {
+        let f = &mut self.functions[fid];
+        let n = f.workers.len();
+        if n == 0 {
+            return;
+        }
+        let limit = self.settings.worker_wakeup as usize;
+        let mut sent = 0;
+        let start = f.wake_cursor % n;
+        let mut i = 0;
+        while i < n {
+            let conn_id = f.workers[(start + i) % n];
+            i += 1;
+            if let Some(c) = self.conns.get_mut(&conn_id)
+                && c.sleeping
+                && !c.noop_sent
+            {
+                c.noop_sent = true;
+                c.out.push_with(|b| encode_raw(Magic::Res, PacketType::Noop, &[], b));
+                sent += 1;
+                if limit > 0 && sent >= limit {
+                    break;
+                }
+            }
+        }
+        f.wake_cursor = (start + i) % n;
+    }
+
+    // ----- workers -----------------------------------------------------
+
+    pub(crate) fn can_do(&mut self, conn: ConnId, function: &[u8], timeout: Option<Duration>) {
+        let fid = self.function_id(function);
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.abilities.insert(0, Ability { func: fid, timeout });
+        self.functions[fid].workers.push(conn);
+    }
+
+    /// Drops a connection's registrations (all, or those of one function),
+    /// requeuing the jobs it runs for them.
+    pub(crate) fn drop_abilities(&mut self, conn: ConnId, only: Option<FuncId>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let mut dropped: Vec<FuncId> = Vec::new();
+        c.abilities.retain(|a| {
+            let drop = only.is_none_or(|f| f == a.func);
+            if drop && !dropped.contains(&a.func) {
+                dropped.push(a.func);
+            }
+            !drop
+        });
+        let running: Vec<JobId> = c
+            .running
+            .iter()
+            .copied()
+            .filter(|j| self.jobs.get(j).is_some_and(|job| only.is_none_or(|f| f == job.func)))
+            .collect();
+        for fid in dropped {
+            self.functions[fid].workers.retain(|&w| w != conn);
+        }
+        for job_id in running {
+            self.requeue(job_id, "worker dropped the function");
+        }
+    }
+
+    /// Takes the job off its worker and queues it again at the tail, or drops
+    /// it once it was started `job_retries` times.
+    pub(crate) fn requeue(&mut self, job_id: JobId, why: &str) {
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let JobState::Running { conn, .. } = job.state else { return };
+        job.retries = job.retries.saturating_add(1);
+        let fid = job.func;
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.running.retain(|&j| j != job_id);
+        }
+        let limit = self.settings.job_retries;
+        if limit > 0 && job.retries >= limit {
+            log::warn!(
+                "dropped job due to max retry count handle={} retries={}",
+                String::from_utf8_lossy(&job.handle),
+                job.retries
+            );
+            let handle = job.handle.clone();
+            let clients = job.clients.clone();
+            for c in clients {
+                self.send(c, PacketType::WorkFail, &[&handle]);
+            }
+            self.free_job(job_id);
+            return;
+        }
+        log::debug!("requeue handle={} why={why}", String::from_utf8_lossy(&job.handle));
+        job.state = JobState::Queued;
+        job.numerator = 0;
+        job.denominator = 0;
+        let prio = job.priority.index();
+        let f = &mut self.functions[fid];
+        f.job_running = f.job_running.saturating_sub(1);
+        f.queues[prio].push_back(job_id);
+        self.wake(fid);
+    }
+
+    /// Removes a finished (or dropped) job everywhere.
+    pub(crate) fn free_job(&mut self, job_id: JobId) {
+        let Some(job) = self.jobs.remove(&job_id) else { return };
+        let f = &mut self.functions[job.func];
+        f.job_total = f.job_total.saturating_sub(1);
+        match job.state {
+            JobState::Running { conn, .. } => {
+                f.job_running = f.job_running.saturating_sub(1);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.running.retain(|&j| j != job_id);
+                }
+            }
+            JobState::Scheduled => f.scheduled = f.scheduled.saturating_sub(1),
+            JobState::Queued => {}
+        }
+        if &*job.unique == b"-" {
+            if f.by_data.get(&job.data) == Some(&job_id) {
+                f.by_data.remove(&job.data);
+            }
+        } else if !job.unique.is_empty() && f.uniques.get(&job.unique) == Some(&job_id) {
+            f.uniques.remove(&job.unique);
+        }
+        for c in &job.clients {
+            if let Some(conn) = self.conns.get_mut(c) {
+                conn.attached.remove(&job_id);
+            }
+        }
+        if self.lifecycle.graceful && self.jobs.is_empty() {
+            self.lifecycle.stop = true;
+        }
+    }
+
+    /// Finds the next runnable job for a worker, reaping ignored jobs on the
+    /// way. With `take`, the job is removed from its queue; the index of the
+    /// registration it was found under is returned with it.
+    fn find_job(&mut self, conn: ConnId, take: bool) -> Option<(JobId, usize)> {
+        let abilities = &self.conns.get(&conn)?.abilities;
+        let mut reaped: Vec<JobId> = Vec::new();
+        let mut found = None;
+        'outer: for (idx, a) in abilities.iter().enumerate() {
+            let f = &mut self.functions[a.func];
+            for q in f.queues.iter_mut() {
+                while let Some(&job_id) = q.front() {
+                    match self.jobs.get(&job_id) {
+                        Some(job) if !job.ignore => {
+                            if take {
+                                q.pop_front();
+                            }
+                            found = Some((job_id, idx));
+                            break 'outer;
+                        }
+                        _ => {
+                            q.pop_front();
+                            reaped.push(job_id);
+                        }
+                    }
+                }
+            }
+        }
+        for job_id in reaped {
+            self.free_job(job_id);
+        }
+        found
+    }
+
+    /// GRAB_JOB, GRAB_JOB_UNIQ, GRAB_JOB_ALL.
+    pub(crate) fn grab(&mut self, conn: ConnId, kind: PacketType) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.sleeping = false;
+            c.noop_sent = false;
+        }
+        let Some((job_id, idx)) = self.find_job(conn, true) else {
+            self.send(conn, PacketType::NoJob, &[]);
+            return;
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let round_robin = self.settings.round_robin;
+        let c = self.conns.get_mut(&conn).expect("grabbing connection exists");
+        let ability = c.abilities[idx];
+        if round_robin {
+            let a = c.abilities.remove(idx);
+            c.abilities.push(a);
+        }
+        c.running.push(job_id);
+        let job = self.jobs.get_mut(&job_id).expect("found job exists");
+        job.state = JobState::Running { conn, seq };
+        self.functions[job.func].job_running += 1;
+        let job = &self.jobs[&job_id];
+        let fname = &self.functions[job.func].name;
+        log::debug!("assign handle={} conn={conn}", String::from_utf8_lossy(&job.handle));
+        c.out.push_with(|b| match (kind, &job.reducer) {
+            (PacketType::GrabJob, _) => {
+                encode_raw(Magic::Res, PacketType::JobAssign, &[&job.handle, fname, &job.data], b)
+            }
+            (PacketType::GrabJobAll, Some(reducer)) => encode_raw(
+                Magic::Res,
+                PacketType::JobAssignAll,
+                &[&job.handle, fname, &job.unique, reducer, &job.data],
+                b,
+            ),
+            _ => encode_raw(
+                Magic::Res,
+                PacketType::JobAssignUniq,
+                &[&job.handle, fname, &job.unique, &job.data],
+                b,
+            ),
+        });
+        if let Some(t) = ability.timeout {
+            self.add_timer(Instant::now() + t, TimerKind::CanDoTimeout { job: job_id, seq });
+        }
+    }
+
+    /// PRE_SLEEP: NOOP at once when work is waiting, else sleep until woken.
+    pub(crate) fn pre_sleep(&mut self, conn: ConnId) {
+        if self.find_job(conn, false).is_some() {
+            self.send(conn, PacketType::Noop, &[]);
+        } else if let Some(c) = self.conns.get_mut(&conn) {
+            c.sleeping = true;
+            c.noop_sent = false;
+        }
+    }
+
+    // ----- results -----------------------------------------------------
+
+    /// Looks a handle up and checks that the job is assigned to `conn`.
+    fn owned_job(&self, conn: ConnId, handle: &[u8]) -> Option<JobId> {
+        let id = self.job_id(handle)?;
+        match self.jobs.get(&id)?.state {
+            JobState::Running { conn: c, .. } if c == conn => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The job id a handle names, if it is one of ours and the job exists.
+    pub(crate) fn job_id(&self, handle: &[u8]) -> Option<JobId> {
+        let p = &self.settings.handle_prefix;
+        let rest = handle.strip_prefix(p.as_slice())?.strip_prefix(b":")?;
+        if rest.is_empty() || rest.len() > 19 || !rest.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let id: JobId = std::str::from_utf8(rest).ok()?.parse().ok()?;
+        self.jobs.contains_key(&id).then_some(id)
+    }
+
+    /// WORK_STATUS, WORK_DATA, WORK_WARNING, WORK_COMPLETE, WORK_FAIL, WORK_EXCEPTION.
+    pub(crate) fn work(&mut self, conn: ConnId, kind: PacketType, handle: &[u8], args: &[&[u8]]) {
+        if kind == PacketType::WorkFail && handle.len() >= 64 {
+            self.send_error(
+                conn,
+                "ARGUMENT_TOO_LARGE",
+                "Error occurred due to GEARMAND_JOB_HANDLE_SIZE being too small from snprintf",
+            );
+            return;
+        }
+        let Some(job_id) = self.owned_job(conn, handle) else {
+            let text = match kind {
+                PacketType::WorkData | PacketType::WorkWarning => "Job does not exist on server",
+                PacketType::WorkException => {
+                    "An exception was received for a job that does not exist"
+                }
+                _ => "Job given in work result not found",
+            };
+            self.send_error(conn, "JOB_NOT_FOUND", text);
+            return;
+        };
+        let job = self.jobs.get_mut(&job_id).expect("owned job exists");
+        if kind == PacketType::WorkStatus {
+            job.numerator = atoi(args[0]) as u32;
+            job.denominator = atoi(args[1]) as u32;
+        }
+        let job = &self.jobs[&job_id];
+        let mut full: [&[u8]; 3] = [&job.handle, &[], &[]];
+        full[1..=args.len()].copy_from_slice(args);
+        let full = &full[..=args.len()];
+        for c in &job.clients {
+            let Some(client) = self.conns.get(c) else { continue };
+            if kind == PacketType::WorkException && !client.exceptions {
+                client
+                    .out
+                    .push_with(|b| encode_raw(Magic::Res, PacketType::WorkFail, &[&job.handle], b));
+            } else {
+                client.out.push_with(|b| encode_raw(Magic::Res, kind, full, b));
+            }
+        }
+        if matches!(
+            kind,
+            PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException
+        ) {
+            log::debug!("job done handle={} result={kind}", String::from_utf8_lossy(&job.handle));
+            self.free_job(job_id);
+        }
+    }
+
+    // ----- status --------------------------------------------------------
+
+    pub(crate) fn get_status(&self, conn: ConnId, handle: &[u8]) {
+        match self.job_id(handle).and_then(|id| self.jobs.get(&id)) {
+            Some(job) => {
+                let running: &[u8] =
+                    if matches!(job.state, JobState::Running { .. }) { b"1" } else { b"0" };
+                let n = job.numerator.to_string();
+                let d = job.denominator.to_string();
+                self.send(
+                    conn,
+                    PacketType::StatusRes,
+                    &[handle, b"1", running, n.as_bytes(), d.as_bytes()],
+                );
+            }
+            None => self.send(conn, PacketType::StatusRes, &[handle, b"0", b"0", b"0", b"0"]),
+        }
+    }
+
+    /// The first job with this unique id in any function.
+    fn job_by_unique(&self, unique: &[u8]) -> Option<&Job> {
+        if unique.is_empty() || unique == b"-" {
+            let mut ids: Vec<&JobId> = self.jobs.keys().collect();
+            ids.sort();
+            return ids.into_iter().map(|id| &self.jobs[id]).find(|j| &*j.unique == unique);
+        }
+        self.functions.iter().find_map(|f| f.uniques.get(unique)).and_then(|id| self.jobs.get(id))
+    }
+
+    pub(crate) fn get_status_unique(&self, conn: ConnId, unique: &[u8]) {
+        match self.job_by_unique(unique) {
+            Some(job) => {
+                let running: &[u8] =
+                    if matches!(job.state, JobState::Running { .. }) { b"1" } else { b"0" };
+                let n = job.numerator.to_string();
+                let d = job.denominator.to_string();
+                let clients = job.clients.len().to_string();
+                self.send(
+                    conn,
+                    PacketType::StatusResUnique,
+                    &[unique, b"1", running, n.as_bytes(), d.as_bytes(), clients.as_bytes()],
+                );
+            }
+            None => self.send(
+                conn,
+                PacketType::StatusResUnique,
+                &[unique, b"0", b"0", b"0", b"0", b"0"],
+            ),
+        }
+    }
+
+    // ----- timers --------------------------------------------------------
+
+    pub(crate) fn add_timer(&mut self, at: Instant, kind: TimerKind) {
+        let earliest = self.timers.peek().is_none_or(|std::cmp::Reverse((t, _))| at < *t);
+        self.timers.push(std::cmp::Reverse((at, kind)));
+        if earliest {
+            self.timers_changed = true;
+        }
+    }
+
+    /// Fires every timer due at `now`; returns the next deadline.
+    pub(crate) fn run_timers(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(std::cmp::Reverse((at, kind))) = self.timers.peek().copied() {
+            if at > now {
+                return Some(at);
+            }
+            self.timers.pop();
+            match kind {
+                TimerKind::CanDoTimeout { job, seq } => {
+                    let current = self.jobs.get(&job).is_some_and(
+                        |j| matches!(j.state, JobState::Running { seq: s, .. } if s == seq),
+                    );
+                    if current {
+                        self.requeue(job, "CAN_DO_TIMEOUT expired");
+                    }
+                }
+                TimerKind::EpochDue { job } => {
+                    let Some(j) = self.jobs.get_mut(&job) else { continue };
+                    if j.state != JobState::Scheduled {
+                        continue;
+                    }
+                    j.state = JobState::Queued;
+                    let (fid, prio) = (j.func, j.priority.index());
+                    self.functions[fid].scheduled -= 1;
+                    self.functions[fid].queues[prio].push_back(job);
+                    self.wake(fid);
+                }
+            }
+        }
+        None
+    }
+
+    // ----- admin changes -------------------------------------------------
+
+    /// `cancel job`: listeners get WORK_FAIL; a queued job is never handed out.
+    pub(crate) fn cancel(&mut self, handle: &[u8]) -> bool {
+        let Some(id) = self.job_id(handle) else { return false };
+        let job = self.jobs.get_mut(&id).expect("job_id checks existence");
+        job.ignore = true;
+        job.job_queued = false;
+        job.bg_owned = false;
+        let clients = std::mem::take(&mut job.clients);
+        let handle = job.handle.clone();
+        for c in clients {
+            if let Some(conn) = self.conns.get_mut(&c) {
+                conn.attached.remove(&id);
+            }
+            self.send(c, PacketType::WorkFail, &[&handle]);
+        }
+        if self.jobs[&id].state == JobState::Scheduled {
+            // Not in any queue: nothing would reap it later.
+            self.free_job(id);
+        }
+        true
+    }
+
+    /// `drop function`: refused while workers, queued or running jobs exist.
+    pub(crate) fn drop_function(&mut self, name: &[u8]) -> Result<(), &'static str> {
+        let Some(fid) = self.functions.iter().position(|f| f.name.eq_ignore_ascii_case(name))
+        else {
+            return Err("ERR function not found\r\n");
+        };
+        let f = &self.functions[fid];
+        if !f.workers.is_empty() || f.job_total > 0 {
+            return Err("ERR there are still connected workers or executing clients\r\n");
+        }
+        // Remove by swapping the last function into its slot and renumbering.
+        let last = self.functions.len() - 1;
+        let removed = self.functions.swap_remove(fid);
+        self.func_index.remove(&removed.name);
+        if fid != last {
+            let moved_name = self.functions[fid].name.clone();
+            self.func_index.insert(moved_name, fid);
+            for job in self.jobs.values_mut() {
+                if job.func == last {
+                    job.func = fid;
+                }
+            }
+            for c in self.conns.values_mut() {
+                for a in &mut c.abilities {
+                    if a.func == last {
+                        a.func = fid;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_max_queue(&mut self, name: &[u8], limits: [u32; 3]) {
+        if let Some(&fid) = self.func_index.get(name) {
+            self.functions[fid].max_queue = limits;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Decoder, Frame, Packet};
+
+    fn state() -> State {
+        State::new(Settings {
+            job_retries: 0,
+            worker_wakeup: 0,
+            round_robin: false,
+            handle_prefix: b"H:t".to_vec(),
+            exceptions: false,
+        })
+    }
+
+    fn conn(st: &mut State, id: ConnId) -> Arc<Outbox> {
+        let out = Arc::new(Outbox::new(None, 1 << 20));
+        st.add_conn(id, id as i64, "127.0.0.1".into(), true, Arc::clone(&out));
+        out
+    }
+
+    /// Decodes what a connection was sent, as `TYPE arg,arg` strings.
+    fn sent(out: &Outbox) -> Vec<String> {
+        let mut d = Decoder::default();
+        d.push(&out.take_now());
+        let mut v = Vec::new();
+        while let Some(Frame::Binary { kind, body, .. }) = d.next_frame().unwrap() {
+            let p = Packet::parse(kind, body).unwrap();
+            let args: Vec<String> =
+                p.args().iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            v.push(format!("{kind} {}", args.join(",")).trim_end().to_string());
+        }
+        v
+    }
+
+    fn apply(st: &mut State, c: ConnId, p: Packet<'_>) {
+        let bytes = p.to_vec(Magic::Req);
+        let mut d = Decoder::default();
+        d.push(&bytes);
+        let f = d.next_frame().unwrap().unwrap();
+        st.handle_frame(c, f);
+    }
+
+    fn submit<'a>(f: &'a [u8], u: &'a [u8], d: &'a [u8], p: Priority, bg: bool) -> Packet<'a> {
+        Packet::Submit {
+            kind: crate::proto::SubmitKind { priority: p, background: bg },
+            function: f,
+            unique: u,
+            data: d,
+        }
+    }
+
+    #[test]
+    fn coalescing_by_unique_and_by_data() {
+        let mut st = state();
+        let c = conn(&mut st, 1);
+        apply(&mut st, 1, submit(b"f", b"u", b"a", Priority::Normal, false));
+        apply(&mut st, 1, submit(b"f", b"u", b"b", Priority::High, true));
+        apply(&mut st, 1, submit(b"g", b"u", b"a", Priority::Normal, false));
+        apply(&mut st, 1, submit(b"f", b"", b"a", Priority::Normal, false));
+        apply(&mut st, 1, submit(b"f", b"-", b"x", Priority::Normal, false));
+        apply(&mut st, 1, submit(b"f", b"-", b"x", Priority::Normal, false));
+        apply(&mut st, 1, submit(b"f", b"-", b"", Priority::Normal, false));
+        apply(&mut st, 1, submit(b"f", b"-", b"", Priority::Normal, false));
+        assert_eq!(
+            sent(&c),
+            [
+                "JOB_CREATED H:t:1",
+                "JOB_CREATED H:t:1",
+                "JOB_CREATED H:t:2",
+                "JOB_CREATED H:t:3",
+                "JOB_CREATED H:t:4",
+                "JOB_CREATED H:t:4",
+                "JOB_CREATED H:t:5",
+                "JOB_CREATED H:t:6",
+            ]
+        );
+        assert_eq!(st.functions[0].job_total, 5);
+    }
+
+    #[test]
+    fn noop_once_per_sleep_and_priority_order() {
+        let mut st = state();
+        let client = conn(&mut st, 1);
+        let worker = conn(&mut st, 2);
+        apply(&mut st, 2, Packet::CanDo { function: b"f" });
+        apply(&mut st, 2, Packet::PreSleep);
+        apply(&mut st, 1, submit(b"f", b"", b"low", Priority::Low, true));
+        apply(&mut st, 1, submit(b"f", b"", b"high", Priority::High, true));
+        assert_eq!(sent(&worker), ["NOOP"]);
+        apply(&mut st, 2, Packet::GrabJob);
+        apply(&mut st, 2, Packet::GrabJobUniq);
+        apply(&mut st, 2, Packet::GrabJob);
+        assert_eq!(
+            sent(&worker),
+            ["JOB_ASSIGN H:t:2,f,high", "JOB_ASSIGN_UNIQ H:t:1,f,,low", "NO_JOB"]
+        );
+        sent(&client);
+    }
+
+    #[test]
+    fn requeue_on_disconnect_goes_to_the_tail_and_retries_drop() {
+        let mut st = state();
+        st.settings.job_retries = 2;
+        let client = conn(&mut st, 1);
+        conn(&mut st, 2);
+        apply(&mut st, 2, Packet::CanDo { function: b"f" });
+        apply(&mut st, 1, submit(b"f", b"", b"x", Priority::Normal, false));
+        apply(&mut st, 2, Packet::GrabJob);
+        st.remove_conn(2);
+        assert_eq!(st.functions[0].job_total, 1);
+        assert_eq!(st.functions[0].job_running, 0);
+        let w = conn(&mut st, 3);
+        apply(&mut st, 3, Packet::CanDo { function: b"f" });
+        apply(&mut st, 3, Packet::GrabJob);
+        assert_eq!(sent(&w), ["JOB_ASSIGN H:t:1,f,x"]);
+        st.remove_conn(3);
+        assert_eq!(sent(&client), ["JOB_CREATED H:t:1", "WORK_FAIL H:t:1"]);
+        assert!(st.jobs.is_empty());
+        assert_eq!(st.functions[0].job_total, 0);
+    }
+}
