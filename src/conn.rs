@@ -1,0 +1,283 @@
+//! A blocking, framed connection to a Gearman server: the only socket code
+//! that the client, the worker and the admin tool share.
+//!
+//! Every read waits at most until a deadline; a connection can also be
+//! woken from another thread with [`Connection::shutdown_handle`].
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::proto::{Decoder, Frame, Magic, Packet, PacketType, ProtocolError};
+
+/// Default Gearman port.
+pub const DEFAULT_PORT: u16 = 4730;
+
+/// A packet received from a server, owning its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedPacket {
+    /// Magic (a server sends `\0RES`).
+    pub magic: Magic,
+    /// Packet type.
+    pub kind: PacketType,
+    /// The raw body.
+    pub body: Vec<u8>,
+}
+
+impl OwnedPacket {
+    /// The typed view of the arguments.
+    ///
+    /// # Errors
+    /// The body does not hold the arguments its type needs.
+    pub fn packet(&self) -> Result<Packet<'_>, ProtocolError> {
+        Packet::parse(self.kind, &self.body)
+    }
+}
+
+/// Adds the default port to `host` when it has none (`host`, `host:port`,
+/// `[v6]`, `[v6]:port`).
+pub fn with_default_port(server: &str) -> String {
+    let s = server.trim();
+    if s.starts_with('[') {
+        if s.contains("]:") { s.to_string() } else { format!("{s}:{DEFAULT_PORT}") }
+    } else if s.matches(':').count() == 1 {
+        s.to_string()
+    } else if s.contains(':') {
+        // A bare IPv6 address.
+        format!("[{s}]:{DEFAULT_PORT}")
+    } else {
+        format!("{s}:{DEFAULT_PORT}")
+    }
+}
+
+/// Splits a server list such as `GEARMAN_SERVERS` (`host[:port],...`).
+pub fn parse_server_list(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(with_default_port).collect()
+}
+
+/// A connection with its read buffer and decoder.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    peer: SocketAddr,
+    decoder: Decoder,
+    rbuf: Box<[u8]>,
+    wbuf: Vec<u8>,
+    read_timeout: Option<Duration>,
+}
+
+impl Connection {
+    /// Connects to `server` (`host:port`; the port defaults to 4730), trying
+    /// each resolved address until one answers within `timeout`.
+    ///
+    /// # Errors
+    /// Resolution fails, or no address accepts the connection in time.
+    pub fn connect(server: &str, timeout: Duration) -> io::Result<Connection> {
+        let target = with_default_port(server);
+        let addrs: Vec<SocketAddr> = target.to_socket_addrs()?.collect();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target}: no address"));
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, timeout) {
+                Ok(s) => return Connection::from_stream(s),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Wraps a connected stream.
+    ///
+    /// # Errors
+    /// The peer address cannot be read.
+    pub fn from_stream(stream: TcpStream) -> io::Result<Connection> {
+        let peer = stream.peer_addr()?;
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            stream,
+            peer,
+            decoder: Decoder::new(u32::MAX),
+            rbuf: vec![0u8; 64 << 10].into_boxed_slice(),
+            wbuf: Vec::with_capacity(4096),
+            read_timeout: None,
+        })
+    }
+
+    /// The server's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// A clone of the socket; `shutdown(Both)` on it wakes a blocked reader.
+    ///
+    /// # Errors
+    /// The socket cannot be duplicated.
+    pub fn shutdown_handle(&self) -> io::Result<TcpStream> {
+        self.stream.try_clone()
+    }
+
+    /// Sets the timeout of every write.
+    ///
+    /// # Errors
+    /// The socket refuses the option.
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        self.stream.set_write_timeout(t)
+    }
+
+    /// Buffers a request packet without writing it (see [`Connection::flush`]).
+    ///
+    /// # Errors
+    /// A non-final argument contains a NUL byte, or the body is over 4 GiB.
+    pub fn queue(&mut self, p: &Packet<'_>) -> Result<(), ProtocolError> {
+        p.validate()?;
+        p.encode(Magic::Req, &mut self.wbuf)
+    }
+
+    /// Buffers raw bytes (an admin line).
+    pub fn queue_bytes(&mut self, b: &[u8]) {
+        self.wbuf.extend_from_slice(b);
+    }
+
+    /// Writes everything buffered.
+    ///
+    /// # Errors
+    /// The write fails or times out.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let r = self.stream.write_all(&self.wbuf);
+        self.wbuf.clear();
+        r.map_err(normalize_timeout)
+    }
+
+    /// Sends one request packet.
+    ///
+    /// # Errors
+    /// An invalid packet ([`io::ErrorKind::InvalidInput`]) or a failed write.
+    pub fn send(&mut self, p: &Packet<'_>) -> io::Result<()> {
+        self.queue(p).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        self.flush()
+    }
+
+    fn set_read_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        let t = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+                }
+                Some(left.max(Duration::from_millis(1)))
+            }
+        };
+        if t != self.read_timeout {
+            self.stream.set_read_timeout(t)?;
+            self.read_timeout = t;
+        }
+        Ok(())
+    }
+
+    /// Reads more bytes into the decoder, waiting until `deadline`.
+    fn fill(&mut self, deadline: Option<Instant>) -> io::Result<()> {
+        loop {
+            self.set_read_deadline(deadline)?;
+            match self.stream.read(&mut self.rbuf) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    ));
+                }
+                Ok(n) => {
+                    self.decoder.push(&self.rbuf[..n]);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(normalize_timeout(e)),
+            }
+        }
+    }
+
+    /// A packet already buffered, without reading the socket.
+    ///
+    /// # Errors
+    /// The buffered bytes are not a valid packet, or are a text line.
+    pub fn try_recv(&mut self) -> io::Result<Option<OwnedPacket>> {
+        match self.decoder.next_frame() {
+            Ok(Some(Frame::Binary { magic, kind, body })) => {
+                Ok(Some(OwnedPacket { magic, kind, body: body.to_vec() }))
+            }
+            Ok(Some(Frame::Text(line))) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected text from server: {:?}", String::from_utf8_lossy(line)),
+            )),
+            Ok(None) => Ok(None),
+            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+
+    /// Receives one packet, waiting until `deadline` (`None`: forever).
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::TimedOut`] at the deadline, `UnexpectedEof` when the
+    /// server closed the connection, `InvalidData` for garbage.
+    pub fn recv(&mut self, deadline: Option<Instant>) -> io::Result<OwnedPacket> {
+        loop {
+            if let Some(p) = self.try_recv()? {
+                return Ok(p);
+            }
+            self.fill(deadline)?;
+        }
+    }
+
+    /// Receives one text line (without its line ending), waiting until `deadline`.
+    ///
+    /// # Errors
+    /// As [`Connection::recv`]; a binary packet where a line was expected is
+    /// `InvalidData`.
+    pub fn recv_line(&mut self, deadline: Option<Instant>) -> io::Result<String> {
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(Frame::Text(line))) => {
+                    return Ok(String::from_utf8_lossy(line).into_owned());
+                }
+                Ok(Some(Frame::Binary { kind, .. })) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("expected a text line, got a {kind} packet"),
+                    ));
+                }
+                Ok(None) => self.fill(deadline)?,
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+    }
+
+    /// Closes both directions.
+    pub fn close(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// Linux reports a socket timeout as `WouldBlock`; call it `TimedOut`.
+fn normalize_timeout(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(io::ErrorKind::TimedOut, "timed out")
+    } else {
+        e
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_lists() {
+        assert_eq!(
+            parse_server_list("a, b:7003,,[::1],[::1]:9"),
+            ["a:4730", "b:7003", "[::1]:4730", "[::1]:9"]
+        );
+        assert_eq!(with_default_port("::1"), "[::1]:4730");
+    }
+}
