@@ -2,3 +2,5 @@
 
 /// Peers, server guards and polling helpers.
 mod support;
+/// The embedded server's lifecycle, slow readers and connection limits.
+mod server;

@@ -131,6 +131,11 @@ impl Ours {
         self.handle.as_ref().unwrap()
     }
 
+    /// Gives up the guard, for tests that watch the server stop by itself.
+    pub fn into_handle(mut self) -> ServerHandle {
+        self.handle.take().unwrap()
+    }
+
     /// Stops the server and waits for all its threads.
     pub fn stop(mut self) {
         if let Some(h) = self.handle.take() {
