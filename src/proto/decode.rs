@@ -138,13 +138,14 @@ impl Decoder {
             match avail[from..].iter().position(|&b| b == b'\n') {
                 Some(i) => {
                     let nl = from + i;
-                    if nl > self.max_line + 1 {
-                        return Err(self.fail(ProtocolError::LineTooLong { max: self.max_line }));
-                    }
                     let start = self.pos;
                     let mut end = start + nl;
                     if end > start && self.buf[end - 1] == b'\r' {
                         end -= 1;
+                    }
+                    // The limit applies to the line without its ending.
+                    if end - start > self.max_line {
+                        return Err(self.fail(ProtocolError::LineTooLong { max: self.max_line }));
                     }
                     self.pos += nl + 1;
                     self.scanned = 0;

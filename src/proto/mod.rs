@@ -18,3 +18,6 @@ pub use error::ProtocolError;
 pub use packet::{
     ArgList, HEADER_LEN, Magic, Packet, PacketType, Priority, SubmitKind, encode_raw,
 };
+
+#[cfg(test)]
+mod tests;

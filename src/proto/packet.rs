@@ -474,7 +474,7 @@ impl<'a> Packet<'a> {
             T::CantDo => Packet::CantDo { function: body },
             T::ResetAbilities => return empty(Packet::ResetAbilities),
             T::PreSleep => return empty(Packet::PreSleep),
-            T::Unused => Packet::Unused,
+            T::Unused => return empty(Packet::Unused),
             T::Noop => return empty(Packet::Noop),
             T::SubmitJob
             | T::SubmitJobBg
@@ -519,7 +519,7 @@ impl<'a> Packet<'a> {
                 let [function, timeout] = args!(2);
                 Packet::CanDoTimeout { function, timeout }
             }
-            T::AllYours => Packet::AllYours,
+            T::AllYours => return empty(Packet::AllYours),
             T::WorkException => {
                 let [handle, data] = args!(2);
                 Packet::WorkException { handle, data }
