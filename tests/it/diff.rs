@@ -14,12 +14,17 @@
 //! `GEARFRAME_DIFF_GEARMAND_ONLY=1` runs each scenario against gearmand only
 //! and prints its transcript.
 
-use crate::support::{Gearmand, Opts, Ours, Pkt, RawConn, bg, fg, quote, raw_packet, show_packet, submit};
+use crate::support::{
+    Gearmand, Opts, Ours, Pkt, RawConn, bg, fg, quote, raw_packet, show_packet, submit,
+};
 use gearframe::proto::{Packet, PacketType as T};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
+
+/// An epoch (2100-01-01) that is never due while the tests run.
+const FAR_FUTURE: &[u8] = b"4102444800";
 
 /// The hidden connection used to wait until the server has seen a close.
 const CTL: &str = "__ctl";
@@ -202,7 +207,10 @@ impl Session {
             if got == want {
                 return;
             }
-            assert!(Instant::now() < deadline, "server still lists {got} connections, expected {want}");
+            assert!(
+                Instant::now() < deadline,
+                "server still lists {got} connections, expected {want}"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -833,6 +841,11 @@ fn can_do_timeout_requeues_to_another_worker() {
         s.note(&format!("requeued within 3 s: {}", waited <= Duration::from_secs(3)));
         s.admin_list("a", "status");
         s.admin_list("a", "show jobs");
+        // gearmand 1.1.20 runs the timeout on w1's I/O thread: until w1's
+        // connection is served again, a GRAB right after the NOOP may get
+        // NO_JOB although `status` counts the job as queued. The echo on w1
+        // makes the order deterministic.
+        s.sync("w1");
         s.send("w2", Packet::GrabJob);
         s.expect("w2", 1);
         s.sync("c1");
@@ -1030,7 +1043,7 @@ fn drop_function_rules() {
     plain(|s| {
         s.send("w1", Packet::CanDo { function: b"f" });
         s.sync("w1");
-        s.admin("a", "create function idle");
+        s.admin_bytes("a", b"create function idle\r\n");
         s.admin_list("a", "status");
         s.admin("a", "drop function f");
         s.admin("a", "drop function nosuch");
@@ -1044,7 +1057,7 @@ fn drop_function_rules() {
         s.admin_list("a", "status");
         s.admin("a", "drop function f");
         s.admin_list("a", "status");
-        s.note("a running job without registered workers still blocks the drop");
+        s.note("a function with a running job cannot be dropped");
         s.send("c1", fg(b"g", b"", b"x"));
         s.expect("c1", 1);
         s.send("w2", Packet::CanDo { function: b"g" });
@@ -1054,6 +1067,177 @@ fn drop_function_rules() {
         s.sync("w3");
         s.admin("a", "drop function g");
         s.admin_list("a", "status");
+    });
+}
+
+#[test]
+fn cancel_job_twice_fails_the_attached_client_twice() {
+    plain(|s| {
+        s.send("c1", fg(b"f", b"", b"x"));
+        s.expect("c1", 1);
+        let cancel = format!("cancel job {}", String::from_utf8_lossy(&s.h(1)));
+        s.admin("a", &cancel);
+        s.expect("c1", 1);
+        s.note("the cancelled job is still known until a worker reaches it");
+        s.admin("a", &cancel);
+        s.sync("c1");
+        s.send("w1", Packet::CanDo { function: b"f" });
+        s.send("w1", Packet::GrabJob);
+        s.expect("w1", 1);
+        s.admin("a", &cancel);
+        s.sync("c1");
+    });
+}
+
+#[test]
+fn client_disconnect_abandons_its_jobs() {
+    plain(|s| {
+        s.send("c1", fg(b"f", b"", b"running"));
+        s.expect("c1", 1);
+        s.send("w1", Packet::CanDo { function: b"f" });
+        s.send("w1", Packet::GrabJob);
+        s.expect("w1", 1);
+        s.send("c1", fg(b"f", b"", b"queued"));
+        s.expect("c1", 1);
+        s.send("c2", bg(b"f", b"", b"background"));
+        s.expect("c2", 1);
+        s.close("c1");
+        s.note("the running job goes on and its results are accepted silently");
+        let h1 = s.h(1);
+        s.send("w1", Packet::WorkStatus { handle: &h1, numerator: b"1", denominator: b"2" });
+        s.send("w1", Packet::WorkData { handle: &h1, data: b"d" });
+        s.send("w1", Packet::WorkComplete { handle: &h1, data: b"done" });
+        s.sync("w1");
+        s.note("the abandoned queued job is never handed out");
+        s.send("w1", Packet::GrabJob);
+        s.expect("w1", 1);
+        s.send("w1", Packet::GrabJob);
+        s.expect("w1", 1);
+        s.send("w1", Packet::WorkComplete { handle: &s.h(3), data: b"done" });
+        s.sync("w1");
+        s.sync("c2");
+        s.admin_list("a", "status");
+        s.admin_list("a", "show jobs");
+    });
+}
+
+#[test]
+fn epoch_jobs_wait_until_due() {
+    plain(|s| {
+        s.send("w1", Packet::CanDo { function: b"f" });
+        s.sync("w1");
+        s.send(
+            "c1",
+            Packet::SubmitJobEpoch {
+                function: b"f",
+                unique: b"e1",
+                epoch: FAR_FUTURE,
+                data: b"later",
+            },
+        );
+        s.expect("c1", 1);
+        s.send("w1", Packet::GrabJobUniq);
+        s.expect("w1", 1);
+        s.admin_list("a", "status");
+        s.admin_list("a", "prioritystatus");
+        s.admin_list("a", "show jobs");
+        s.send("a", Packet::GetStatus { handle: &s.h(1) });
+        s.expect("a", 1);
+        s.note("a job that is not due does not stop a worker from sleeping");
+        s.send("w1", Packet::PreSleep);
+        s.sync("w1");
+        s.note("an epoch in the past (or 0) is runnable at once");
+        s.send(
+            "c1",
+            Packet::SubmitJobEpoch { function: b"f", unique: b"e2", epoch: b"1", data: b"past" },
+        );
+        s.expect("c1", 1);
+        s.sync("w1");
+        s.send(
+            "c1",
+            Packet::SubmitJobEpoch { function: b"f", unique: b"e3", epoch: b"0", data: b"zero" },
+        );
+        s.expect("c1", 1);
+        for _ in 0..3 {
+            s.send("w1", Packet::GrabJobUniq);
+            s.expect("w1", 1);
+        }
+        s.admin_list("a", "status");
+    });
+}
+
+#[test]
+fn length_limits_of_unique_and_handle() {
+    plain(|s| {
+        let u63 = [b'u'; 63];
+        let u64 = [b'u'; 64];
+        let u65 = [b'u'; 65];
+        s.send("c1", bg(b"f", &u63, b"x"));
+        s.expect("c1", 1);
+        s.note("a 64-byte unique is accepted and stored cut to 63 bytes");
+        s.send("c1", bg(b"f", &u64, b"x"));
+        s.expect("c1", 1);
+        s.send("c1", bg(b"f", &u65, b"x"));
+        s.expect("c1", 1);
+        s.admin_list("a", "show unique jobs");
+        s.admin_list("a", "status");
+        s.send("c1", Packet::GetStatusUnique { unique: &u63 });
+        s.expect("c1", 1);
+        s.note("a result for a handle of 64 bytes or more");
+        s.send("w1", Packet::WorkFail { handle: &[b'h'; 64] });
+        s.expect("w1", 1);
+        s.send("w1", Packet::WorkFail { handle: &[b'h'; 63] });
+        s.expect("w1", 1);
+        s.send("w1", Packet::WorkComplete { handle: &[b'h'; 64], data: b"x" });
+        s.expect("w1", 1);
+        s.sync("w1");
+    });
+}
+
+// gearmand quirks that a compatible server may fix; not run by default.
+// Run them with `cargo test --test it diff::quirk -- --ignored` to compare.
+
+// gearmand queues a not-yet-due epoch job like any other and wakes sleepers
+// at once, although a GRAB then finds nothing.
+#[test]
+#[ignore = "gearmand quirk: NOOP for an epoch job that is not due"]
+fn quirk_future_epoch_job_wakes_sleepers_at_submit() {
+    plain(|s| {
+        s.send("w1", Packet::CanDo { function: b"f" });
+        s.send("w1", Packet::PreSleep);
+        s.sync("w1");
+        s.send(
+            "c1",
+            Packet::SubmitJobEpoch { function: b"f", unique: b"", epoch: FAR_FUTURE, data: b"x" },
+        );
+        s.expect("c1", 1);
+        s.sync("w1");
+        s.send("w1", Packet::GrabJob);
+        s.expect("w1", 1);
+    });
+}
+
+// gearmand's take looks only at the highest non-empty priority list of a
+// function; when that list holds only epoch jobs that are not due, a LOW job
+// of the same function is never handed out, while PRE_SLEEP's peek does see
+// it and answers NOOP at once (a wake-up loop).
+#[test]
+#[ignore = "gearmand quirk: a future epoch job starves lower priorities"]
+fn quirk_future_epoch_job_starves_lower_priorities() {
+    plain(|s| {
+        s.send(
+            "c1",
+            Packet::SubmitJobEpoch { function: b"f", unique: b"", epoch: FAR_FUTURE, data: b"x" },
+        );
+        s.send("c1", submit(T::SubmitJobLowBg, b"f", b"", b"low"));
+        s.expect("c1", 2);
+        s.send("w1", Packet::CanDo { function: b"f" });
+        s.send("w1", Packet::GrabJob);
+        s.expect("w1", 1);
+        s.send("w1", Packet::PreSleep);
+        s.sync("w1");
+        s.send("w1", Packet::GrabJob);
+        s.expect("w1", 1);
     });
 }
 
@@ -1277,8 +1461,6 @@ fn admin_single_line_commands_exact_bytes() {
             "maxqueue f 1",
             "maxqueue f 1 2",
             "maxqueue f 1 2 3",
-            "shutdown",
-            "shutdown graceful",
         ] {
             s.admin("a", cmd);
         }
@@ -1299,6 +1481,16 @@ fn admin_single_line_commands_exact_bytes() {
         s.rec("six2 >> \"a b c d e f\\n\"".into());
         s.expect_closed("six2");
         s.admin_list("a", "workers");
+    });
+}
+
+#[test]
+fn admin_shutdown_is_an_unknown_command() {
+    plain(|s| {
+        s.admin("a", "shutdown graceful");
+        s.admin("a", "shutdown");
+        s.admin("a", "SHUTDOWN");
+        s.admin_list("a", "status");
     });
 }
 
@@ -1353,7 +1545,10 @@ fn ours_work_fail_from_exception_has_the_bare_handle() {
         s.expect("c1", 1);
         s.sync("c1");
     });
-    assert_in_order(&lines, &["c1 << JOB_CREATED \"H1\"", "c1 << WORK_FAIL \"H1\"", "c1 == synced"]);
+    assert_in_order(
+        &lines,
+        &["c1 << JOB_CREATED \"H1\"", "c1 << WORK_FAIL \"H1\"", "c1 == synced"],
+    );
 }
 
 // gearmand drops the last character of the name when the line ends in a bare
@@ -1400,7 +1595,12 @@ fn ours_epoch_job_wakes_a_sleeping_worker_when_due() {
         s.sync("w1");
         s.send(
             "c1",
-            Packet::SubmitJobEpoch { function: b"f", unique: b"", epoch: when.as_bytes(), data: b"later" },
+            Packet::SubmitJobEpoch {
+                function: b"f",
+                unique: b"",
+                epoch: when.as_bytes(),
+                data: b"later",
+            },
         );
         s.expect("c1", 1);
         s.note("not due yet: no NOOP");
@@ -1411,7 +1611,12 @@ fn ours_epoch_job_wakes_a_sleeping_worker_when_due() {
     });
     assert_in_order(
         &lines,
-        &["-- not due yet: no NOOP", "w1 == synced", "w1 << NOOP", "w1 << JOB_ASSIGN \"H1\" \"f\" \"later\""],
+        &[
+            "-- not due yet: no NOOP",
+            "w1 == synced",
+            "w1 << NOOP",
+            "w1 << JOB_ASSIGN \"H1\" \"f\" \"later\"",
+        ],
     );
 }
 

@@ -32,8 +32,9 @@ pub fn peer(name: &str) -> Option<PathBuf> {
     let mut dirs: Vec<PathBuf> =
         std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
-    let executable =
-        |p: &PathBuf| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let executable = |p: &PathBuf| {
+        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
     if let Some(found) = dirs.iter().map(|d| d.join(name)).find(executable) {
         return Some(found);
     }
@@ -125,7 +126,10 @@ impl Gearmand {
                 return Ok(g);
             }
             if Instant::now() >= deadline {
-                return Err(format!("gearmand did not answer on {} within {START_TIMEOUT:?}", g.addr));
+                return Err(format!(
+                    "gearmand did not answer on {} within {START_TIMEOUT:?}",
+                    g.addr
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -293,19 +297,34 @@ pub fn show_packet(p: &Packet<'_>) -> String {
 }
 
 /// Builds a SUBMIT_JOB* packet of the given type.
-pub fn submit<'a>(kind: PacketType, function: &'a [u8], unique: &'a [u8], data: &'a [u8]) -> Packet<'a> {
+pub fn submit<'a>(
+    kind: PacketType,
+    function: &'a [u8],
+    unique: &'a [u8],
+    data: &'a [u8],
+) -> Packet<'a> {
     let kind = SubmitKind::of(kind).unwrap_or_else(|| panic!("{kind} is not a plain submit type"));
     Packet::Submit { kind, function, unique, data }
 }
 
 /// A foreground NORMAL submission.
 pub fn fg<'a>(function: &'a [u8], unique: &'a [u8], data: &'a [u8]) -> Packet<'a> {
-    Packet::Submit { kind: SubmitKind { priority: Priority::Normal, background: false }, function, unique, data }
+    Packet::Submit {
+        kind: SubmitKind { priority: Priority::Normal, background: false },
+        function,
+        unique,
+        data,
+    }
 }
 
 /// A background NORMAL submission.
 pub fn bg<'a>(function: &'a [u8], unique: &'a [u8], data: &'a [u8]) -> Packet<'a> {
-    Packet::Submit { kind: SubmitKind { priority: Priority::Normal, background: true }, function, unique, data }
+    Packet::Submit {
+        kind: SubmitKind { priority: Priority::Normal, background: true },
+        function,
+        unique,
+        data,
+    }
 }
 
 /// A raw header plus body, for packets the typed API cannot express.
@@ -401,7 +420,9 @@ impl RawConn {
                 self.buf.extend_from_slice(&chunk[..n]);
                 Got::Bytes
             }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Got::Timeout,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Got::Timeout
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => Got::Bytes,
             Err(_) => {
                 // A reset counts as the server closing the connection.
@@ -428,13 +449,17 @@ impl RawConn {
         let (magic, kind, body) = match d.next_frame() {
             Ok(Some(Frame::Binary { magic, kind, body })) => (magic, kind, body.to_vec()),
             Ok(Some(Frame::Text(_))) | Ok(None) => return None,
-            Err(e) => panic!("{}: undecodable bytes from server: {e}: {}", self.name, quote(&self.buf)),
+            Err(e) => {
+                panic!("{}: undecodable bytes from server: {e}: {}", self.name, quote(&self.buf))
+            }
         };
         self.buf.drain(..12 + body.len());
         let args = match Packet::parse(kind, &body) {
             Ok(p) => p.args().iter().map(<[u8]>::to_vec).collect(),
             // Keep whatever arrived, split as far as it goes.
-            Err(_) => body.splitn(kind.arg_count().max(1), |&b| b == 0).map(<[u8]>::to_vec).collect(),
+            Err(_) => {
+                body.splitn(kind.arg_count().max(1), |&b| b == 0).map(<[u8]>::to_vec).collect()
+            }
         };
         Some(Pkt { magic, kind, args })
     }
