@@ -170,8 +170,7 @@ impl Server {
         };
         let mut state = State::new(settings);
         state.verbose = match log::max_level() {
-            log::LevelFilter::Off => "FATAL",
-            log::LevelFilter::Error => "ERROR",
+            log::LevelFilter::Off | log::LevelFilter::Error => "ERROR",
             log::LevelFilter::Warn => "WARNING",
             log::LevelFilter::Info => "INFO",
             _ => "DEBUG",

@@ -330,7 +330,6 @@ impl State {
             self.send_error(conn, "ARGUMENT_TOO_LARGE", "Unique value too large");
             return;
         }
-        let unique = &unique[..unique.len().min(63)];
         let fid = self.function_id(function);
         let existing = {
             let f = &self.functions[fid];
@@ -993,5 +992,23 @@ mod tests {
         assert_eq!(sent(&client), ["JOB_CREATED H:t:1", "WORK_FAIL H:t:1"]);
         assert!(st.jobs.is_empty());
         assert_eq!(st.functions[0].job_total, 0);
+    }
+
+    #[test]
+    fn shutdown_only_from_loopback() {
+        let mut st = state();
+        let remote = Arc::new(Outbox::new(None, 1 << 20));
+        st.add_conn(7, 7, "192.0.2.1".into(), false, Arc::clone(&remote));
+        st.admin(7, b"shutdown");
+        assert!(!st.lifecycle.stop);
+        assert_eq!(
+            remote.take_now(),
+            b"ERR PERMISSION_DENIED shutdown+is+only+accepted+from+a+loopback+address\r\n"
+        );
+        let local = conn(&mut st, 8);
+        st.admin(8, b"shutdown graceful");
+        assert_eq!(local.take_now(), b"OK\r\n");
+        assert!(st.lifecycle.graceful);
+        assert!(st.lifecycle.stop, "no job is left, so a graceful stop is immediate");
     }
 }

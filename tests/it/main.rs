@@ -1,13 +1,14 @@
 //! The integration tests: one binary, one module per topic.
 
-/// Peers, server guards and polling helpers.
-mod support;
-
 /// Malformed input against the embedded server.
 mod bad_input;
+/// Differential scenarios: the same conversation against gearmand and gearframe.
+mod diff;
 /// The real gearman tools against the embedded server.
 mod interop;
 /// Helpers of the interop and bad-input tests.
 mod peers;
 /// The embedded server's lifecycle, slow readers and connection limits.
 mod server;
+/// Peers, server guards, polling helpers and a raw protocol connection.
+mod support;

@@ -60,7 +60,12 @@ fn closed_by_peer(s: &mut TcpStream, received: &mut usize) -> bool {
         match s.read(&mut buf) {
             Ok(0) => return true,
             Ok(n) => *received += n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 return false;
             }
             Err(_) => return true,
@@ -106,7 +111,9 @@ fn shutdown_graceful_stops_accepting_and_exits_when_the_last_job_is_done() {
 
     assert_eq!(admin(addr, "shutdown graceful"), "OK");
     // The listener closes; existing connections keep being served.
-    eventually(T, "listener closed", || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err().then_some(()));
+    eventually(T, "listener closed", || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err().then_some(())
+    });
     echo(&mut client, b"still served");
 
     let handle = server.into_handle();

@@ -1,26 +1,41 @@
-//! Shared test helpers: finding the real peers, and guards that start and
-//! stop servers on ephemeral loopback ports.
+//! Shared test helpers: finding the real peers, guards that start and stop
+//! servers (gearmand and gearframe's) on ephemeral loopback ports, polling,
+//! and a raw connection that speaks binary packets and admin text lines.
 
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::fmt;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use gearframe::proto::{Decoder, Frame, Magic, Packet, PacketType, Priority, SubmitKind};
 use gearframe::server::{Server, ServerConfig, ServerHandle};
+
+/// How long a receive waits before the test fails.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a server gets to start accepting connections.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Finds a peer executable (gearmand, gearman, gearadmin, python3 modules...).
 ///
-/// When it is missing: with `GEARFRAME_REQUIRE_PEERS=1` (as in CI) the test
-/// fails; otherwise a loud line is printed and `None` returned, so the test
-/// returns early having checked nothing.
+/// Looks in `PATH` and in the sbin directories (gearmand lives in
+/// `/usr/sbin`, which is often not on a user's `PATH`). When it is missing:
+/// with `GEARFRAME_REQUIRE_PEERS=1` (as in CI) the test fails; otherwise a
+/// loud line is printed and `None` returned, so the test returns early having
+/// checked nothing.
 pub fn peer(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
-    if let Some(found) = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
+    let executable = |p: &PathBuf| {
+        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if let Some(found) = dirs.iter().map(|d| d.join(name)).find(executable) {
         return Some(found);
     }
     missing(name)
@@ -50,10 +65,13 @@ pub fn wait_listening(addr: SocketAddr, limit: Duration) {
 }
 
 /// Options both servers understand.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Opts {
+    /// `--job-retries`: drop a job after it was started this many times (0 = unlimited).
     pub job_retries: u32,
+    /// `--worker-wakeup`: NOOPs per queued job (0 = every sleeper).
     pub worker_wakeup: u32,
+    /// `--round-robin`.
     pub round_robin: bool,
 }
 
@@ -65,8 +83,23 @@ pub struct Gearmand {
 
 impl Gearmand {
     /// Starts gearmand, or returns `None` when it is not installed.
+    ///
+    /// Another process may take the free port before gearmand binds it, so
+    /// the start is verified with `getpid` (the port must be served by our
+    /// child) and retried on a fresh port.
     pub fn start(opts: &Opts) -> Option<Gearmand> {
         let bin = peer("gearmand")?;
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Gearmand::try_start(&bin, opts) {
+                Ok(g) => return Some(g),
+                Err(e) => last = e,
+            }
+        }
+        panic!("gearmand did not start: {last}");
+    }
+
+    fn try_start(bin: &Path, opts: &Opts) -> Result<Gearmand, String> {
         let port = free_port();
         let mut cmd = Command::new(bin);
         cmd.arg("--listen=127.0.0.1")
@@ -77,10 +110,40 @@ impl Gearmand {
         if opts.round_robin {
             cmd.arg("--round-robin");
         }
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        let g = Gearmand { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
-        wait_listening(g.addr, Duration::from_secs(10));
-        Some(g)
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        let mut g = Gearmand { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = g.child.try_wait() {
+                return Err(format!("gearmand exited early with {status}"));
+            }
+            if g.answers_as_itself() {
+                return Ok(g);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "gearmand did not answer on {} within {START_TIMEOUT:?}",
+                    g.addr
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// True when the port accepts and `getpid` names our child.
+    fn answers_as_itself(&self) -> bool {
+        let Ok(s) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let mut c = RawConn::from_stream(s, "probe");
+        c.send_line("getpid");
+        let want = format!("OK {}\n", self.child.id());
+        matches!(c.try_recv_line(Duration::from_secs(2)), Some(l) if l == want.as_bytes())
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -179,5 +242,338 @@ pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
         }
         assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A packet received from a server, with owned arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pkt {
+    /// Magic of the packet (servers send `\0RES`).
+    pub magic: Magic,
+    /// Packet type.
+    pub kind: PacketType,
+    /// Arguments split by the type's argument count.
+    pub args: Vec<Vec<u8>>,
+}
+
+impl Pkt {
+    /// Argument `i`, empty when missing.
+    pub fn arg(&self, i: usize) -> &[u8] {
+        self.args.get(i).map_or(&[][..], |a| a.as_slice())
+    }
+
+    /// Argument `i` as lossy UTF-8.
+    pub fn arg_str(&self, i: usize) -> String {
+        String::from_utf8_lossy(self.arg(i)).into_owned()
+    }
+}
+
+/// Renders bytes as a quoted string with non-printable bytes escaped.
+pub fn quote(b: &[u8]) -> String {
+    format!("\"{}\"", b.escape_ascii())
+}
+
+impl fmt::Display for Pkt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.magic != Magic::Res {
+            write!(f, "(magic {:?}) ", self.magic)?;
+        }
+        f.write_str(self.kind.name())?;
+        for a in &self.args {
+            write!(f, " {}", quote(a))?;
+        }
+        Ok(())
+    }
+}
+
+/// Renders a packet about to be sent, in the same style as [`Pkt`].
+pub fn show_packet(p: &Packet<'_>) -> String {
+    let mut s = p.kind().name().to_string();
+    for a in p.args().iter() {
+        s.push(' ');
+        s.push_str(&quote(a));
+    }
+    s
+}
+
+/// Builds a SUBMIT_JOB* packet of the given type.
+pub fn submit<'a>(
+    kind: PacketType,
+    function: &'a [u8],
+    unique: &'a [u8],
+    data: &'a [u8],
+) -> Packet<'a> {
+    let kind = SubmitKind::of(kind).unwrap_or_else(|| panic!("{kind} is not a plain submit type"));
+    Packet::Submit { kind, function, unique, data }
+}
+
+/// A foreground NORMAL submission.
+pub fn fg<'a>(function: &'a [u8], unique: &'a [u8], data: &'a [u8]) -> Packet<'a> {
+    Packet::Submit {
+        kind: SubmitKind { priority: Priority::Normal, background: false },
+        function,
+        unique,
+        data,
+    }
+}
+
+/// A background NORMAL submission.
+pub fn bg<'a>(function: &'a [u8], unique: &'a [u8], data: &'a [u8]) -> Packet<'a> {
+    Packet::Submit {
+        kind: SubmitKind { priority: Priority::Normal, background: true },
+        function,
+        unique,
+        data,
+    }
+}
+
+/// A raw header plus body, for packets the typed API cannot express.
+pub fn raw_packet(magic: &[u8; 4], kind: u32, body: &[u8]) -> Vec<u8> {
+    let mut v = magic.to_vec();
+    v.extend_from_slice(&kind.to_be_bytes());
+    v.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+static SYNC_COUNTER: AtomicU64 = AtomicU64::new(1);
+
+/// What a receive found.
+#[derive(Debug)]
+enum Got {
+    Bytes,
+    Eof,
+    Timeout,
+}
+
+/// A TCP connection to a server, reading with timeouts.
+#[derive(Debug)]
+pub struct RawConn {
+    stream: TcpStream,
+    name: String,
+    buf: Vec<u8>,
+    eof: bool,
+}
+
+impl RawConn {
+    /// Connects to `addr`; `name` appears in failure messages.
+    pub fn connect(addr: SocketAddr, name: &str) -> RawConn {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{name}: connect to {addr}: {e}"));
+        RawConn::from_stream(stream, name)
+    }
+
+    fn from_stream(stream: TcpStream, name: &str) -> RawConn {
+        stream.set_nodelay(true).ok();
+        stream.set_write_timeout(Some(Duration::from_secs(5))).ok();
+        RawConn { stream, name: name.to_string(), buf: Vec::new(), eof: false }
+    }
+
+    /// The connection's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Sends a packet with `\0REQ` magic.
+    pub fn send(&mut self, packet: Packet<'_>) {
+        let bytes = packet.to_vec(Magic::Req);
+        self.send_bytes(&bytes);
+    }
+
+    /// Sends raw bytes.
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        if let Err(e) = self.stream.write_all(bytes) {
+            panic!("{}: send failed: {e}", self.name);
+        }
+    }
+
+    /// Sends a text line, appending `\n`.
+    pub fn send_line(&mut self, line: &str) {
+        let mut v = line.as_bytes().to_vec();
+        v.push(b'\n');
+        self.send_bytes(&v);
+    }
+
+    /// Closes both directions.
+    pub fn close(self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
+
+    /// Reads once, waiting until `deadline`.
+    fn fill(&mut self, deadline: Instant) -> Got {
+        if self.eof {
+            return Got::Eof;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Got::Timeout;
+        }
+        let wait = (deadline - now).max(Duration::from_millis(1));
+        self.stream.set_read_timeout(Some(wait)).ok();
+        let mut chunk = [0u8; 16 * 1024];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {
+                self.eof = true;
+                Got::Eof
+            }
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Got::Bytes
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Got::Timeout
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => Got::Bytes,
+            Err(_) => {
+                // A reset counts as the server closing the connection.
+                self.eof = true;
+                Got::Eof
+            }
+        }
+    }
+
+    /// Decodes one binary packet from the front of the buffer, if whole.
+    fn take_packet(&mut self) -> Option<Pkt> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        if self.buf[0] != 0 {
+            panic!(
+                "{}: expected a binary packet, got text {}",
+                self.name,
+                quote(&self.buf[..self.buf.len().min(200)])
+            );
+        }
+        let mut d = Decoder::new(u32::MAX);
+        d.push(&self.buf);
+        let (magic, kind, body) = match d.next_frame() {
+            Ok(Some(Frame::Binary { magic, kind, body })) => (magic, kind, body.to_vec()),
+            Ok(Some(Frame::Text(_))) | Ok(None) => return None,
+            Err(e) => {
+                panic!("{}: undecodable bytes from server: {e}: {}", self.name, quote(&self.buf))
+            }
+        };
+        self.buf.drain(..12 + body.len());
+        let args = match Packet::parse(kind, &body) {
+            Ok(p) => p.args().iter().map(<[u8]>::to_vec).collect(),
+            // Keep whatever arrived, split as far as it goes.
+            Err(_) => {
+                body.splitn(kind.arg_count().max(1), |&b| b == 0).map(<[u8]>::to_vec).collect()
+            }
+        };
+        Some(Pkt { magic, kind, args })
+    }
+
+    /// Receives one packet, or `None` on timeout or end of stream.
+    pub fn try_recv_packet(&mut self, timeout: Duration) -> Option<Pkt> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(p) = self.take_packet() {
+                return Some(p);
+            }
+            match self.fill(deadline) {
+                Got::Bytes => {}
+                Got::Eof | Got::Timeout => return None,
+            }
+        }
+    }
+
+    /// Receives one packet; panics with a clear message after [`RECV_TIMEOUT`].
+    pub fn recv_packet(&mut self) -> Pkt {
+        self.recv_packet_within(RECV_TIMEOUT)
+    }
+
+    /// Receives one packet; panics after `timeout`.
+    pub fn recv_packet_within(&mut self, timeout: Duration) -> Pkt {
+        match self.try_recv_packet(timeout) {
+            Some(p) => p,
+            None if self.eof => panic!(
+                "{}: connection closed by the server while waiting for a packet (buffered: {})",
+                self.name,
+                quote(&self.buf)
+            ),
+            None => panic!(
+                "{}: no packet within {timeout:?} (buffered: {})",
+                self.name,
+                quote(&self.buf)
+            ),
+        }
+    }
+
+    /// Receives one text line with its line ending kept, or `None` on timeout or end of stream.
+    pub fn try_recv_line(&mut self, timeout: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\n') {
+                return Some(self.buf.drain(..=i).collect());
+            }
+            match self.fill(deadline) {
+                Got::Bytes => {}
+                Got::Eof | Got::Timeout => return None,
+            }
+        }
+    }
+
+    /// Receives one text line, line ending kept; panics after [`RECV_TIMEOUT`].
+    pub fn recv_line(&mut self) -> Vec<u8> {
+        match self.try_recv_line(RECV_TIMEOUT) {
+            Some(l) => l,
+            None => panic!(
+                "{}: no complete text line within {RECV_TIMEOUT:?} (eof: {}, buffered: {})",
+                self.name,
+                self.eof,
+                quote(&self.buf)
+            ),
+        }
+    }
+
+    /// Receives the lines of a list reply up to and including the `.` line.
+    /// A first line starting with `ERR ` is returned alone.
+    pub fn recv_admin_list(&mut self) -> Vec<Vec<u8>> {
+        let mut lines = Vec::new();
+        loop {
+            let l = self.recv_line();
+            let end = l == b".\n" || l == b".\r\n" || (lines.is_empty() && l.starts_with(b"ERR "));
+            lines.push(l);
+            if end {
+                return lines;
+            }
+        }
+    }
+
+    /// Sends ECHO_REQ with a unique marker and returns every packet that
+    /// arrived before the matching ECHO_RES.
+    ///
+    /// A server handles a connection's packets in order, so once the echo
+    /// comes back everything it queued earlier for this connection has
+    /// arrived: this asserts "nothing else arrived" without sleeping.
+    pub fn sync(&mut self) -> Vec<Pkt> {
+        let marker = format!("sync-{}", SYNC_COUNTER.fetch_add(1, Ordering::Relaxed));
+        self.send(Packet::EchoReq { data: marker.as_bytes() });
+        let mut before = Vec::new();
+        loop {
+            let p = self.recv_packet();
+            if p.kind == PacketType::EchoRes && p.arg(0) == marker.as_bytes() {
+                return before;
+            }
+            before.push(p);
+        }
+    }
+
+    /// Waits until the server closes the connection; returns any bytes that
+    /// arrived first. Panics if it stays open for `timeout`.
+    pub fn expect_closed(&mut self, timeout: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.fill(deadline) {
+                Got::Bytes => {}
+                Got::Eof => return std::mem::take(&mut self.buf),
+                Got::Timeout => panic!(
+                    "{}: the server did not close the connection within {timeout:?} (received: {})",
+                    self.name,
+                    quote(&self.buf)
+                ),
+            }
+        }
     }
 }
