@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::sync::Arc;
 
-use super::job::{Handler, Job, JobContext, JobError, JobResult};
+use super::job::{FailKind, Handler, Job, JobContext, JobError, JobResult};
 use super::shell::{OutputMode, Program, ShellCommand, ShellOutcome};
 
 /// How much of stderr goes into a failure message.
@@ -19,6 +19,12 @@ const STDERR_TAIL: usize = 2048;
 /// - timeout: WORK_EXCEPTION `timed out after N s`;
 /// - a command that cannot start: WORK_EXCEPTION with the reason.
 ///
+/// With [`ShellFunction::failure`] set to [`FailKind::Fail`], failures are
+/// sent as WORK_WARNING (the message) and WORK_FAIL instead. gearmand 1.1
+/// turns a WORK_EXCEPTION into a WORK_FAIL with a trailing NUL for clients
+/// that did not enable exceptions, which python-gearman and pygearman
+/// clients cannot match to their job: use `Fail` for them.
+///
 /// The job's function, handle, unique and attempt number are in the
 /// environment as `GEARMAN_FUNCTION`, `GEARMAN_HANDLE`, `GEARMAN_UNIQUE`
 /// and `GEARMAN_ATTEMPT`.
@@ -26,6 +32,7 @@ const STDERR_TAIL: usize = 2048;
 pub struct ShellFunction {
     template: ShellCommand,
     payload_commands: Option<Arc<PayloadCommands>>,
+    failure: FailKind,
 }
 
 /// The original gearman_frame's payload format, `{"command": "prog",
@@ -76,14 +83,24 @@ impl PayloadCommands {
 impl ShellFunction {
     /// Runs `command` for every job.
     pub fn new(command: ShellCommand) -> ShellFunction {
-        ShellFunction { template: command, payload_commands: None }
+        ShellFunction { template: command, payload_commands: None, failure: FailKind::Exception }
     }
 
     /// Takes the command from each job's payload, from an allow-list;
     /// `settings` gives the timeout, cwd, environment and output mode (its
     /// program is not used, and stdin is empty).
     pub fn from_payload(settings: ShellCommand, allowed: PayloadCommands) -> ShellFunction {
-        ShellFunction { template: settings.stdin(false), payload_commands: Some(Arc::new(allowed)) }
+        ShellFunction {
+            template: settings.stdin(false),
+            payload_commands: Some(Arc::new(allowed)),
+            failure: FailKind::Exception,
+        }
+    }
+
+    /// How failures are reported (default [`FailKind::Exception`]).
+    pub fn failure(mut self, kind: FailKind) -> ShellFunction {
+        self.failure = kind;
+        self
     }
 
     /// Maps an outcome to the job's result.
@@ -118,6 +135,15 @@ impl ShellFunction {
 
 impl Handler for ShellFunction {
     fn call(&self, job: &Job, ctx: &mut JobContext<'_>) -> JobResult {
+        self.run(job, ctx).map_err(|e| match self.failure {
+            FailKind::Exception => e,
+            FailKind::Fail => JobError::fail(e.message().to_vec()),
+        })
+    }
+}
+
+impl ShellFunction {
+    fn run(&self, job: &Job, ctx: &mut JobContext<'_>) -> JobResult {
         let cmd = match &self.payload_commands {
             None => self.template.clone(),
             Some(allowed) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::shell::{OutputMode, ShellCommand};
-use super::{Echo, FunctionOptions, Handler, PayloadCommands, ShellFunction};
+use super::{Echo, FailKind, FunctionOptions, Handler, PayloadCommands, ShellFunction};
 use crate::config::DurationStr;
 
 /// The `worker:` section.
@@ -135,6 +135,20 @@ pub struct FunctionSection {
     pub on_failure: Option<String>,
     /// Register with CAN_DO_TIMEOUT: the server requeues longer jobs.
     pub server_timeout: Option<DurationStr>,
+    /// How failures are sent: `exception` (WORK_EXCEPTION) or `fail`
+    /// (WORK_WARNING with the message, then WORK_FAIL).
+    pub failure: FailureKey,
+}
+
+/// How a failed command is reported (`failure:`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKey {
+    /// WORK_EXCEPTION with the message.
+    #[default]
+    Exception,
+    /// WORK_WARNING with the message, then WORK_FAIL.
+    Fail,
 }
 
 impl WorkerSection {
@@ -244,6 +258,10 @@ impl FunctionSection {
             Some(list) => ShellFunction::from_payload(cmd, PayloadCommands::new(list.clone())),
             None => ShellFunction::new(cmd),
         };
+        let handler = handler.failure(match self.failure {
+            FailureKey::Exception => FailKind::Exception,
+            FailureKey::Fail => FailKind::Fail,
+        });
         (Arc::new(handler), options)
     }
 }

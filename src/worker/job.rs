@@ -109,6 +109,14 @@ impl std::fmt::Display for JobError {
 
 impl std::error::Error for JobError {}
 
+/// A lost connection while sending updates fails the job (the slot then
+/// reconnects), so handlers can use `ctx.data(..)?`.
+impl From<io::Error> for JobError {
+    fn from(e: io::Error) -> Self {
+        JobError::fail(e.to_string())
+    }
+}
+
 /// What a handler returns: the WORK_COMPLETE data, or a failure.
 pub type JobResult = Result<Vec<u8>, JobError>;
 

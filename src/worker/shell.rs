@@ -114,6 +114,9 @@ pub enum ExitKind {
 /// The result of a run that started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShellOutcome {
+    /// The process id of the command's main process, which was also its
+    /// process group id.
+    pub pid: u32,
     /// How the command's main process ended.
     pub exit: ExitKind,
     /// The run hit its timeout and was killed.
@@ -464,6 +467,7 @@ impl ShellCommand {
         let elapsed = start.elapsed();
         log::debug!("shell end pid={pid} exit={exit:?} timed_out={timed_out} elapsed={elapsed:?}");
         Ok(ShellOutcome {
+            pid,
             exit,
             timed_out,
             cancelled,
