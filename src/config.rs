@@ -9,12 +9,17 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::worker::config::{FunctionSection, WorkerSection};
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The `server:` section.
     pub server: ServerSection,
+    /// The `worker:` section.
+    #[serde(default)]
+    pub worker: WorkerSection,
 }
 
 /// The `server:` section; each key mirrors a `gearframe server` option.

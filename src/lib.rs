@@ -3,6 +3,7 @@
 //! - [`proto`]: the binary and text protocol as pure functions over bytes.
 //! - [`server`]: an embedded job server, a drop-in for gearmand.
 //! - [`conn`]: a blocking framed connection, shared by client, worker and admin.
+//! - [`worker`]: a pool of worker slots, and the shell runner for command jobs.
 //! - [`config`]: the config.yaml model.
 //!
 //! The library logs through the `log` facade and never installs a logger.
@@ -11,3 +12,4 @@ pub mod config;
 pub mod conn;
 pub mod proto;
 pub mod server;
+pub mod worker;

@@ -1,6 +1,7 @@
 //! Command-line parsing and the subcommands.
 
 mod server;
+mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ pub(crate) struct Cli {
 enum Command {
     /// Run the job server (a drop-in for gearmand).
     Server(server::ServerArgs),
+    /// Run a worker: registered functions run shell commands (or echo).
+    Worker(worker::WorkerArgs),
 }
 
 /// An error for the user: printed as one line, exit code 2.
@@ -69,6 +72,7 @@ pub(crate) fn main() -> ExitCode {
     init_logging(cli.verbose, cli.quiet);
     let result = load_config(cli.config.as_deref()).and_then(|config| match cli.command {
         Command::Server(args) => server::run(args, &config),
+        Command::Worker(args) => worker::run(args, &config),
     });
     match result {
         Ok(code) => code,

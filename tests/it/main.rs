@@ -10,5 +10,9 @@ mod interop;
 mod peers;
 /// The embedded server's lifecycle, slow readers and connection limits.
 mod server;
+/// The shell runner with real processes.
+mod shell;
 /// Peers, server guards, polling helpers and a raw protocol connection.
 mod support;
+/// The worker pool against both servers, and `gearframe worker`.
+mod worker;

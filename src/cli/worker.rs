@@ -1,0 +1,122 @@
+//! `gearframe worker`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use gearframe::config::{Config, FunctionSection, parse_duration};
+use gearframe::worker::Worker;
+use gearframe::worker::config::OutputKey;
+
+use super::Failure;
+
+/// Options of `gearframe worker`.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  gearframe worker                       run every function of config.yaml
+  gearframe worker wc echo               run two of them (echo is built in)
+  gearframe worker -f wc -- wc -l        one function running a command, like `gearman -w`")]
+pub(crate) struct WorkerArgs {
+    /// Job server (HOST[:PORT]; repeat or separate with commas) [default:
+    /// worker.servers of config.yaml, else 127.0.0.1:4730].
+    #[arg(
+        short = 's',
+        long = "server",
+        value_name = "HOST:PORT",
+        env = "GEARMAN_SERVERS",
+        value_delimiter = ','
+    )]
+    servers: Vec<String>,
+    /// Slots (threads and connections) per server [default: 10].
+    #[arg(short = 't', long, value_name = "N")]
+    threads: Option<usize>,
+    /// Client id shown by the admin `workers` command.
+    #[arg(short = 'n', long, value_name = "NAME")]
+    name: Option<String>,
+    /// Registers FUNCTION to run the command given after `--`.
+    #[arg(short = 'f', long = "function", value_name = "FUNCTION", requires = "command")]
+    function: Option<String>,
+    /// Wall-clock limit of each run of the `-f` command (e.g. 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "function")]
+    timeout: Option<Duration>,
+    /// Output of the `-f` command: capture (the result), stream (lines as
+    /// WORK_DATA) or tty.
+    #[arg(long, value_name = "MODE", value_parser = ["capture", "stream", "tty"], requires = "function")]
+    output: Option<String>,
+    /// How long running jobs may go on after Ctrl-C or SIGTERM (e.g. 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    grace: Option<Duration>,
+    /// Functions of config.yaml to run [default: all of them].
+    #[arg(value_name = "FUNCTION")]
+    functions: Vec<String>,
+    /// The command of `-f`, after `--`.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure> {
+    let section = &config.worker;
+    section.validate()?;
+    let mut functions: Vec<(String, FunctionSection)> = Vec::new();
+    if let Some(name) = &args.function {
+        let mut f = FunctionSection::command(args.command.clone());
+        f.timeout = args.timeout.map(gearframe::config::DurationStr);
+        f.output = match args.output.as_deref() {
+            Some("stream") => OutputKey::Stream,
+            Some("tty") => OutputKey::Tty,
+            _ => OutputKey::Capture,
+        };
+        functions.push((name.clone(), f));
+    } else if !args.command.is_empty() {
+        return Err(Failure("a command after `--` needs -f FUNCTION to name it".into()));
+    }
+    for name in &args.functions {
+        match section.functions.get(name) {
+            Some(f) => functions.push((name.clone(), f.clone())),
+            None if name == "echo" => functions.push((name.clone(), FunctionSection::echo())),
+            None => {
+                return Err(Failure(format!(
+                    "unknown function `{name}`: define it under worker.functions in the config file, or use -f {name} -- COMMAND"
+                )));
+            }
+        }
+    }
+    if args.function.is_none() && args.functions.is_empty() {
+        functions.extend(section.functions.iter().map(|(n, f)| (n.clone(), f.clone())));
+    }
+    if functions.is_empty() {
+        return Err(Failure(
+            "no function to run: name one (e.g. `gearframe worker echo`), use -f NAME -- COMMAND, or add worker.functions to the config file".into(),
+        ));
+    }
+    let servers = if !args.servers.is_empty() {
+        args.servers.iter().flat_map(|s| gearframe::conn::parse_server_list(s)).collect()
+    } else {
+        let from_config = section.servers.to_vec();
+        if from_config.is_empty() { vec!["127.0.0.1:4730".to_string()] } else { from_config }
+    };
+    let mut builder = Worker::builder()
+        .servers(&servers)
+        .client_id(args.name.clone().unwrap_or_else(|| section.name.clone()))
+        .threads(args.threads.unwrap_or(section.threads))
+        .grace(args.grace.unwrap_or(section.grace.0));
+    for (name, f) in &functions {
+        let (handler, options) = f.to_function();
+        builder = builder.register_arc(name.clone(), handler, options);
+    }
+    let worker = builder.build()?;
+    let stopper = worker.stopper();
+    ctrlc::set_handler(move || {
+        log::info!("signal received: stopping");
+        stopper.shutdown();
+    })
+    .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;
+    eprintln!(
+        "gearframe worker: {} slot(s) on {} for {}",
+        worker.live_slots(),
+        servers.join(","),
+        functions.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    worker.join();
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,567 @@
+//! The worker: a pool of Gearman worker slots that run registered
+//! functions.
+//!
+//! ```no_run
+//! use gearframe::worker::{Job, JobContext, JobError, Worker};
+//!
+//! let worker = Worker::builder()
+//!     .servers(["127.0.0.1:4730"])
+//!     .client_id("reverser")
+//!     .threads(10)
+//!     .register("reverse", |job: &Job, ctx: &mut JobContext<'_>| {
+//!         ctx.status(1, 2).ok();
+//!         if job.payload().is_empty() {
+//!             return Err(JobError::exception("empty payload"));
+//!         }
+//!         Ok(job.payload().iter().rev().copied().collect())
+//!     })
+//!     .build()?;
+//! // From a signal handler or another thread: worker.stopper().shutdown();
+//! worker.join();
+//! # Ok::<(), gearframe::worker::BuildError>(())
+//! ```
+//!
+//! # The pool
+//!
+//! A worker runs `threads` slots per server. A slot is one thread that owns
+//! one connection to one server and runs at most one job at a time, so the
+//! worker never takes a job it cannot start at once, and the server's
+//! `workers` list shows every slot under the worker's client id. Slots of
+//! different servers are independent: when one server goes away, the others
+//! keep working.
+//!
+//! ```text
+//!             ┌──────── backoff with jitter ◄──────────┐
+//!             ▼                                        │ connect failed
+//!        ┌─────────┐ ok  ┌──────────────────────────┐  │ or connection lost
+//!  ────► │ CONNECT ├────►│ REGISTER                 │──┘
+//!        └─────────┘     │ SET_CLIENT_ID, CAN_DO(s) │
+//!                        └────────────┬─────────────┘
+//!                                     ▼
+//!   ┌───────────────────────► ┌──────────────┐ JOB_ASSIGN_UNIQ ┌──────────┐
+//!   │                         │ GRAB_JOB_UNIQ├────────────────►│   RUN    │
+//!   │                         └──────┬───────┘                 │ handler, │
+//!   │ NOOP, or no NOOP               │ NO_JOB                  │ retries  │
+//!   │ within sleep_timeout           ▼                         └────┬─────┘
+//!   │                         ┌──────────────┐     WORK_COMPLETE /  │
+//!   └─────────────────────────┤ PRE_SLEEP,   │     WORK_FAIL /      │
+//!                             │ wait         │     WORK_EXCEPTION   │
+//!                             └──────────────┘  ◄── back to GRAB ───┘
+//! ```
+//!
+//! A NOOP that arrives while a GRAB is outstanding is ignored; the slot
+//! sleeps again only after NO_JOB. The wait for NOOP has a deadline
+//! ([`WorkerBuilder::sleep_timeout`], 30 s): a lost NOOP costs at most that
+//! long, never a stuck worker.
+//!
+//! # Stopping
+//!
+//! [`Stopper::shutdown`] stops the grabbing at once: idle slots are woken
+//! by shutting their sockets down and exit. Running jobs go on for the
+//! grace period ([`WorkerBuilder::grace`]); after it, their
+//! [`CancelToken`] is set, which makes the shell runner kill the job's
+//! process group. A job that fails after the grace period is not reported:
+//! its connection is closed, so the server gives the job to another worker.
+//!
+//! A job whose payload is the JSON object `{"SHUTDOWN": true}` completes
+//! (echoing the payload) and then stops the one slot that ran it, which is
+//! how the original gearman_frame stopped workers through any server. The
+//! worker ends when every slot has stopped.
+//!
+//! # Failures and retries
+//!
+//! A handler returns the result data or a [`JobError`]. A panic in a
+//! handler is caught and becomes a failure of that job; the slot goes on.
+//! With [`FunctionOptions::retries`] a failed job runs again in the same
+//! slot, after a backoff that doubles, before its failure is reported; with
+//! [`FunctionOptions::on_failure`] the finally failed job is then submitted
+//! as a background job to a dead-letter function, with a JSON payload:
+//! `{"function", "handle", "unique", "payload", "error", "attempts"}`.
+
+pub mod shell;
+
+mod command;
+mod job;
+mod slot;
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+pub use command::{PayloadCommands, ShellFunction};
+pub use job::{CancelToken, Echo, FailKind, Handler, Job, JobContext, JobError, JobResult};
+
+/// Options of one registered function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionOptions {
+    /// Runs of a failed job after the first, before the failure is
+    /// reported (default 0).
+    pub retries: u32,
+    /// Wait before the first retry; doubles for each later one, up to a
+    /// minute (default 1 s).
+    pub retry_backoff: Duration,
+    /// Registers with CAN_DO_TIMEOUT: the server requeues a job that runs
+    /// longer (default: plain CAN_DO).
+    pub server_timeout: Option<Duration>,
+    /// Dead-letter function that gets a finally failed job as a background
+    /// job.
+    pub on_failure: Option<String>,
+}
+
+impl Default for FunctionOptions {
+    fn default() -> Self {
+        FunctionOptions {
+            retries: 0,
+            retry_backoff: Duration::from_secs(1),
+            server_timeout: None,
+            on_failure: None,
+        }
+    }
+}
+
+/// A registered function.
+#[derive(Clone)]
+pub(crate) struct Function {
+    pub(crate) name: String,
+    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) options: FunctionOptions,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function")
+            .field("name", &self.name)
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+/// The worker could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildError(pub String);
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Configures and starts a [`Worker`].
+#[derive(Debug, Clone)]
+pub struct WorkerBuilder {
+    servers: Vec<String>,
+    client_id: String,
+    threads: usize,
+    functions: Vec<Function>,
+    grace: Duration,
+    sleep_timeout: Duration,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    shutdown_jobs: bool,
+}
+
+/// Default client id.
+pub const DEFAULT_CLIENT_ID: &str = "gearframe-worker";
+/// Default slots per server.
+pub const DEFAULT_THREADS: usize = 10;
+
+impl Default for WorkerBuilder {
+    fn default() -> Self {
+        WorkerBuilder {
+            servers: Vec::new(),
+            client_id: DEFAULT_CLIENT_ID.into(),
+            threads: DEFAULT_THREADS,
+            functions: Vec::new(),
+            grace: Duration::from_secs(30),
+            sleep_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            io_timeout: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            shutdown_jobs: true,
+        }
+    }
+}
+
+impl WorkerBuilder {
+    /// Servers to work for (`host[:port]`, port 4730 by default); adds to
+    /// the list.
+    pub fn servers<I, S>(mut self, servers: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.servers
+            .extend(servers.into_iter().map(|s| crate::conn::with_default_port(s.as_ref())));
+        self
+    }
+
+    /// The name sent with SET_CLIENT_ID (shown by the admin `workers` command).
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = id.into();
+        self
+    }
+
+    /// Slots (threads and connections) per server; default 10.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = n;
+        self
+    }
+
+    /// Registers a function with default options.
+    pub fn register(self, name: impl Into<String>, handler: impl Handler) -> Self {
+        self.register_with(name, handler, FunctionOptions::default())
+    }
+
+    /// Registers a function with options.
+    pub fn register_with(
+        self,
+        name: impl Into<String>,
+        handler: impl Handler,
+        options: FunctionOptions,
+    ) -> Self {
+        self.register_arc(name, Arc::new(handler), options)
+    }
+
+    /// Registers a function whose handler is already shared.
+    pub fn register_arc(
+        mut self,
+        name: impl Into<String>,
+        handler: Arc<dyn Handler>,
+        options: FunctionOptions,
+    ) -> Self {
+        let name = name.into();
+        self.functions.retain(|f| f.name != name);
+        self.functions.push(Function { name, handler, options });
+        self
+    }
+
+    /// How long running jobs may go on after a shutdown before they are
+    /// cancelled; default 30 s.
+    pub fn grace(mut self, d: Duration) -> Self {
+        self.grace = d;
+        self
+    }
+
+    /// Longest wait for a NOOP before grabbing anyway; default 30 s.
+    pub fn sleep_timeout(mut self, d: Duration) -> Self {
+        self.sleep_timeout = d;
+        self
+    }
+
+    /// Connect timeout; default 5 s.
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Longest wait for a reply to GRAB_JOB_UNIQ or SUBMIT_JOB_BG, and for
+    /// one write; default 30 s.
+    pub fn io_timeout(mut self, d: Duration) -> Self {
+        self.io_timeout = d;
+        self
+    }
+
+    /// Reconnect backoff: first wait and cap (default 100 ms and 10 s);
+    /// each wait is jittered.
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.backoff_min = min;
+        self.backoff_max = max.max(min);
+        self
+    }
+
+    /// Whether `{"SHUTDOWN": true}` jobs stop a slot (default true).
+    pub fn shutdown_jobs(mut self, on: bool) -> Self {
+        self.shutdown_jobs = on;
+        self
+    }
+
+    /// Starts the slots.
+    ///
+    /// # Errors
+    /// No server, no function, zero threads, or an empty or too long
+    /// function name.
+    pub fn build(self) -> Result<Worker, BuildError> {
+        if self.servers.is_empty() {
+            return Err(BuildError("no server given".into()));
+        }
+        if self.functions.is_empty() {
+            return Err(BuildError("no function registered".into()));
+        }
+        if self.threads == 0 {
+            return Err(BuildError("threads must be at least 1".into()));
+        }
+        for f in &self.functions {
+            if f.name.is_empty() || f.name.len() > 512 || f.name.contains('\0') {
+                return Err(BuildError(format!("invalid function name {:?}", f.name)));
+            }
+        }
+        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+            cancel: CancelToken::default(),
+            stop_tx: Mutex::new(Some(stop_tx)),
+            stop_rx,
+            wakers: Mutex::new(HashMap::new()),
+            running: AtomicUsize::new(0),
+            live_slots: AtomicUsize::new(0),
+        });
+        let settings = Arc::new(self);
+        let mut slots = Vec::new();
+        let mut id = 0;
+        for server in &settings.servers {
+            for _ in 0..settings.threads {
+                let slot = slot::Slot::new(
+                    id,
+                    server.clone(),
+                    Arc::clone(&settings),
+                    Arc::clone(&shared),
+                    done_tx.clone(),
+                );
+                shared.live_slots.fetch_add(1, Ordering::SeqCst);
+                let spawned = std::thread::Builder::new()
+                    .name(format!("gearframe-slot-{id}"))
+                    .spawn(move || slot.run());
+                match spawned {
+                    Ok(h) => slots.push(h),
+                    Err(e) => {
+                        shared.live_slots.fetch_sub(1, Ordering::SeqCst);
+                        shared.shutdown();
+                        for h in slots {
+                            let _ = h.join();
+                        }
+                        return Err(BuildError(format!("cannot start a worker thread: {e}")));
+                    }
+                }
+                id += 1;
+            }
+        }
+        drop(done_tx);
+        let sup_shared = Arc::clone(&shared);
+        let grace = settings.grace;
+        let supervisor = std::thread::Builder::new()
+            .name("gearframe-worker-stop".into())
+            .spawn(move || supervise(&sup_shared, &done_rx, grace));
+        let supervisor = match supervisor {
+            Ok(h) => Some(h),
+            Err(e) => {
+                shared.shutdown();
+                for h in slots {
+                    let _ = h.join();
+                }
+                return Err(BuildError(format!("cannot start a worker thread: {e}")));
+            }
+        };
+        log::info!(
+            "worker id={} slots={} servers={:?} functions={:?}",
+            settings.client_id,
+            slots.len(),
+            settings.servers,
+            settings.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>()
+        );
+        Ok(Worker { shared, slots, supervisor })
+    }
+}
+
+/// Waits for a shutdown, gives running jobs the grace period, then cancels
+/// them. Ends when every slot has ended.
+fn supervise(shared: &Shared, done: &Receiver<()>, grace: Duration) {
+    crossbeam_channel::select! {
+        recv(shared.stop_rx) -> _ => {}
+        recv(done) -> _ => return,
+    }
+    if done.recv_timeout(grace) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+        log::warn!(
+            "shutdown grace of {grace:?} is over: cancelling {} running job(s)",
+            shared.running.load(Ordering::SeqCst)
+        );
+        shared.cancel.0.store(true, Ordering::SeqCst);
+        let _ = done.recv();
+    }
+}
+
+/// State shared by the handle, the slots and the supervisor.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) stopping: AtomicBool,
+    pub(crate) cancel: CancelToken,
+    stop_tx: Mutex<Option<Sender<()>>>,
+    pub(crate) stop_rx: Receiver<()>,
+    /// Socket clones of the slots, with whether the slot is idle (grabbing
+    /// or sleeping). Shutdown closes the idle ones to wake them.
+    pub(crate) wakers: Mutex<HashMap<usize, (TcpStream, bool)>>,
+    pub(crate) running: AtomicUsize,
+    pub(crate) live_slots: AtomicUsize,
+}
+
+impl Shared {
+    fn shutdown(&self) {
+        if self.stopping.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        log::info!("worker stopping: no more jobs are taken");
+        drop(self.stop_tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+        let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        for (stream, idle) in wakers.values() {
+            if *idle {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
+    /// Marks a slot idle or busy; false when the worker is stopping (the
+    /// slot must not take a job).
+    pub(crate) fn set_idle(&self, slot: usize, idle: bool) -> bool {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = wakers.get_mut(&slot) {
+            entry.1 = idle;
+        }
+        drop(wakers);
+        !self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Waits `d`, or less when the worker stops; true when it stops.
+    pub(crate) fn wait_or_stop(&self, d: Duration) -> bool {
+        !matches!(self.stop_rx.recv_timeout(d), Err(crossbeam_channel::RecvTimeoutError::Timeout))
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+}
+
+/// A running worker. Dropping it stops it and waits for its threads.
+#[derive(Debug)]
+pub struct Worker {
+    shared: Arc<Shared>,
+    slots: Vec<JoinHandle<()>>,
+    supervisor: Option<JoinHandle<()>>,
+}
+
+/// Stops a [`Worker`] from another thread or a signal handler.
+#[derive(Debug, Clone)]
+pub struct Stopper {
+    shared: Arc<Shared>,
+}
+
+impl Stopper {
+    /// Stops taking jobs; running jobs get the grace period. Returns at once.
+    pub fn shutdown(&self) {
+        self.shared.shutdown();
+    }
+}
+
+impl Worker {
+    /// A new builder.
+    pub fn builder() -> WorkerBuilder {
+        WorkerBuilder::default()
+    }
+
+    /// A handle that can stop the worker from elsewhere.
+    pub fn stopper(&self) -> Stopper {
+        Stopper { shared: Arc::clone(&self.shared) }
+    }
+
+    /// Stops taking jobs (see [`Stopper::shutdown`]). Returns at once.
+    pub fn shutdown(&self) {
+        self.shared.shutdown();
+    }
+
+    /// Jobs running right now.
+    pub fn running_jobs(&self) -> usize {
+        self.shared.running.load(Ordering::SeqCst)
+    }
+
+    /// Slots that have not stopped.
+    pub fn live_slots(&self) -> usize {
+        self.shared.live_slots.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every slot has stopped: after a shutdown, or once
+    /// `{"SHUTDOWN": true}` jobs stopped them all.
+    pub fn join(mut self) {
+        self.join_all();
+    }
+
+    fn join_all(&mut self) {
+        for h in self.slots.drain(..) {
+            if h.join().is_err() {
+                log::error!("a worker slot thread panicked");
+            }
+        }
+        if let Some(h) = self.supervisor.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if self.slots.is_empty() && self.supervisor.is_none() {
+            return;
+        }
+        self.shared.shutdown();
+        self.join_all();
+    }
+}
+
+/// A random number from the standard library's hasher seeds (for jitter
+/// and file names).
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    h.write_u64(now.map(|d| d.as_nanos() as u64).unwrap_or(0));
+    h.finish()
+}
+
+/// Whether a payload is the shutdown job `{"SHUTDOWN": true}`.
+pub(crate) fn is_shutdown_payload(payload: &[u8]) -> bool {
+    let trimmed = payload.trim_ascii_start();
+    if !trimmed.starts_with(b"{") || payload.len() > 4096 {
+        return false;
+    }
+    match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Object(m)) => {
+            m.get("SHUTDOWN") == Some(&serde_json::Value::Bool(true))
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_payloads() {
+        assert!(is_shutdown_payload(br#"{"SHUTDOWN": true}"#));
+        assert!(is_shutdown_payload(br#" {"SHUTDOWN":true, "x": 1}"#));
+        assert!(!is_shutdown_payload(br#"{"SHUTDOWN": false}"#));
+        assert!(!is_shutdown_payload(b"SHUTDOWN"));
+        assert!(!is_shutdown_payload(b"{not json"));
+    }
+
+    #[test]
+    fn build_errors() {
+        let e = Worker::builder().register("f", Echo).build().unwrap_err();
+        assert_eq!(e.0, "no server given");
+        let e = Worker::builder().servers(["127.0.0.1:1"]).build().unwrap_err();
+        assert_eq!(e.0, "no function registered");
+        let e =
+            Worker::builder().servers(["x"]).threads(0).register("f", Echo).build().unwrap_err();
+        assert!(e.0.contains("threads"));
+    }
+}

@@ -1,0 +1,679 @@
+//! Running a job's command: the shell runner.
+//!
+//! A [`ShellCommand`] describes what to run (an argv list or a `sh -c`
+//! string), where (`cwd`), with which environment, for how long, and what
+//! to do with the output. [`ShellCommand::run`] starts it and returns a
+//! [`ShellOutcome`] once every process it started is gone.
+//!
+//! Guarantees:
+//!
+//! - The child is the leader of a new process group. When it times out, or
+//!   the caller cancels the run, the whole group gets SIGTERM, then SIGKILL
+//!   after [`ShellCommand::kill_grace`]. Processes that the command left
+//!   behind in its group when it exited are stopped the same way, so a run
+//!   never leaks a process (short of one that leaves the group on purpose
+//!   with `setsid`).
+//! - The leader is reaped before `run` returns: no zombie is left. It is
+//!   reaped only after the group was cleaned up, so its process group id
+//!   cannot be reused by an unrelated process while signals are sent to it.
+//! - stdout and stderr are read by one poll loop, so a full pipe never
+//!   blocks the child; stdout is kept up to a byte cap (the head), stderr
+//!   up to its own cap (the tail, where errors usually are).
+//! - The payload reaches stdin through an unlinked temporary file: a child
+//!   that never reads stdin cannot block the runner.
+//!
+//! The runner reads `/proc` to see whether the leader has exited without
+//! reaping it, and to find the processes left in its group (Linux).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use gearframe::worker::shell::ShellCommand;
+//!
+//! let out = ShellCommand::shell("wc -l")
+//!     .timeout(Some(Duration::from_secs(5)))
+//!     .run(b"one\ntwo\n")?;
+//! assert!(out.success());
+//! assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+//! # Ok::<(), gearframe::worker::shell::ShellError>(())
+//! ```
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Seek, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use subprocess::unix::PopenExt;
+use subprocess::{ExitStatus, Popen, PopenConfig, Redirection};
+
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
+
+/// How long one read of the output pipes may wait; also bounds how late a
+/// timeout or a cancel is noticed.
+const TICK: Duration = Duration::from_millis(20);
+/// After SIGKILL, how long to wait for the group to go away before giving
+/// up on it (a process stuck in the kernel).
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// After the group is gone, how long to keep reading pipes that are still
+/// open (held by a process that left the group).
+const FINAL_DRAIN: Duration = Duration::from_millis(500);
+
+/// Default cap on captured stdout (16 MiB).
+pub const DEFAULT_MAX_STDOUT: usize = 16 << 20;
+/// Default cap on the kept stderr tail (64 KiB).
+pub const DEFAULT_MAX_STDERR: usize = 64 << 10;
+/// Default time between SIGTERM and SIGKILL.
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// A program and its arguments, run without a shell.
+    Argv(Vec<OsString>),
+    /// A string run by `/bin/sh -c`.
+    Shell(String),
+}
+
+/// Where the child's output goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputMode {
+    /// stdout and stderr are captured separately (with caps).
+    #[default]
+    Capture,
+    /// stdout is handed over line by line as it comes; stderr is captured.
+    Stream,
+    /// stdout and stderr are inherited: they go to the worker's terminal.
+    Tty,
+}
+
+/// A command to run, with its limits. Cheap to clone and reusable.
+#[derive(Debug, Clone)]
+pub struct ShellCommand {
+    program: Program,
+    cwd: Option<PathBuf>,
+    env: Vec<(OsString, OsString)>,
+    timeout: Option<Duration>,
+    kill_grace: Duration,
+    output: OutputMode,
+    max_stdout: usize,
+    max_stderr: usize,
+    stdin: bool,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitKind {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it.
+    Signal(i32),
+}
+
+/// The result of a run that started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShellOutcome {
+    /// The process id of the command's main process, which was also its
+    /// process group id.
+    pub pid: u32,
+    /// How the command's main process ended.
+    pub exit: ExitKind,
+    /// The run hit its timeout and was killed.
+    pub timed_out: bool,
+    /// The caller cancelled the run and it was killed.
+    pub cancelled: bool,
+    /// Captured stdout (empty for [`OutputMode::Stream`] and [`OutputMode::Tty`]).
+    pub stdout: Vec<u8>,
+    /// stdout went over its cap; `stdout` holds the first bytes.
+    pub stdout_truncated: bool,
+    /// Captured stderr: its last bytes when it went over its cap.
+    pub stderr: Vec<u8>,
+    /// stderr went over its cap; `stderr` holds the last bytes.
+    pub stderr_truncated: bool,
+    /// Wall-clock time of the run.
+    pub elapsed: Duration,
+}
+
+impl ShellOutcome {
+    /// The exit code, with a signal `n` reported as `128 + n` (the shell's
+    /// convention).
+    pub fn exit_code(&self) -> i32 {
+        match self.exit {
+            ExitKind::Code(c) => c,
+            ExitKind::Signal(s) => 128 + s,
+        }
+    }
+
+    /// Exit code 0, no timeout, no cancel.
+    pub fn success(&self) -> bool {
+        self.exit == ExitKind::Code(0) && !self.timed_out && !self.cancelled
+    }
+}
+
+/// The command could not be started.
+#[derive(Debug)]
+pub struct ShellError {
+    message: String,
+    source: std::io::Error,
+}
+
+impl ShellError {
+    fn new(message: String, source: std::io::Error) -> ShellError {
+        ShellError { message, source }
+    }
+}
+
+impl std::fmt::Display for ShellError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.message, self.source)
+    }
+}
+
+impl std::error::Error for ShellError {}
+
+impl ShellCommand {
+    /// A program and its arguments (no shell).
+    pub fn argv<I, S>(args: I) -> ShellCommand
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        ShellCommand::new(Program::Argv(args.into_iter().map(Into::into).collect()))
+    }
+
+    /// A shell string for `/bin/sh -c`.
+    pub fn shell(script: impl Into<String>) -> ShellCommand {
+        ShellCommand::new(Program::Shell(script.into()))
+    }
+
+    /// A command for `program` with the defaults: no timeout, captured
+    /// output with the default caps, payload on stdin.
+    pub fn new(program: Program) -> ShellCommand {
+        ShellCommand {
+            program,
+            cwd: None,
+            env: Vec::new(),
+            timeout: None,
+            kill_grace: DEFAULT_KILL_GRACE,
+            output: OutputMode::Capture,
+            max_stdout: DEFAULT_MAX_STDOUT,
+            max_stderr: DEFAULT_MAX_STDERR,
+            stdin: true,
+        }
+    }
+
+    /// The same settings with another program.
+    pub fn with_program(&self, program: Program) -> ShellCommand {
+        ShellCommand { program, ..self.clone() }
+    }
+
+    /// What runs.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// The working directory (default: the worker's).
+    pub fn cwd(mut self, dir: Option<PathBuf>) -> Self {
+        self.cwd = dir;
+        self
+    }
+
+    /// Adds an environment variable (on top of the worker's environment).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Wall-clock limit of a run (`None`: unlimited).
+    pub fn timeout(mut self, t: Option<Duration>) -> Self {
+        self.timeout = t;
+        self
+    }
+
+    /// The configured timeout.
+    pub fn get_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Time between SIGTERM and SIGKILL.
+    pub fn kill_grace(mut self, d: Duration) -> Self {
+        self.kill_grace = d;
+        self
+    }
+
+    /// Where output goes.
+    pub fn output(mut self, mode: OutputMode) -> Self {
+        self.output = mode;
+        self
+    }
+
+    /// The output mode.
+    pub fn get_output(&self) -> OutputMode {
+        self.output
+    }
+
+    /// Cap on captured stdout bytes.
+    pub fn max_stdout(mut self, n: usize) -> Self {
+        self.max_stdout = n;
+        self
+    }
+
+    /// Cap on kept stderr bytes.
+    pub fn max_stderr(mut self, n: usize) -> Self {
+        self.max_stderr = n;
+        self
+    }
+
+    /// Whether the input is given on stdin (`false`: stdin is `/dev/null`).
+    pub fn stdin(mut self, payload: bool) -> Self {
+        self.stdin = payload;
+        self
+    }
+
+    /// A short name for messages: the program, or the shell string.
+    pub fn display_name(&self) -> String {
+        match &self.program {
+            Program::Argv(a) => {
+                a.first().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+            }
+            Program::Shell(s) => format!("sh -c {s:?}"),
+        }
+    }
+
+    /// Runs the command with `input` on stdin and waits for it.
+    ///
+    /// # Errors
+    /// The command could not be started: missing program, bad working
+    /// directory, no permission.
+    pub fn run(&self, input: &[u8]) -> Result<ShellOutcome, ShellError> {
+        self.run_with(input, &[], &|| false, &mut |_| {})
+    }
+
+    /// Runs the command with extra environment variables, a cancel check
+    /// (polled every few milliseconds; `true` kills the run), and a callback
+    /// that gets each stdout line (with its `\n`) in [`OutputMode::Stream`].
+    ///
+    /// # Errors
+    /// As [`ShellCommand::run`].
+    pub fn run_with(
+        &self,
+        input: &[u8],
+        extra_env: &[(OsString, OsString)],
+        cancel: &dyn Fn() -> bool,
+        on_line: &mut dyn FnMut(&[u8]),
+    ) -> Result<ShellOutcome, ShellError> {
+        let argv: Vec<OsString> = match &self.program {
+            Program::Argv(a) => a.clone(),
+            Program::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.into()],
+        };
+        if argv.is_empty() {
+            return Err(ShellError::new(
+                "cannot start an empty command".into(),
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "no program given"),
+            ));
+        }
+        if let Some(dir) = &self.cwd
+            && !dir.is_dir()
+        {
+            return Err(ShellError::new(
+                format!("cannot start `{}` in {}", self.display_name(), dir.display()),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
+            ));
+        }
+        let stdin_file = if self.stdin && !input.is_empty() {
+            stdin_file(input).map_err(|e| {
+                ShellError::new("cannot write the payload to a temporary file".into(), e)
+            })?
+        } else {
+            File::open("/dev/null")
+                .map_err(|e| ShellError::new("cannot open /dev/null".into(), e))?
+        };
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        for (k, v) in self.env.iter().chain(extra_env) {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let (out, err) = match self.output {
+            OutputMode::Tty => (Redirection::None, Redirection::None),
+            OutputMode::Capture | OutputMode::Stream => (Redirection::Pipe, Redirection::Pipe),
+        };
+        let config = PopenConfig {
+            stdin: Redirection::File(stdin_file),
+            stdout: out,
+            stderr: err,
+            cwd: self.cwd.as_ref().map(|d| d.as_os_str().to_owned()),
+            env: Some(env),
+            setpgid: true,
+            ..Default::default()
+        };
+        let start = Instant::now();
+        let mut child = Popen::create(&argv, config).map_err(|e| {
+            let io = match e {
+                subprocess::PopenError::IoError(io) => io,
+                other => std::io::Error::other(other.to_string()),
+            };
+            let place = match &self.cwd {
+                Some(d) => format!(" in {}", d.display()),
+                None => String::new(),
+            };
+            ShellError::new(format!("cannot start `{}`{place}", self.display_name()), io)
+        })?;
+        let pid = child.pid().unwrap_or(0);
+        log::debug!("shell start pid={pid} cmd={:?}", self.display_name());
+        let mut run = Run {
+            pid,
+            stdout: Vec::new(),
+            stdout_truncated: false,
+            stderr: Vec::new(),
+            stderr_truncated: false,
+            line: Vec::new(),
+            mode: self.output,
+            max_stdout: self.max_stdout,
+            max_stderr: self.max_stderr,
+        };
+        let mut comm = match self.output {
+            OutputMode::Tty => None,
+            _ => Some(child.communicate_start(None).limit_time(TICK).limit_size(64 << 10)),
+        };
+        let deadline = self.timeout.map(|t| start + t);
+        let mut phase = Phase::Running;
+        let mut timed_out = false;
+        let mut cancelled = false;
+        let mut nap = Duration::from_millis(1);
+        let mut leader_gone = false;
+        loop {
+            // Output, or a short nap when there is none to wait on.
+            let open = match comm.as_mut() {
+                Some(c) => run.read_once(c, on_line),
+                None => false,
+            };
+            if !open {
+                comm = None;
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(TICK);
+            }
+            if !leader_gone {
+                leader_gone = leader_exited(&mut child, pid);
+            }
+            let now = Instant::now();
+            match phase {
+                Phase::Running => {
+                    if leader_gone {
+                        if !group_alive(pid) {
+                            break;
+                        }
+                        log::debug!("shell pid={pid} exited leaving processes in its group");
+                        signal_group(&child, SIGTERM);
+                        phase = Phase::Terminating(now);
+                    } else if deadline.is_some_and(|d| now >= d) {
+                        timed_out = true;
+                        log::warn!(
+                            "shell pid={pid} timed out after {:?}: stopping its process group",
+                            self.timeout.unwrap_or_default()
+                        );
+                        signal_group(&child, SIGTERM);
+                        phase = Phase::Terminating(now);
+                    } else if cancel() {
+                        cancelled = true;
+                        log::info!("shell pid={pid} cancelled: stopping its process group");
+                        signal_group(&child, SIGTERM);
+                        phase = Phase::Terminating(now);
+                    }
+                }
+                Phase::Terminating(since) => {
+                    if leader_gone && !group_alive(pid) {
+                        break;
+                    }
+                    if now.duration_since(since) >= self.kill_grace {
+                        log::warn!("shell pid={pid} still running after SIGTERM: SIGKILL");
+                        signal_group(&child, SIGKILL);
+                        phase = Phase::Killed(now);
+                    }
+                }
+                Phase::Killed(since) => {
+                    if leader_gone && !group_alive(pid) {
+                        break;
+                    }
+                    if now.duration_since(since) >= KILL_WAIT {
+                        log::error!("shell pid={pid}: process group survives SIGKILL");
+                        break;
+                    }
+                }
+            }
+        }
+        // Reap the leader (it has exited, or was sent SIGKILL).
+        let status = match child.wait_timeout(KILL_WAIT) {
+            Ok(Some(s)) => s,
+            Ok(None) | Err(_) => {
+                let _ = child.kill();
+                child.wait().unwrap_or(ExitStatus::Undetermined)
+            }
+        };
+        // Pipes still held by a process that left the group: read what is
+        // there for a short while, then let them go.
+        if let Some(c) = comm.as_mut() {
+            let until = Instant::now() + FINAL_DRAIN;
+            while Instant::now() < until && run.read_once(c, on_line) {}
+        }
+        drop(comm);
+        run.flush_line(on_line);
+        let exit = match status {
+            ExitStatus::Exited(c) => ExitKind::Code(c as i32),
+            ExitStatus::Signaled(s) => ExitKind::Signal(i32::from(s)),
+            ExitStatus::Other(c) => ExitKind::Code(c),
+            ExitStatus::Undetermined => ExitKind::Code(-1),
+        };
+        let elapsed = start.elapsed();
+        log::debug!("shell end pid={pid} exit={exit:?} timed_out={timed_out} elapsed={elapsed:?}");
+        Ok(ShellOutcome {
+            pid,
+            exit,
+            timed_out,
+            cancelled,
+            stdout: run.stdout,
+            stdout_truncated: run.stdout_truncated,
+            stderr: run.stderr,
+            stderr_truncated: run.stderr_truncated,
+            elapsed,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Running,
+    Terminating(Instant),
+    Killed(Instant),
+}
+
+/// The output side of one run.
+struct Run {
+    pid: u32,
+    stdout: Vec<u8>,
+    stdout_truncated: bool,
+    stderr: Vec<u8>,
+    stderr_truncated: bool,
+    line: Vec<u8>,
+    mode: OutputMode,
+    max_stdout: usize,
+    max_stderr: usize,
+}
+
+impl Run {
+    /// Reads once (at most [`TICK`]); false once both pipes are at end of
+    /// file or broken.
+    fn read_once(
+        &mut self,
+        c: &mut subprocess::Communicator,
+        on_line: &mut dyn FnMut(&[u8]),
+    ) -> bool {
+        match c.read() {
+            Ok((o, e)) => {
+                let (o, e) = (o.unwrap_or_default(), e.unwrap_or_default());
+                let eof = o.is_empty() && e.is_empty();
+                self.take(&o, &e, on_line);
+                !eof
+            }
+            Err(ce) => {
+                let (o, e) = ce.capture;
+                self.take(&o.unwrap_or_default(), &e.unwrap_or_default(), on_line);
+                if ce.error.kind() == std::io::ErrorKind::TimedOut {
+                    true
+                } else {
+                    log::warn!("shell pid={}: reading output failed: {}", self.pid, ce.error);
+                    false
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, out: &[u8], err: &[u8], on_line: &mut dyn FnMut(&[u8])) {
+        if !out.is_empty() {
+            match self.mode {
+                OutputMode::Stream => {
+                    self.line.extend_from_slice(out);
+                    while let Some(i) = self.line.iter().position(|&b| b == b'\n') {
+                        let rest = self.line.split_off(i + 1);
+                        on_line(&self.line);
+                        self.line = rest;
+                    }
+                    if self.line.len() >= self.max_stdout.max(1) {
+                        on_line(&self.line);
+                        self.line.clear();
+                    }
+                }
+                _ => {
+                    let room = self.max_stdout.saturating_sub(self.stdout.len());
+                    if out.len() > room {
+                        self.stdout_truncated = true;
+                    }
+                    self.stdout.extend_from_slice(&out[..out.len().min(room)]);
+                }
+            }
+        }
+        if !err.is_empty() {
+            self.stderr.extend_from_slice(err);
+            if self.stderr.len() > self.max_stderr {
+                let cut = self.stderr.len() - self.max_stderr;
+                self.stderr.drain(..cut);
+                self.stderr_truncated = true;
+            }
+        }
+    }
+
+    fn flush_line(&mut self, on_line: &mut dyn FnMut(&[u8])) {
+        if !self.line.is_empty() {
+            on_line(&self.line);
+            self.line.clear();
+        }
+    }
+}
+
+/// Sends `sig` to the child's process group. The leader is not reaped yet,
+/// so the group id still names this group.
+fn signal_group(child: &Popen, sig: i32) {
+    if let Err(e) = child.send_signal_group(sig) {
+        // ESRCH: the group is already empty.
+        log::debug!("signal {sig} to group {:?}: {e}", child.pid());
+    }
+}
+
+/// Whether the leader has exited, without reaping it (its `/proc` state is
+/// zombie). Without `/proc` it is reaped here.
+fn leader_exited(child: &mut Popen, pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => matches!(parse_stat(&stat), Some((b'Z' | b'X', _, _))),
+        Err(_) => child.poll().is_some(),
+    }
+}
+
+/// `(state, ppid, pgrp)` from a `/proc/PID/stat` line.
+pub(crate) fn parse_stat(stat: &str) -> Option<(u8, u32, u32)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut it = rest.split_ascii_whitespace();
+    let state = *it.next()?.as_bytes().first()?;
+    let ppid = it.next()?.parse().ok()?;
+    let pgrp = it.next()?.parse().ok()?;
+    Some((state, ppid, pgrp))
+}
+
+/// Whether a live process other than the leader is in process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == pgid {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        if let Some((state, _, pgrp)) = parse_stat(&stat)
+            && pgrp == pgid
+            && state != b'Z'
+            && state != b'X'
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The payload in an unlinked temporary file, positioned at its start.
+fn stdin_file(input: &[u8]) -> std::io::Result<File> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir();
+    for _ in 0..100 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(
+            "gearframe-stdin-{}-{n}-{:x}",
+            std::process::id(),
+            super::random_u64() & 0xffff_ffff
+        ));
+        let mut f =
+            match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            };
+        let _ = std::fs::remove_file(&path);
+        f.write_all(input)?;
+        f.rewind()?;
+        return Ok(f);
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, "no free temporary file name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_lines() {
+        assert_eq!(parse_stat("12 (a) b) c) S 1 12 12 0"), Some((b'S', 1, 12)));
+        assert_eq!(parse_stat("7 (sleep) Z 3 5 5"), Some((b'Z', 3, 5)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn echo_and_exit_code() {
+        let out = ShellCommand::argv(["cat"]).run(b"hi").unwrap();
+        assert!(out.success());
+        assert_eq!(out.stdout, b"hi");
+        let out = ShellCommand::shell("echo oops >&2; exit 3").run(b"").unwrap();
+        assert_eq!(out.exit, ExitKind::Code(3));
+        assert_eq!(out.stderr, b"oops\n");
+    }
+
+    #[test]
+    fn stream_lines() {
+        let mut lines = Vec::new();
+        let out = ShellCommand::shell("printf 'a\\nb\\nc'")
+            .output(OutputMode::Stream)
+            .run_with(b"", &[], &|| false, &mut |l| lines.push(l.to_vec()))
+            .unwrap();
+        assert!(out.success());
+        assert_eq!(lines, [b"a\n".to_vec(), b"b\n".to_vec(), b"c".to_vec()]);
+        assert!(out.stdout.is_empty());
+    }
+}

@@ -1,0 +1,406 @@
+//! One slot: a thread, a connection to one server, at most one job.
+
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use super::job::{FailKind, Job, JobContext, JobError, JobResult};
+use super::{Function, Shared, WorkerBuilder, is_shutdown_payload, random_u64};
+use crate::conn::{Connection, OwnedPacket};
+use crate::proto::{Packet, PacketType, Priority, SubmitKind};
+
+/// Why [`Slot::serve`] returned.
+enum End {
+    /// The worker stops, or a shutdown job stopped this slot.
+    Stop,
+    /// The connection broke; reconnect.
+    Lost(io::Error),
+}
+
+pub(crate) struct Slot {
+    id: usize,
+    server: String,
+    settings: Arc<WorkerBuilder>,
+    shared: Arc<Shared>,
+    _done: Sender<()>,
+}
+
+impl Slot {
+    pub(crate) fn new(
+        id: usize,
+        server: String,
+        settings: Arc<WorkerBuilder>,
+        shared: Arc<Shared>,
+        done: Sender<()>,
+    ) -> Slot {
+        Slot { id, server, settings, shared, _done: done }
+    }
+
+    pub(crate) fn run(self) {
+        let mut backoff = self.settings.backoff_min;
+        let mut failures = 0u32;
+        while !self.shared.is_stopping() {
+            let mut conn = match Connection::connect(&self.server, self.settings.connect_timeout) {
+                Ok(c) => c,
+                Err(e) => {
+                    failures += 1;
+                    if failures == 1 {
+                        log::warn!(
+                            "slot={} server={}: cannot connect: {e}; retrying",
+                            self.id,
+                            self.server
+                        );
+                    } else {
+                        log::debug!("slot={} server={}: cannot connect: {e}", self.id, self.server);
+                    }
+                    if self.shared.wait_or_stop(jitter(backoff)) {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(self.settings.backoff_max);
+                    continue;
+                }
+            };
+            if failures > 0 {
+                log::info!("slot={} server={}: connected", self.id, self.server);
+            }
+            match conn.shutdown_handle() {
+                Ok(s) => {
+                    self.shared
+                        .wakers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(self.id, (s, true));
+                }
+                Err(e) => log::warn!("slot={}: cannot clone the socket: {e}", self.id),
+            }
+            let end = self.serve(&mut conn, &mut backoff, &mut failures);
+            self.shared.wakers.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+            conn.close();
+            match end {
+                End::Stop => break,
+                End::Lost(e) => {
+                    if self.shared.is_stopping() {
+                        break;
+                    }
+                    log::warn!(
+                        "slot={} server={}: connection lost: {e}; reconnecting",
+                        self.id,
+                        self.server
+                    );
+                    failures = failures.max(1);
+                    if self.shared.wait_or_stop(jitter(backoff)) {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(self.settings.backoff_max);
+                }
+            }
+        }
+        self.shared.live_slots.fetch_sub(1, Ordering::SeqCst);
+        log::debug!("slot={} server={}: stopped", self.id, self.server);
+    }
+
+    fn register(&self, conn: &mut Connection) -> io::Result<()> {
+        conn.set_write_timeout(Some(self.settings.io_timeout))?;
+        let bad = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
+        conn.queue(&Packet::SetClientId { id: self.settings.client_id.as_bytes() }).map_err(bad)?;
+        for f in &self.settings.functions {
+            match f.options.server_timeout {
+                Some(t) => {
+                    let ms = t.as_millis().to_string();
+                    conn.queue(&Packet::CanDoTimeout {
+                        function: f.name.as_bytes(),
+                        timeout: ms.as_bytes(),
+                    })
+                    .map_err(bad)?;
+                }
+                None => conn.queue(&Packet::CanDo { function: f.name.as_bytes() }).map_err(bad)?,
+            }
+        }
+        conn.flush()
+    }
+
+    fn serve(&self, conn: &mut Connection, backoff: &mut Duration, failures: &mut u32) -> End {
+        if let Err(e) = self.register(conn) {
+            return End::Lost(e);
+        }
+        let mut registered = false;
+        loop {
+            if !self.shared.set_idle(self.id, true) {
+                return End::Stop;
+            }
+            if let Err(e) = conn.send(&Packet::GrabJobUniq) {
+                return End::Lost(e);
+            }
+            let reply = match self.await_grab_reply(conn) {
+                Ok(r) => r,
+                Err(e) => return self.lost_or_stop(e),
+            };
+            if !registered {
+                // The server answered: the registration went through.
+                registered = true;
+                *backoff = self.settings.backoff_min;
+                *failures = 0;
+            }
+            let job = match reply {
+                Some(job) => job,
+                None => {
+                    if let Err(e) = self.sleep(conn) {
+                        return self.lost_or_stop(e);
+                    }
+                    continue;
+                }
+            };
+            if !self.shared.set_idle(self.id, false) {
+                // Stopping: do not start it; closing the connection
+                // gives it back to the server.
+                return End::Stop;
+            }
+            match self.run_job(conn, job) {
+                Ok(true) => {}
+                Ok(false) => return End::Stop,
+                Err(e) => return End::Lost(e),
+            }
+        }
+    }
+
+    fn lost_or_stop(&self, e: io::Error) -> End {
+        if self.shared.is_stopping() { End::Stop } else { End::Lost(e) }
+    }
+
+    /// Waits for NO_JOB (`None`) or a job.
+    fn await_grab_reply(&self, conn: &mut Connection) -> io::Result<Option<Job>> {
+        let deadline = Instant::now() + self.settings.io_timeout;
+        loop {
+            let p = conn.recv(Some(deadline))?;
+            match p.kind {
+                PacketType::NoJob => return Ok(None),
+                PacketType::JobAssignUniq | PacketType::JobAssign | PacketType::JobAssignAll => {
+                    return parse_assign(&p).map(Some);
+                }
+                PacketType::Noop | PacketType::OptionRes | PacketType::EchoRes => {}
+                PacketType::Error => log_error(self.id, &p),
+                other => log::debug!("slot={}: ignoring {other} while grabbing", self.id),
+            }
+        }
+    }
+
+    /// PRE_SLEEP, then waits for NOOP or the sleep timeout.
+    fn sleep(&self, conn: &mut Connection) -> io::Result<()> {
+        conn.send(&Packet::PreSleep)?;
+        let deadline = Instant::now() + self.settings.sleep_timeout;
+        loop {
+            match conn.recv(Some(deadline)) {
+                Ok(p) => match p.kind {
+                    PacketType::Noop => return Ok(()),
+                    PacketType::Error => log_error(self.id, &p),
+                    other => log::debug!("slot={}: ignoring {other} while asleep", self.id),
+                },
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Runs a job and reports it. `Ok(false)`: the slot stops.
+    fn run_job(&self, conn: &mut Connection, mut job: Job) -> io::Result<bool> {
+        let handle = job.handle.clone();
+        log::debug!("slot={} job start handle={handle} func={}", self.id, job.function);
+        if self.settings.shutdown_jobs && is_shutdown_payload(&job.payload) {
+            log::info!("slot={} handle={handle}: shutdown job, this slot stops", self.id);
+            conn.send(&Packet::WorkComplete { handle: handle.as_bytes(), data: &job.payload })?;
+            return Ok(false);
+        }
+        let Some(function) = self.settings.functions.iter().find(|f| f.name == job.function) else {
+            log::warn!(
+                "slot={} handle={handle}: job for unregistered function {:?}",
+                self.id,
+                job.function
+            );
+            conn.send(&Packet::WorkFail { handle: handle.as_bytes() })?;
+            return Ok(true);
+        };
+        self.shared.running.fetch_add(1, Ordering::SeqCst);
+        let result = self.attempts(conn, function, &mut job);
+        self.shared.running.fetch_sub(1, Ordering::SeqCst);
+        let result = result?;
+        if result.is_err() && self.shared.cancel.is_cancelled() {
+            log::info!(
+                "slot={} handle={handle}: cancelled at shutdown; the server requeues it",
+                self.id
+            );
+            return Ok(false);
+        }
+        let h = handle.as_bytes();
+        match &result {
+            Ok(data) => {
+                log::debug!("slot={} job complete handle={handle} len={}", self.id, data.len());
+                conn.send(&Packet::WorkComplete { handle: h, data })?;
+            }
+            Err(e) => {
+                log::info!(
+                    "slot={} job failed handle={handle} func={} attempts={}: {e}",
+                    self.id,
+                    job.function,
+                    job.attempt
+                );
+                match e.kind() {
+                    FailKind::Fail => {
+                        if !e.message().is_empty() {
+                            conn.queue(&Packet::WorkWarning { handle: h, data: e.message() })
+                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                        }
+                        conn.send(&Packet::WorkFail { handle: h })?;
+                    }
+                    FailKind::Exception => {
+                        conn.send(&Packet::WorkException { handle: h, data: e.message() })?;
+                    }
+                }
+                if let Some(dead) = &function.options.on_failure {
+                    self.dead_letter(conn, dead, &job, e)?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Calls the handler, retrying failures as configured.
+    fn attempts(
+        &self,
+        conn: &mut Connection,
+        f: &Function,
+        job: &mut Job,
+    ) -> io::Result<JobResult> {
+        let mut wait = f.options.retry_backoff;
+        loop {
+            let mut ctx = JobContext::new(conn, job.handle.as_bytes(), self.shared.cancel.clone());
+            let outcome = catch_unwind(AssertUnwindSafe(|| f.handler.call(job, &mut ctx)));
+            let broken = ctx.is_broken();
+            let result = match outcome {
+                Ok(r) => r,
+                Err(panic) => {
+                    let msg = panic_message(panic.as_ref());
+                    log::error!("slot={} handle={}: handler panicked: {msg}", self.id, job.handle);
+                    Err(JobError::fail(format!("handler panicked: {msg}")))
+                }
+            };
+            if broken {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "connection lost during a job",
+                ));
+            }
+            let Err(e) = &result else { return Ok(result) };
+            if job.attempt > f.options.retries
+                || self.shared.is_stopping()
+                || self.shared.cancel.is_cancelled()
+            {
+                return Ok(result);
+            }
+            log::info!(
+                "slot={} handle={} attempt {} failed: {e}; retrying in {wait:?}",
+                self.id,
+                job.handle,
+                job.attempt
+            );
+            if self.shared.wait_or_stop(wait) {
+                return Ok(result);
+            }
+            wait = (wait * 2).min(Duration::from_secs(60));
+            job.attempt += 1;
+        }
+    }
+
+    /// Submits the failed job to the dead-letter function as a background
+    /// job, on this connection.
+    fn dead_letter(
+        &self,
+        conn: &mut Connection,
+        dead: &str,
+        job: &Job,
+        e: &JobError,
+    ) -> io::Result<()> {
+        let body = serde_json::json!({
+            "function": job.function,
+            "handle": job.handle,
+            "unique": String::from_utf8_lossy(&job.unique),
+            "payload": String::from_utf8_lossy(&job.payload),
+            "error": e.to_string(),
+            "attempts": job.attempt,
+        })
+        .to_string();
+        let unique = format!("{}-dead-{:016x}", job.function, random_u64());
+        let unique = &unique[unique.len().saturating_sub(63)..];
+        conn.send(&Packet::Submit {
+            kind: SubmitKind { priority: Priority::Normal, background: true },
+            function: dead.as_bytes(),
+            unique: unique.as_bytes(),
+            data: body.as_bytes(),
+        })?;
+        let deadline = Instant::now() + self.settings.io_timeout;
+        loop {
+            let p = conn.recv(Some(deadline))?;
+            match p.kind {
+                PacketType::JobCreated => {
+                    log::info!("handle={}: failed job sent to {dead}", job.handle);
+                    return Ok(());
+                }
+                PacketType::Error => {
+                    log_error(self.id, &p);
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn parse_assign(p: &OwnedPacket) -> io::Result<Job> {
+    let bad = |e| io::Error::new(io::ErrorKind::InvalidData, e);
+    let (handle, function, unique, data) = match p.packet().map_err(bad)? {
+        Packet::JobAssignUniq { handle, function, unique, data } => {
+            (handle, function, unique, data)
+        }
+        Packet::JobAssignAll { handle, function, unique, data, .. } => {
+            (handle, function, unique, data)
+        }
+        Packet::JobAssign { handle, function, data } => (handle, function, &[][..], data),
+        _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "not a job assignment")),
+    };
+    Ok(Job {
+        function: String::from_utf8_lossy(function).into_owned(),
+        handle: String::from_utf8_lossy(handle).into_owned(),
+        unique: unique.to_vec(),
+        payload: data.to_vec(),
+        attempt: 1,
+    })
+}
+
+fn log_error(slot: usize, p: &OwnedPacket) {
+    if let Ok(Packet::Error { code, text }) = p.packet() {
+        log::warn!(
+            "slot={slot}: server error {}: {}",
+            String::from_utf8_lossy(code),
+            String::from_utf8_lossy(text)
+        );
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".into()
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.5).
+fn jitter(d: Duration) -> Duration {
+    let f = 0.5 + (random_u64() % 1000) as f64 / 1000.0;
+    d.mul_f64(f)
+}

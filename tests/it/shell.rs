@@ -1,0 +1,225 @@
+//! The shell runner with real processes: timeouts kill whole process
+//! groups, every child is reaped, output caps hold, and failures read well.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use gearframe::worker::shell::{ExitKind, OutputMode, ShellCommand};
+use gearframe::worker::{Handler, Job, JobContext, PayloadCommands, ShellFunction};
+use rayon::prelude::*;
+
+/// `(state, ppid, pgrp)` of a live `/proc` entry.
+fn stat(pid: u32) -> Option<(char, u32, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    let mut it = rest.split_ascii_whitespace();
+    let state = it.next()?.chars().next()?;
+    Some((state, it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Processes (not zombies) in any of `groups`.
+fn live_in_groups(groups: &HashSet<u32>) -> Vec<(u32, char, u32)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Some((state, _, pgrp)) = stat(pid)
+            && groups.contains(&pgrp)
+            && state != 'Z'
+            && state != 'X'
+        {
+            out.push((pid, state, pgrp));
+        }
+    }
+    out
+}
+
+/// Our own children that are zombies, among `pids`.
+fn our_zombies(pids: &[u32]) -> Vec<u32> {
+    let me = std::process::id();
+    pids.iter()
+        .copied()
+        .filter(|&p| matches!(stat(p), Some(('Z', ppid, _)) if ppid == me))
+        .collect()
+}
+
+fn first_line_pid(out: &[u8]) -> u32 {
+    String::from_utf8_lossy(out).lines().next().unwrap().trim().parse().unwrap()
+}
+
+#[test]
+fn timeout_kills_the_whole_group_including_a_background_grandchild() {
+    let cmd = ShellCommand::shell("echo $$; sleep 60 & sleep 60")
+        .timeout(Some(Duration::from_millis(300)))
+        .kill_grace(Duration::from_millis(200));
+    let out = cmd.run(b"").unwrap();
+    assert!(out.timed_out, "{out:?}");
+    assert!(!out.success());
+    assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
+    let pgid = first_line_pid(&out.stdout);
+    assert_eq!(pgid, out.pid);
+    let left = live_in_groups(&HashSet::from([pgid]));
+    assert!(left.is_empty(), "processes of group {pgid} survived: {left:?}");
+    assert!(our_zombies(&[pgid]).is_empty());
+    let msg = ShellFunction::result(&cmd, out).unwrap_err();
+    assert_eq!(msg.to_string(), "timed out after 0.3 s");
+}
+
+#[test]
+fn a_child_that_ignores_sigterm_gets_sigkill() {
+    let out = ShellCommand::shell("trap '' TERM; echo $$; sleep 60")
+        .timeout(Some(Duration::from_millis(100)))
+        .kill_grace(Duration::from_millis(100))
+        .run(b"")
+        .unwrap();
+    assert!(out.timed_out);
+    let pgid = first_line_pid(&out.stdout);
+    assert!(live_in_groups(&HashSet::from([pgid])).is_empty());
+}
+
+#[test]
+fn processes_left_behind_after_a_normal_exit_are_stopped() {
+    let out = ShellCommand::shell("echo $$; sleep 60 >/dev/null 2>&1 &")
+        .kill_grace(Duration::from_millis(200))
+        .run(b"")
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+    let pgid = first_line_pid(&out.stdout);
+    assert!(live_in_groups(&HashSet::from([pgid])).is_empty());
+}
+
+#[test]
+fn a_thousand_timeouts_leave_no_zombie_and_no_process() {
+    let cmd = ShellCommand::argv(["sleep", "30"])
+        .timeout(Some(Duration::from_millis(20)))
+        .kill_grace(Duration::from_millis(200));
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(32).build().unwrap();
+    let pids: Vec<u32> = pool.install(|| {
+        (0..1000)
+            .into_par_iter()
+            .map(|_| {
+                let out = cmd.run(b"").unwrap();
+                assert!(out.timed_out, "{out:?}");
+                out.pid
+            })
+            .collect()
+    });
+    assert_eq!(pids.len(), 1000);
+    let zombies = our_zombies(&pids);
+    assert!(zombies.is_empty(), "zombies left: {zombies:?}");
+    let groups: HashSet<u32> = pids.into_iter().collect();
+    let left = live_in_groups(&groups);
+    assert!(left.is_empty(), "processes survived: {left:?}");
+}
+
+#[test]
+fn stdout_cap_holds_and_the_child_still_finishes() {
+    let out = ShellCommand::argv(["head", "-c", "3000000", "/dev/zero"])
+        .max_stdout(1000)
+        .run(b"")
+        .unwrap();
+    assert!(out.success());
+    assert_eq!(out.stdout.len(), 1000);
+    assert!(out.stdout_truncated);
+    let cmd = ShellCommand::argv(["head", "-c", "3000000", "/dev/zero"]).max_stdout(1000);
+    let e = ShellFunction::result(&cmd, out).unwrap_err();
+    assert!(e.to_string().contains("max_output"), "{e}");
+}
+
+#[test]
+fn stderr_keeps_its_tail_under_a_flood() {
+    let out = ShellCommand::shell("head -c 2000000 /dev/zero >&2; echo last-words >&2; exit 4")
+        .max_stderr(100)
+        .run(b"")
+        .unwrap();
+    assert_eq!(out.exit, ExitKind::Code(4));
+    assert_eq!(out.stderr.len(), 100);
+    assert!(out.stderr_truncated);
+    assert!(out.stderr.ends_with(b"last-words\n"));
+}
+
+#[test]
+fn stdin_reaches_the_child_even_when_large() {
+    let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    let out = ShellCommand::argv(["cat"]).run(&payload).unwrap();
+    assert!(out.success());
+    assert!(out.stdout == payload, "stdout differs from stdin");
+    // A child that never reads stdin does not block the runner.
+    let out = ShellCommand::argv(["true"]).run(&payload).unwrap();
+    assert!(out.success());
+}
+
+#[test]
+fn exit_code_and_stderr_tail_reach_the_result() {
+    let cmd = ShellCommand::shell("echo partial; echo 'disk full' >&2; exit 3");
+    let out = cmd.run(b"").unwrap();
+    assert_eq!(out.exit_code(), 3);
+    let e = ShellFunction::result(&cmd, out).unwrap_err();
+    assert_eq!(e.to_string(), "exit code 3: disk full");
+    assert_eq!(e.kind(), gearframe::worker::FailKind::Exception);
+    // A signal is reported as 128 + n.
+    let out = ShellCommand::shell("kill -9 $$").run(b"").unwrap();
+    assert_eq!(out.exit, ExitKind::Signal(9));
+    assert_eq!(out.exit_code(), 137);
+}
+
+#[test]
+fn missing_program_and_bad_cwd_are_clear_errors() {
+    let e = ShellCommand::argv(["/nonexistent/prog-xyz"]).run(b"").unwrap_err().to_string();
+    assert!(e.contains("cannot start `/nonexistent/prog-xyz`"), "{e}");
+    assert!(e.to_lowercase().contains("no such file"), "{e}");
+    let e = ShellCommand::argv(["true"])
+        .cwd(Some("/nonexistent-dir-xyz".into()))
+        .run(b"")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("/nonexistent-dir-xyz"), "{e}");
+    // Through a function, the same becomes a job failure.
+    let f = ShellFunction::new(ShellCommand::argv(["/nonexistent/prog-xyz"]));
+    let job = Job::new("f", "H:x:1", "u", "");
+    let r = f.call(&job, &mut JobContext::detached(b"H:x:1"));
+    assert!(r.unwrap_err().to_string().contains("cannot start"));
+}
+
+#[test]
+fn job_metadata_is_in_the_environment_and_cwd_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = ShellFunction::new(
+        ShellCommand::shell(
+            "echo $GEARMAN_FUNCTION $GEARMAN_HANDLE $GEARMAN_UNIQUE $GEARMAN_ATTEMPT $MY; pwd",
+        )
+        .cwd(Some(dir.path().to_path_buf()))
+        .env("MY", "var"),
+    );
+    let job = Job::new("fn1", "H:x:7", "uniq-1", "");
+    let out = f.call(&job, &mut JobContext::detached(b"H:x:7")).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next().unwrap(), "fn1 H:x:7 uniq-1 1 var");
+    let pwd = std::fs::canonicalize(lines.next().unwrap()).unwrap();
+    assert_eq!(pwd, std::fs::canonicalize(dir.path()).unwrap());
+}
+
+#[test]
+fn payload_commands_need_the_allow_list() {
+    let f = ShellFunction::from_payload(
+        ShellCommand::argv(["unused"]),
+        PayloadCommands::new(vec!["echo".into()]),
+    );
+    let job = Job::new("run", "H:x:1", "", r#"{"command": "echo", "argvs": "a  b"}"#);
+    let out = f.call(&job, &mut JobContext::detached(b"H:x:1")).unwrap();
+    assert_eq!(out, b"a  b\n");
+    let job = Job::new("run", "H:x:2", "", r#"{"command": "rm", "argvs": ["-rf", "/tmp/x"]}"#);
+    let e = f.call(&job, &mut JobContext::detached(b"H:x:2")).unwrap_err();
+    assert!(e.to_string().contains("not in this function's allowed_commands"), "{e}");
+    let job = Job::new("run", "H:x:3", "", "not json");
+    assert!(f.call(&job, &mut JobContext::detached(b"H:x:3")).is_err());
+}
+
+#[test]
+fn tty_mode_runs_without_capturing() {
+    let out = ShellCommand::argv(["true"]).output(OutputMode::Tty).run(b"").unwrap();
+    assert!(out.success());
+    assert!(out.stdout.is_empty());
+}
