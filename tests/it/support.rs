@@ -16,9 +16,8 @@ use gearframe::server::{Server, ServerConfig, ServerHandle};
 /// fails; otherwise a loud line is printed and `None` returned, so the test
 /// returns early having checked nothing.
 pub fn peer(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
     if let Some(found) = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
         return Some(found);
@@ -77,7 +76,8 @@ impl Gearmand {
         if opts.round_robin {
             cmd.arg("--round-robin");
         }
-        let child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let g = Gearmand { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
         wait_listening(g.addr, Duration::from_secs(10));
         Some(g)
