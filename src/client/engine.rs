@@ -103,8 +103,8 @@ impl Slot {
         }
     }
 
-    fn ctx(&self) -> Context {
-        Context { server: Some(self.addr.to_string()), function: None, handle: None }
+    fn ctx(&self) -> Box<Context> {
+        Box::new(Context { server: Some(self.addr.to_string()), function: None, handle: None })
     }
 
     /// Opens a fresh connection and queues the per-connection setup
@@ -432,7 +432,7 @@ impl<'a> Lane<'a> {
                 let e = Error::Timeout {
                     phase: Phase::Ack,
                     limit: set.ack_timeout,
-                    context: Context { function: Some(function), ..self.slot().ctx() },
+                    context: Box::new(Context { function: Some(function), ..*self.slot().ctx() }),
                 };
                 return self.broken(e);
             }
@@ -502,7 +502,7 @@ impl<'a> Lane<'a> {
         let protocol = |reason: String| Error::Connection {
             phase: Phase::Result,
             reason,
-            context: Context::default(),
+            context: Box::default(),
         };
         match p.kind {
             PacketType::JobCreated => {
@@ -612,7 +612,10 @@ impl<'a> Lane<'a> {
                             phase: Phase::Ack,
                             code,
                             text,
-                            context: Context { function: Some(function), ..self.slot().ctx() },
+                            context: Box::new(Context {
+                                function: Some(function),
+                                ..*self.slot().ctx()
+                            }),
                         });
                         self.reports.push(Report::Done { job: a.job, result });
                     }
@@ -680,10 +683,15 @@ fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     &buf[i..]
 }
 
+/// Called with a job's index and an event.
+pub(crate) type EventFn<'h> = &'h mut dyn FnMut(usize, &JobEvent);
+/// Called with a job's index and its outcome.
+pub(crate) type DoneFn<'h> = &'h mut dyn FnMut(usize, &Result<JobOutcome>);
+
 /// Callbacks of one call.
 pub(crate) struct Hooks<'h> {
-    pub(crate) on_event: Option<&'h mut dyn FnMut(usize, &JobEvent)>,
-    pub(crate) on_done: Option<&'h mut dyn FnMut(usize, &Result<JobOutcome>)>,
+    pub(crate) on_event: Option<EventFn<'h>>,
+    pub(crate) on_done: Option<DoneFn<'h>>,
 }
 
 /// Submits `jobs` and waits for every outcome.
@@ -867,11 +875,11 @@ pub(crate) fn run(
                         let e = Error::Timeout {
                             phase,
                             limit: deadlines[i] - start,
-                            context: Context {
+                            context: Box::new(Context {
                                 server: handles[i].as_ref().map(|h| h.server().to_string()),
                                 function: Some(job.function().to_string()),
                                 handle: handles[i].as_ref().map(|h| h.as_str().to_string()),
-                            },
+                            }),
                         };
                         if finish(i, Err(e), &mut hooks) {
                             remaining -= 1;

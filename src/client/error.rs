@@ -106,7 +106,7 @@ pub enum Error {
         /// The limit that passed.
         limit: Duration,
         /// Server, function and handle.
-        context: Context,
+        context: Box<Context>,
     },
     /// The server answered with an ERROR packet.
     Server {
@@ -117,7 +117,7 @@ pub enum Error {
         /// The server's text.
         text: String,
         /// Server, function and handle.
-        context: Context,
+        context: Box<Context>,
     },
     /// The connection broke, or the server sent something unexpected.
     Connection {
@@ -126,7 +126,7 @@ pub enum Error {
         /// What happened.
         reason: String,
         /// Server, function and handle.
-        context: Context,
+        context: Box<Context>,
     },
 }
 
@@ -211,7 +211,7 @@ mod tests {
     fn error_is_small_and_shareable() {
         fn bounds<T: Send + Sync + 'static>() {}
         bounds::<Error>();
-        assert!(std::mem::size_of::<Error>() <= 128, "{}", std::mem::size_of::<Error>());
+        assert!(std::mem::size_of::<Error>() <= 96, "{}", std::mem::size_of::<Error>());
     }
 
     #[test]
@@ -219,11 +219,11 @@ mod tests {
         let e = Error::Timeout {
             phase: Phase::Ack,
             limit: Duration::from_secs(2),
-            context: Context {
+            context: Box::new(Context {
                 server: Some("a:1".into()),
                 function: Some("f".into()),
                 handle: None,
-            },
+            }),
         }
         .with_handle(Some("H:x:1"));
         assert_eq!(

@@ -379,11 +379,11 @@ impl Client {
             _ => Err(Error::Connection {
                 phase: Phase::Reply,
                 reason: "malformed STATUS_RES".into(),
-                context: Context {
+                context: Box::new(Context {
                     server: Some(slot.addr.to_string()),
                     function: None,
                     handle: Some(handle.as_str().to_string()),
-                },
+                }),
             }),
         }
     }
