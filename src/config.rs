@@ -20,6 +20,9 @@ pub struct Config {
     /// The `worker:` section.
     #[serde(default)]
     pub worker: WorkerSection,
+    /// The `client:` section.
+    #[serde(default)]
+    pub client: ClientSection,
 }
 
 /// The `server:` section; each key mirrors a `gearframe server` option.
@@ -77,6 +80,123 @@ impl ServerSection {
             exceptions: self.exceptions,
             write_timeout: self.write_timeout.0,
             ..Default::default()
+        }
+    }
+}
+
+/// The `client:` section: `gearframe submit`, `gearframe send`, and the
+/// library's [`ClientBuilder`](crate::client::ClientBuilder) defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientSection {
+    /// Job servers (`host[:port]`); empty means `GEARMAN_SERVERS`, else
+    /// 127.0.0.1:4730.
+    pub servers: Vec<String>,
+    /// Limit of one TCP connect.
+    pub connect_timeout: DurationStr,
+    /// Limit of the wait for JOB_CREATED and other replies.
+    pub ack_timeout: DurationStr,
+    /// How long a job keeps being tried on other servers after a failure.
+    pub retry_timeout: DurationStr,
+    /// Overall limit of one job.
+    pub job_timeout: DurationStr,
+    /// Most jobs in flight per server connection in a batch.
+    pub window: usize,
+    /// First reconnect back-off.
+    pub backoff_min: DurationStr,
+    /// Longest reconnect back-off.
+    pub backoff_max: DurationStr,
+    /// Ask for WORK_EXCEPTION packets.
+    pub exceptions: bool,
+    /// Connection name (SET_CLIENT_ID).
+    pub client_id: Option<String>,
+    /// The `client.send:` subsection (`gearframe send`).
+    pub send: SendSection,
+}
+
+impl Default for ClientSection {
+    fn default() -> Self {
+        ClientSection {
+            servers: Vec::new(),
+            connect_timeout: DurationStr(Duration::from_secs(3)),
+            ack_timeout: DurationStr(Duration::from_secs(10)),
+            retry_timeout: DurationStr(Duration::from_secs(30)),
+            job_timeout: DurationStr(Duration::from_secs(3600)),
+            window: 1024,
+            backoff_min: DurationStr(Duration::from_millis(100)),
+            backoff_max: DurationStr(Duration::from_secs(5)),
+            exceptions: false,
+            client_id: None,
+            send: SendSection::default(),
+        }
+    }
+}
+
+impl ClientSection {
+    /// A client builder with this section's settings (servers only when
+    /// the list is not empty, so that `GEARMAN_SERVERS` still applies).
+    pub fn to_builder(&self) -> crate::client::ClientBuilder {
+        let mut b = crate::client::Client::builder()
+            .connect_timeout(self.connect_timeout.0)
+            .ack_timeout(self.ack_timeout.0)
+            .retry_timeout(self.retry_timeout.0)
+            .job_timeout(self.job_timeout.0)
+            .window(self.window)
+            .backoff(self.backoff_min.0, self.backoff_max.0)
+            .exceptions(self.exceptions);
+        if !self.servers.is_empty() {
+            b = b.servers(&self.servers);
+        }
+        if let Some(id) = &self.client_id {
+            b = b.client_id(id.clone());
+        }
+        b
+    }
+}
+
+/// How `gearframe send` submits a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendMode {
+    /// Background jobs; done when every job is accepted.
+    #[default]
+    Async,
+    /// Foreground jobs; done when every job has its result.
+    Sync,
+}
+
+impl std::str::FromStr for SendMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "async" => Ok(SendMode::Async),
+            "sync" => Ok(SendMode::Sync),
+            _ => Err(format!("unknown mode `{s}`: use async or sync")),
+        }
+    }
+}
+
+/// The `client.send:` subsection; each key mirrors a `gearframe send` option.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SendSection {
+    /// The plan: a YAML file, or an executable that prints the jobs as JSON.
+    pub plan: std::path::PathBuf,
+    /// `async` or `sync`.
+    pub mode: SendMode,
+    /// Send the plan again every interval; 0 sends it once.
+    pub cycle: DurationStr,
+    /// Read the plan again at most this often (between cycles).
+    pub reload: DurationStr,
+}
+
+impl Default for SendSection {
+    fn default() -> Self {
+        SendSection {
+            plan: "plugin/eg.yaml".into(),
+            mode: SendMode::Async,
+            cycle: DurationStr(Duration::ZERO),
+            reload: DurationStr(Duration::from_secs(60)),
         }
     }
 }
@@ -190,5 +310,35 @@ mod tests {
         assert_eq!(s.listen, "127.0.0.1:0");
         assert_eq!(s.job_retries, 3);
         assert_eq!(s.write_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn client_section() {
+        let c = Config::parse(
+            "client:\n  servers: [a, 'b:7003']\n  ack_timeout: 2s\n  send:\n    mode: sync\n    cycle: 500ms\n",
+        )
+        .unwrap();
+        assert_eq!(c.client.servers, ["a", "b:7003"]);
+        assert_eq!(c.client.ack_timeout.0, Duration::from_secs(2));
+        assert_eq!(c.client.send.mode, SendMode::Sync);
+        assert_eq!(c.client.send.cycle.0, Duration::from_millis(500));
+        let client = c.client.to_builder().build().unwrap();
+        assert_eq!(client.servers().collect::<Vec<_>>(), ["a:4730", "b:7003"]);
+        let e = Config::parse("client:\n  send:\n    mode: sometimes\n").unwrap_err();
+        assert!(e.0.contains("sometimes") || e.0.contains("mode"), "{}", e.0);
+        let e = Config::parse("client:\n  server: [a]\n").unwrap_err();
+        assert!(e.0.contains("server"), "{}", e.0);
+    }
+
+    #[test]
+    fn shipped_config_parses_with_defaults() {
+        let text = include_str!("../config.yaml");
+        let c = Config::parse(text).unwrap();
+        let d = ClientSection::default();
+        assert_eq!(c.client.ack_timeout, d.ack_timeout);
+        assert_eq!(c.client.job_timeout, d.job_timeout);
+        assert_eq!(c.client.window, d.window);
+        assert_eq!(c.client.send.plan, d.send.plan);
+        assert_eq!(c.client.send.reload, d.send.reload);
     }
 }

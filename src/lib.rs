@@ -4,10 +4,12 @@
 //! - [`server`]: an embedded job server, a drop-in for gearmand.
 //! - [`conn`]: a blocking framed connection, shared by client, worker and admin.
 //! - [`worker`]: a pool of worker slots, and the shell runner for command jobs.
+//! - [`client`]: a blocking client with failover and pipelined batches.
 //! - [`config`]: the config.yaml model.
 //!
 //! The library logs through the `log` facade and never installs a logger.
 
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod proto;

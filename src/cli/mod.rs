@@ -1,6 +1,8 @@
 //! Command-line parsing and the subcommands.
 
+mod send;
 mod server;
+mod submit;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +34,10 @@ enum Command {
     Server(server::ServerArgs),
     /// Run a worker: registered functions run shell commands (or echo).
     Worker(worker::WorkerArgs),
+    /// Submit one job and print its result (like `gearman -f`).
+    Submit(submit::SubmitArgs),
+    /// Submit a job plan, once or every cycle.
+    Send(send::SendArgs),
 }
 
 /// An error for the user: printed as one line, exit code 2.
@@ -68,11 +74,24 @@ fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
 }
 
 pub(crate) fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // One line: clap's message up to its first blank line.
+            let text = e.render().to_string();
+            let msg: Vec<&str> =
+                text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            eprintln!("gearframe: {}", msg.join(" ").trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     init_logging(cli.verbose, cli.quiet);
     let result = load_config(cli.config.as_deref()).and_then(|config| match cli.command {
         Command::Server(args) => server::run(args, &config),
         Command::Worker(args) => worker::run(args, &config),
+        Command::Submit(args) => submit::run(args, &config, cli.verbose),
+        Command::Send(args) => send::run(args, &config),
     });
     match result {
         Ok(code) => code,

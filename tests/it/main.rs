@@ -2,6 +2,10 @@
 
 /// Malformed input against the embedded server.
 mod bad_input;
+/// `gearframe submit` and `gearframe send` as a user runs them.
+mod cli_client;
+/// The client library: both servers, failover, timeouts, batches.
+mod client;
 /// Differential scenarios: the same conversation against gearmand and gearframe.
 mod diff;
 /// The real gearman tools against the embedded server.

@@ -1,0 +1,363 @@
+//! `gearframe send`: submit a job plan once or every cycle (the original
+//! send_job_client).
+//!
+//! A plan is a YAML file, or an executable (any language) that prints the
+//! same list as JSON on stdout:
+//!
+//! ```yaml
+//! jobs:
+//!   - function: test1
+//!     data: {command: ls, argvs: ./}   # a structure is sent as JSON
+//!     priority: low                    # high, normal or low (default low)
+//!     unique: optional-id              # default: derived from function and data
+//! ```
+//!
+//! The top level may also be the bare list.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use gearframe::client::{Job, JobOutcome, MAX_UNIQUE_LEN, derive_unique};
+use gearframe::config::{Config, SendMode, parse_duration};
+use gearframe::proto::Priority;
+use serde::Deserialize;
+
+use super::Failure;
+use super::submit::ServerArgs;
+
+/// Longest an executable plan may run.
+const PLAN_RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// Options of `gearframe send`; each overrides the `client.send:` key of the
+/// same name in config.yaml.
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// The plan: a YAML file, or an executable printing the jobs as JSON
+    /// [default: plugin/eg.yaml].
+    #[arg(short = 'p', long, value_name = "FILE")]
+    plan: Option<PathBuf>,
+    /// async: background jobs, done when every job is accepted; sync:
+    /// foreground jobs, one result line per job.
+    #[arg(short = 'm', long, value_name = "MODE", value_parser = parse_mode)]
+    mode: Option<SendMode>,
+    /// Send the plan again every interval, e.g. 500ms; 0 sends it once.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    cycle: Option<Duration>,
+    /// Read the plan again at most this often, e.g. 1m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    reload: Option<Duration>,
+    /// Give each job a random unique id instead of one derived from its
+    /// function and data (copies then never coalesce).
+    #[arg(long)]
+    random_unique: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+fn parse_mode(s: &str) -> Result<SendMode, String> {
+    s.parse()
+}
+
+/// One job of a plan as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanJob {
+    function: String,
+    #[serde(default)]
+    data: serde_yaml::Value,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    unique: Option<String>,
+}
+
+/// Reads a plan (running it when it is executable) into jobs.
+fn load_plan(path: &Path, mode: SendMode, random_unique: bool) -> Result<Vec<Job>, Failure> {
+    let fail = |m: String| Failure(format!("plan {}: {m}", path.display()));
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+    let text = if is_executable(&meta) {
+        run_plan(path).map_err(fail)?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?
+    };
+    let value: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| fail(e.to_string()))?;
+    let items = match value {
+        serde_yaml::Value::Sequence(items) => items,
+        serde_yaml::Value::Mapping(mut m) if m.len() == 1 => match m.remove("jobs") {
+            Some(serde_yaml::Value::Sequence(items)) => items,
+            _ => return Err(fail("`jobs:` must be a list of jobs".into())),
+        },
+        _ => return Err(fail("expected a list of jobs, or a map with a `jobs:` list".into())),
+    };
+    let list = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            serde_yaml::from_value::<PlanJob>(v).map_err(|e| fail(format!("jobs[{i}]: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if list.is_empty() {
+        return Err(fail("the plan has no jobs".into()));
+    }
+    list.into_iter()
+        .enumerate()
+        .map(|(i, pj)| {
+            plan_job(pj, mode, random_unique).map_err(|m| fail(format!("jobs[{i}]: {m}")))
+        })
+        .collect()
+}
+
+fn plan_job(pj: PlanJob, mode: SendMode, random_unique: bool) -> Result<Job, String> {
+    if pj.function.trim().is_empty() {
+        return Err("the function is empty".into());
+    }
+    if pj.function.contains('\0') {
+        return Err("the function contains a NUL byte".into());
+    }
+    let payload: Vec<u8> = match &pj.data {
+        serde_yaml::Value::Null => Vec::new(),
+        serde_yaml::Value::String(s) => s.clone().into_bytes(),
+        serde_yaml::Value::Bool(b) => b.to_string().into_bytes(),
+        serde_yaml::Value::Number(n) => n.to_string().into_bytes(),
+        other => {
+            serde_json::to_vec(other).map_err(|e| format!("data cannot be sent as JSON: {e}"))?
+        }
+    };
+    let priority = match pj.priority.as_deref() {
+        None => Priority::Low,
+        Some(p) => p.parse()?,
+    };
+    let mut job = Job::new(pj.function.clone(), payload).priority(priority);
+    match pj.unique {
+        Some(u) if u.len() > MAX_UNIQUE_LEN || u.contains('\0') => {
+            return Err(format!("unique must be at most {MAX_UNIQUE_LEN} bytes without NUL"));
+        }
+        Some(u) => job = job.unique(u),
+        None if random_unique => {}
+        None => {
+            let u = derive_unique(&pj.function, job.payload());
+            job = job.unique(u);
+        }
+    }
+    Ok(job.background(mode == SendMode::Async))
+}
+
+#[cfg(unix)]
+fn is_executable(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    meta.is_file() && meta.permissions().mode() & 0o111 != 0
+}
+
+#[cfg(not(unix))]
+fn is_executable(_meta: &std::fs::Metadata) -> bool {
+    false
+}
+
+/// Runs an executable plan and returns its stdout, within [`PLAN_RUN_LIMIT`].
+fn run_plan(path: &Path) -> Result<String, String> {
+    let mut child = Command::new(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot run it: {e}"))?;
+    let mut stdout = child.stdout.take().ok_or("no stdout")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).map(|_| s)
+    });
+    let deadline = Instant::now() + PLAN_RUN_LIMIT;
+    let status = loop {
+        match child.try_wait().map_err(|e| e.to_string())? {
+            Some(s) => break s,
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("still running after {PLAN_RUN_LIMIT:?}: killed"));
+            }
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let out = reader.join().map_err(|_| "reader panicked".to_string())?;
+    let out = out.map_err(|e| format!("its output is not UTF-8 text: {e}"))?;
+    if !status.success() {
+        return Err(format!("it exited with {status}"));
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Default)]
+struct Totals {
+    sent: usize,
+    completed: usize,
+    failed: usize,
+    errors: usize,
+}
+
+pub(crate) fn run(args: SendArgs, config: &Config) -> Result<ExitCode, Failure> {
+    let sc = &config.client.send;
+    let plan_path = args.plan.clone().unwrap_or_else(|| sc.plan.clone());
+    let mode = args.mode.unwrap_or(sc.mode);
+    let cycle = args.cycle.unwrap_or(sc.cycle.0);
+    let reload = args.reload.unwrap_or(sc.reload.0);
+    // Everything the user gave is checked before anything is sent.
+    let mut jobs = load_plan(&plan_path, mode, args.random_unique)?;
+    let client = args.server.client(config)?;
+    let mut loaded = Instant::now();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("gearframe: interrupted");
+            std::process::exit(130);
+        }
+        eprintln!("gearframe: finishing the current batch (Ctrl-C again to quit now)");
+    })
+    .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;
+
+    let tty = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut totals = Totals::default();
+    loop {
+        let cycle_start = Instant::now();
+        if cycle > Duration::ZERO && loaded.elapsed() >= reload {
+            match load_plan(&plan_path, mode, args.random_unique) {
+                Ok(j) => jobs = j,
+                Err(Failure(m)) => log::warn!("{m}; keeping the previous plan"),
+            }
+            loaded = Instant::now();
+        }
+        log::info!("sending {} job(s) in {:?} mode", jobs.len(), mode);
+        let bar = tty.then(|| {
+            let b = indicatif::ProgressBar::new(jobs.len() as u64);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} jobs {per_sec} {elapsed}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b
+        });
+        let outs = client
+            .batch(&jobs)
+            .on_done(|_, _| {
+                if let Some(b) = &bar {
+                    b.inc(1);
+                }
+            })
+            .run();
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let mut out = std::io::stdout().lock();
+        for (job, o) in jobs.iter().zip(&outs) {
+            totals.sent += 1;
+            let (status, text) = match o {
+                Ok(JobOutcome::Accepted { handle }) => {
+                    totals.completed += 1;
+                    ("accepted", handle.to_string())
+                }
+                Ok(JobOutcome::Complete { data, .. }) => {
+                    totals.completed += 1;
+                    ("complete", String::from_utf8_lossy(data).into_owned())
+                }
+                Ok(other) => {
+                    totals.failed += 1;
+                    let text = other.data().map(|d| String::from_utf8_lossy(d).into_owned());
+                    (other.name(), text.unwrap_or_default())
+                }
+                Err(e) => {
+                    totals.failed += 1;
+                    totals.errors += 1;
+                    ("error", e.to_string())
+                }
+            };
+            if mode == SendMode::Sync || status == "error" {
+                let line = format!("{}\t{status}\t{}\n", job.function(), text.escape_debug());
+                if out.write_all(line.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = out.flush();
+        drop(out);
+        if cycle.is_zero() || stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let next = cycle_start + cycle;
+        while Instant::now() < next && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep((next - Instant::now()).min(Duration::from_millis(100)));
+        }
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+    }
+    eprintln!(
+        "sent {}, completed {}, failed {}, {:.2}s",
+        totals.sent,
+        totals.completed,
+        totals.failed,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if totals.errors > 0 {
+        ExitCode::from(2)
+    } else if totals.failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(text: &str) -> Result<Vec<Job>, Failure> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.yaml");
+        std::fs::write(&p, text).unwrap();
+        load_plan(&p, SendMode::Async, false)
+    }
+
+    #[test]
+    fn shipped_example_plan() {
+        let jobs = load_plan(Path::new("plugin/eg.yaml"), SendMode::Sync, false).unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(jobs[0].function(), "test1");
+        assert_eq!(jobs[1].function(), "test2");
+        assert_eq!(jobs[0].payload(), br#"{"command":"ls","argvs":"./"}"#);
+        assert_eq!(jobs[0].get_priority(), Priority::Low);
+        assert!(!jobs[0].is_background());
+        assert_eq!(jobs[0].unique_id(), Some(derive_unique("test1", jobs[0].payload()).as_str()));
+    }
+
+    #[test]
+    fn plans_in_both_shapes() {
+        let a = plan("- function: f\n  data: hi\n  priority: high\n  unique: u1\n").unwrap();
+        assert_eq!(a[0].payload(), b"hi");
+        assert_eq!(a[0].get_priority(), Priority::High);
+        assert_eq!(a[0].unique_id(), Some("u1"));
+        assert!(a[0].is_background());
+        let b = plan(r#"{"jobs": [{"function": "f", "data": {"k": [1, 2]}}]}"#).unwrap();
+        assert_eq!(b[0].payload(), br#"{"k":[1,2]}"#);
+    }
+
+    #[test]
+    fn bad_plans_name_the_problem() {
+        let msg = |t: &str| plan(t).unwrap_err().0;
+        assert!(msg("- data: x\n").contains("function"), "{}", msg("- data: x\n"));
+        assert!(msg("- function: f\n  priority: urgent\n").contains("urgent"));
+        assert!(msg("- function: ''\n").contains("empty"));
+        assert!(msg("jobs: []\n").contains("no jobs"));
+        assert!(msg("- function: f\n  colour: red\n").contains("colour"));
+        assert!(msg("just text").contains("list of jobs"));
+        let e = load_plan(Path::new("/nonexistent/plan.yaml"), SendMode::Async, false).unwrap_err();
+        assert!(e.0.contains("/nonexistent/plan.yaml"), "{}", e.0);
+    }
+}

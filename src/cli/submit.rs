@@ -1,0 +1,190 @@
+//! `gearframe submit`: one job, close to the `gearman` command-line client.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use gearframe::client::{Client, Job, JobEvent, JobOutcome};
+use gearframe::config::{Config, parse_duration};
+use gearframe::proto::Priority;
+
+use super::Failure;
+
+/// Where to find the servers and how long to wait; shared by `submit` and `send`.
+#[derive(Debug, Args)]
+pub(crate) struct ServerArgs {
+    /// Job server HOST[:PORT] (repeatable, or comma-separated) [default:
+    /// GEARMAN_SERVERS, else client.servers in config.yaml, else 127.0.0.1:4730].
+    #[arg(short = 's', long = "server", value_name = "HOST:PORT")]
+    servers: Vec<String>,
+    /// Overall limit of each job, e.g. 30s [default: client.job_timeout, 1h].
+    #[arg(short = 't', long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+}
+
+impl ServerArgs {
+    /// A client from the flags, then `GEARMAN_SERVERS`, then config.yaml.
+    pub(crate) fn client(&self, config: &Config) -> Result<Client, Failure> {
+        let mut b = config.client.to_builder();
+        if !self.servers.is_empty() {
+            b = b.servers(&self.servers);
+        } else if let Ok(env) = std::env::var("GEARMAN_SERVERS") {
+            if !env.trim().is_empty() {
+                b = b.servers([env]);
+            }
+        }
+        if let Some(t) = self.timeout {
+            b = b.job_timeout(t);
+        }
+        Ok(b.build()?)
+    }
+}
+
+/// Options of `gearframe submit`.
+#[derive(Debug, Args)]
+pub(crate) struct SubmitArgs {
+    /// Function to run.
+    #[arg(short = 'f', long, value_name = "FUNCTION")]
+    function: String,
+    /// The payload, joined with spaces [default: read from stdin].
+    #[arg(value_name = "DATA")]
+    data: Vec<String>,
+    /// Background job: print its handle once the server accepted it.
+    #[arg(short = 'b', long)]
+    background: bool,
+    /// Priority: high, normal or low.
+    #[arg(long, value_name = "PRIORITY", value_parser = parse_priority, conflicts_with_all = ["high", "low"])]
+    priority: Option<Priority>,
+    /// High priority (same as --priority high).
+    #[arg(short = 'I', long = "high", conflicts_with = "low")]
+    high: bool,
+    /// Low priority (same as --priority low).
+    #[arg(short = 'L', long = "low")]
+    low: bool,
+    /// Unique id: jobs with the same one coalesce [default: random].
+    #[arg(short = 'u', long, value_name = "UNIQUE")]
+    unique: Option<String>,
+    /// Epoch job: run at a Unix time in seconds, or +DURATION from now
+    /// (e.g. +90s); implies --background.
+    #[arg(long, value_name = "TIME", value_parser = parse_at)]
+    at: Option<u64>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+fn parse_priority(s: &str) -> Result<Priority, String> {
+    s.parse()
+}
+
+/// `1700000000` or `+90s`.
+pub(crate) fn parse_at(s: &str) -> Result<u64, String> {
+    if let Some(rel) = s.strip_prefix('+') {
+        let d = parse_duration(rel)?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?;
+        return Ok((now + d).as_secs());
+    }
+    s.parse::<u64>().map_err(|_| {
+        format!("invalid time `{s}`: give Unix seconds (1700000000) or +DURATION (+90s)")
+    })
+}
+
+pub(crate) fn run(args: SubmitArgs, config: &Config, verbose: u8) -> Result<ExitCode, Failure> {
+    let priority = if args.high {
+        Priority::High
+    } else if args.low {
+        Priority::Low
+    } else {
+        args.priority.unwrap_or_default()
+    };
+    let payload = if args.data.is_empty() {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| Failure(format!("cannot read the payload from stdin: {e}")))?;
+        buf
+    } else {
+        args.data.join(" ").into_bytes()
+    };
+    let mut job = Job::new(args.function, payload).priority(priority);
+    if let Some(u) = args.unique {
+        job = job.unique(u);
+    }
+    if let Some(t) = args.server.timeout {
+        job = job.timeout(t);
+    }
+    if let Some(at) = args.at {
+        job = job.at_unix(at);
+    } else if args.background {
+        job = job.background(true);
+    }
+    let client = args.server.client(config)?;
+
+    let stdout = std::io::stdout();
+    let tty = stdout.is_terminal();
+    let mut out = stdout.lock();
+    let mut wrote_error = None;
+    let outcome = client.submit_job_with(&job, |e| match e {
+        JobEvent::Data(d) => {
+            if let Err(e) = out.write_all(d).and_then(|()| out.flush()) {
+                wrote_error.get_or_insert(e);
+            }
+        }
+        JobEvent::Warning(w) => eprintln!("warning: {}", String::from_utf8_lossy(w)),
+        JobEvent::Status { numerator, denominator } if verbose > 0 => {
+            eprintln!("status: {numerator}/{denominator}");
+        }
+        JobEvent::Created(h) if verbose > 0 => eprintln!("handle: {h} on {}", h.server()),
+        JobEvent::Resubmitted { reason } => eprintln!("resubmitting: {reason}"),
+        _ => {}
+    })?;
+    if let Some(e) = wrote_error {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return Ok(ExitCode::SUCCESS);
+        }
+        return Err(Failure(format!("cannot write to stdout: {e}")));
+    }
+    let write = |out: &mut std::io::StdoutLock<'_>, d: &[u8]| -> std::io::Result<()> {
+        out.write_all(d)?;
+        if tty && !d.ends_with(b"\n") {
+            out.write_all(b"\n")?;
+        }
+        out.flush()
+    };
+    let res = match &outcome {
+        JobOutcome::Complete { data, .. } => write(&mut out, data),
+        JobOutcome::Accepted { handle } => write(&mut out, format!("{handle}\n").as_bytes()),
+        JobOutcome::Failed { handle } => {
+            eprintln!("gearframe: job {handle} failed");
+            return Ok(ExitCode::from(1));
+        }
+        JobOutcome::Exception { handle, data } => {
+            eprintln!("gearframe: job {handle} failed: {}", String::from_utf8_lossy(data));
+            return Ok(ExitCode::from(1));
+        }
+        other => {
+            eprintln!("gearframe: job {}", other.name());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    match res {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(Failure(format!("cannot write to stdout: {e}")))
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_times() {
+        assert_eq!(parse_at("1700000000"), Ok(1_700_000_000));
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let t = parse_at("+90s").unwrap();
+        assert!((now + 89..=now + 91).contains(&t));
+        assert!(parse_at("tomorrow").unwrap_err().contains("+DURATION"));
+    }
+}

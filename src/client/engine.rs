@@ -1,0 +1,948 @@
+//! The submission engine: one lane thread per server a call uses, and the
+//! calling thread as coordinator.
+//!
+//! ```text
+//!  caller ──jobs──▶ coordinator ──Vec<job index>──▶ lane(server k) ──SUBMIT*──▶ server k
+//!     ▲                 │  ▲                            │   ◀──JOB_CREATED, WORK_*──┘
+//!     └──events, done───┘  └────────Vec<Report>─────────┘
+//! ```
+//!
+//! A lane pipelines submissions on one connection, at most `window` jobs in
+//! flight (a background job until JOB_CREATED, a foreground job until its
+//! result), writing every packet it can in one `write`. JOB_CREATED is
+//! matched to submissions in order; results are matched by handle, one copy
+//! of each packet per submission attached to that handle.
+//!
+//! When a connection cannot be opened or breaks, the lane hands back every
+//! job that has no outcome yet (`Report::Lost`), and the coordinator sends
+//! them to the next server in the job's order, with the same unique id.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, unbounded};
+
+use super::error::{Context, Error, Phase, Result};
+use super::job::{Job, JobEvent, JobHandle, JobOutcome, parse_num, random_u64, stable_hash};
+use crate::conn::{Connection, OwnedPacket};
+use crate::proto::{Packet, PacketType, SubmitKind};
+
+/// How often a blocked lane looks at its inbox, and the coordinator at
+/// job deadlines.
+const TICK: Duration = Duration::from_millis(50);
+/// Idle connections kept per server between calls.
+const MAX_IDLE: usize = 8;
+
+/// Resolved client settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) connect_timeout: Duration,
+    pub(crate) ack_timeout: Duration,
+    pub(crate) retry_timeout: Duration,
+    pub(crate) job_timeout: Duration,
+    pub(crate) window: usize,
+    pub(crate) backoff_min: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) exceptions: bool,
+    pub(crate) client_id: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// One server: its address, idle connections and reconnect back-off.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) addr: Arc<str>,
+    idle: Mutex<Vec<Connection>>,
+    health: Mutex<Health>,
+}
+
+impl Slot {
+    pub(crate) fn new(addr: &str) -> Slot {
+        Slot { addr: Arc::from(addr), idle: Mutex::new(Vec::new()), health: Mutex::default() }
+    }
+
+    fn retry_at(&self) -> Option<Instant> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner()).retry_at
+    }
+
+    fn record_ok(&self) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.failures = 0;
+        h.retry_at = None;
+    }
+
+    /// Exponential back-off with jitter: the n-th failure in a row waits
+    /// between half and all of `min * 2^(n-1)`, capped at `max`.
+    fn record_failure(&self, set: &Settings) {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.failures = h.failures.saturating_add(1);
+        let exp = set.backoff_min.saturating_mul(1u32 << (h.failures - 1).min(16));
+        let full = exp.min(set.backoff_max);
+        let jitter = 0.5 + (random_u64() % 1000) as f64 / 2000.0;
+        let wait = full.mul_f64(jitter);
+        log::debug!("server={} failures={} backoff={wait:?}", self.addr, h.failures);
+        h.retry_at = Some(Instant::now() + wait);
+    }
+
+    fn take_idle(&self) -> Option<Connection> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn put_idle(&self, c: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(c);
+        }
+    }
+
+    fn ctx(&self) -> Box<Context> {
+        Box::new(Context { server: Some(self.addr.to_string()), function: None, handle: None })
+    }
+
+    /// Opens a fresh connection and queues the per-connection setup
+    /// (client id, exceptions option). Returns the number of OPTION_REQs
+    /// whose answer is still to come.
+    fn open(&self, set: &Settings) -> Result<(Connection, usize)> {
+        let mut c = Connection::connect(&self.addr, set.connect_timeout).map_err(|e| {
+            self.record_failure(set);
+            Error::Connection { phase: Phase::Connect, reason: io_reason(&e), context: self.ctx() }
+        })?;
+        self.record_ok();
+        let _ = c.set_write_timeout(Some(set.ack_timeout));
+        if let Some(id) = &set.client_id {
+            let _ = c.queue(&Packet::SetClientId { id: id.as_bytes() });
+        }
+        let mut options = 0;
+        if set.exceptions {
+            let _ = c.queue(&Packet::OptionReq { option: b"exceptions" });
+            options = 1;
+        }
+        log::debug!("server={} connected", self.addr);
+        Ok((c, options))
+    }
+}
+
+fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::TimedOut => "timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn strip_nul(b: &[u8]) -> &[u8] {
+    let end = b.iter().rposition(|&c| c != 0).map_or(0, |p| p + 1);
+    &b[..end]
+}
+
+/// One request with one reply (status, echo) on a pooled connection to
+/// `slot`, skipping packets of other types. A pooled connection that turns
+/// out to be dead is replaced by a fresh one once.
+pub(crate) fn exchange(
+    slot: &Slot,
+    set: &Settings,
+    request: &Packet<'_>,
+    want: PacketType,
+) -> Result<OwnedPacket> {
+    let mut allow_pooled = true;
+    loop {
+        let (mut conn, mut options, reused) = match slot.take_idle().filter(|_| allow_pooled) {
+            Some(c) => (c, 0, true),
+            None => {
+                let (c, o) = slot.open(set)?;
+                (c, o, false)
+            }
+        };
+        let broken =
+            |reason: String| Error::Connection { phase: Phase::Reply, reason, context: slot.ctx() };
+        if let Err(e) = conn.queue(request) {
+            return Err(broken(e.to_string()));
+        }
+        if let Err(e) = conn.flush() {
+            if reused {
+                allow_pooled = false;
+                continue;
+            }
+            return Err(broken(io_reason(&e)));
+        }
+        let deadline = Instant::now() + set.ack_timeout;
+        loop {
+            let p = match conn.recv(Some(deadline)) {
+                Ok(p) => p,
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(Error::Timeout {
+                        phase: Phase::Reply,
+                        limit: set.ack_timeout,
+                        context: slot.ctx(),
+                    });
+                }
+                Err(_) if reused => {
+                    allow_pooled = false;
+                    break;
+                }
+                Err(e) => return Err(broken(io_reason(&e))),
+            };
+            if p.kind == want {
+                slot.put_idle(conn);
+                return Ok(p);
+            }
+            match p.kind {
+                PacketType::OptionRes => options = options.saturating_sub(1),
+                PacketType::Error if options > 0 => options -= 1,
+                PacketType::Error => {
+                    let (code, text) = error_fields(&p);
+                    return Err(Error::Server {
+                        phase: Phase::Reply,
+                        code,
+                        text,
+                        context: slot.ctx(),
+                    });
+                }
+                other => {
+                    log::debug!("server={} ignored {other} while waiting for {want}", slot.addr)
+                }
+            }
+        }
+    }
+}
+
+fn error_fields(p: &OwnedPacket) -> (String, String) {
+    match p.packet() {
+        Ok(Packet::Error { code, text }) => {
+            (String::from_utf8_lossy(code).into_owned(), String::from_utf8_lossy(text).into_owned())
+        }
+        _ => ("UNKNOWN".into(), String::from_utf8_lossy(&p.body).into_owned()),
+    }
+}
+
+/// What a lane tells the coordinator.
+#[derive(Debug)]
+enum Report {
+    Created { job: usize, handle: JobHandle },
+    Event { job: usize, event: JobEvent },
+    Done { job: usize, result: Result<JobOutcome> },
+    Lost { lane: usize, jobs: Vec<usize>, error: Error },
+}
+
+#[derive(Debug)]
+struct Awaiting {
+    job: usize,
+    sent: Instant,
+}
+
+/// The submissions attached to one handle on one connection. The server
+/// sends each WORK_* packet once per attachment, so copies are handed out
+/// in turn: every attached job sees each packet once.
+#[derive(Debug, Default)]
+struct Listeners {
+    jobs: Vec<usize>,
+    cursor: usize,
+}
+
+/// Read-only state shared by the lanes of one call.
+struct Shared<'a> {
+    set: &'a Settings,
+    slots: &'a [Slot],
+    jobs: &'a [Job],
+    uniques: &'a [String],
+    done: &'a [AtomicBool],
+}
+
+struct Lane<'a> {
+    idx: usize,
+    sh: &'a Shared<'a>,
+    inbox: Receiver<Vec<usize>>,
+    out: Sender<Vec<Report>>,
+    conn: Option<Connection>,
+    reused: bool,
+    got_reply: bool,
+    force_fresh: bool,
+    dirty: bool,
+    options: usize,
+    pending: VecDeque<usize>,
+    awaiting: VecDeque<Awaiting>,
+    running: HashMap<Vec<u8>, Listeners>,
+    running_jobs: usize,
+    reports: Vec<Report>,
+    last_scan: Instant,
+}
+
+impl<'a> Lane<'a> {
+    fn slot(&self) -> &'a Slot {
+        &self.sh.slots[self.idx]
+    }
+
+    fn inflight(&self) -> usize {
+        self.awaiting.len() + self.running_jobs
+    }
+
+    fn is_done(&self, job: usize) -> bool {
+        self.sh.done[job].load(Ordering::Relaxed)
+    }
+
+    fn flush_reports(&mut self) {
+        if !self.reports.is_empty() {
+            let batch = std::mem::take(&mut self.reports);
+            let _ = self.out.send(batch);
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            loop {
+                match self.inbox.try_recv() {
+                    Ok(v) => self.pending.extend(v),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return self.finish(),
+                }
+            }
+            if self.inflight() == 0 && self.pending.is_empty() {
+                self.flush_reports();
+                match self.inbox.recv() {
+                    Ok(v) => {
+                        self.pending.extend(v);
+                        continue;
+                    }
+                    Err(_) => return self.finish(),
+                }
+            }
+            if self.conn.is_none() {
+                if let Err(e) = self.connect() {
+                    self.lose_all(e);
+                    self.flush_reports();
+                    continue;
+                }
+            }
+            if let Err(e) = self.top_up() {
+                self.broken(e);
+                continue;
+            }
+            if self.inflight() == 0 {
+                continue;
+            }
+            self.flush_reports();
+            self.read_some();
+        }
+    }
+
+    fn finish(mut self) {
+        self.flush_reports();
+        if let Some(c) = self.conn.take() {
+            if self.inflight() == 0 && self.options == 0 && !self.dirty {
+                self.slot().put_idle(c);
+            } else {
+                c.close();
+            }
+        }
+    }
+
+    fn connect(&mut self) -> Result<()> {
+        if !self.force_fresh {
+            if let Some(c) = self.slot().take_idle() {
+                self.conn = Some(c);
+                self.reused = true;
+                self.got_reply = false;
+                return Ok(());
+            }
+        }
+        self.force_fresh = false;
+        if let Some(at) = self.slot().retry_at() {
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+        }
+        let (c, options) = self.slot().open(self.sh.set)?;
+        self.conn = Some(c);
+        self.options = options;
+        self.reused = false;
+        self.got_reply = false;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// Queues submissions up to the window and writes them in one go.
+    fn top_up(&mut self) -> Result<()> {
+        let window = self.sh.set.window;
+        let now = Instant::now();
+        let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        let mut epoch_buf = itoa_buf();
+        while self.awaiting.len() + self.running_jobs < window {
+            let Some(j) = self.pending.pop_front() else { break };
+            if self.sh.done[j].load(Ordering::Relaxed) {
+                continue;
+            }
+            let job = &self.sh.jobs[j];
+            let unique = self.sh.uniques[j].as_bytes();
+            let p = match job.epoch() {
+                Some(e) => Packet::SubmitJobEpoch {
+                    function: job.function().as_bytes(),
+                    unique,
+                    epoch: fmt_u64(e, &mut epoch_buf),
+                    data: job.payload(),
+                },
+                None => Packet::Submit {
+                    kind: SubmitKind {
+                        priority: job.get_priority(),
+                        background: job.is_background(),
+                    },
+                    function: job.function().as_bytes(),
+                    unique,
+                    data: job.payload(),
+                },
+            };
+            if let Err(e) = conn.queue(&p) {
+                self.reports.push(Report::Done {
+                    job: j,
+                    result: Err(Error::InvalidJob {
+                        function: job.function().to_string(),
+                        reason: e.to_string(),
+                    }),
+                });
+                continue;
+            }
+            log::trace!(
+                "server={} submit func={} unique={}",
+                self.sh.slots[self.idx].addr,
+                job.function(),
+                self.sh.uniques[j]
+            );
+            self.awaiting.push_back(Awaiting { job: j, sent: now });
+        }
+        conn.flush().map_err(|e| Error::Connection {
+            phase: Phase::Send,
+            reason: io_reason(&e),
+            context: self.slot().ctx(),
+        })
+    }
+
+    fn read_some(&mut self) {
+        let set = self.sh.set;
+        let now = Instant::now();
+        if let Some(a) = self.awaiting.front() {
+            if now >= a.sent + set.ack_timeout {
+                let function = self.sh.jobs[a.job].function().to_string();
+                let e = Error::Timeout {
+                    phase: Phase::Ack,
+                    limit: set.ack_timeout,
+                    context: Box::new(Context { function: Some(function), ..*self.slot().ctx() }),
+                };
+                return self.broken(e);
+            }
+        }
+        let mut deadline = now + TICK;
+        if let Some(a) = self.awaiting.front() {
+            deadline = deadline.min(a.sent + set.ack_timeout);
+        }
+        let Some(mut conn) = self.conn.take() else { return };
+        let first = match conn.recv(Some(deadline)) {
+            Ok(p) => Some(p),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => None,
+            Err(e) => {
+                self.conn = Some(conn);
+                let phase = if self.awaiting.is_empty() { Phase::Result } else { Phase::Ack };
+                let e =
+                    Error::Connection { phase, reason: io_reason(&e), context: self.slot().ctx() };
+                return self.broken(e);
+            }
+        };
+        if let Some(p) = first {
+            let mut next = Some(p);
+            while let Some(p) = next {
+                if let Err(e) = self.on_packet(p) {
+                    self.conn = Some(conn);
+                    return self.broken(e);
+                }
+                next = match conn.try_recv() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.conn = Some(conn);
+                        let e = Error::Connection {
+                            phase: Phase::Result,
+                            reason: e.to_string(),
+                            context: self.slot().ctx(),
+                        };
+                        return self.broken(e);
+                    }
+                };
+            }
+        }
+        self.conn = Some(conn);
+        if now.duration_since(self.last_scan) >= TICK {
+            self.last_scan = now;
+            self.drop_finished();
+        }
+    }
+
+    /// Frees the window slots of jobs the coordinator has given up on.
+    fn drop_finished(&mut self) {
+        let done = self.sh.done;
+        let mut removed = 0;
+        self.running.retain(|_, l| {
+            let before = l.jobs.len();
+            l.jobs.retain(|&j| !done[j].load(Ordering::Relaxed));
+            removed += before - l.jobs.len();
+            !l.jobs.is_empty()
+        });
+        if removed > 0 {
+            self.running_jobs -= removed;
+            self.dirty = true;
+        }
+    }
+
+    fn on_packet(&mut self, p: OwnedPacket) -> Result<()> {
+        self.got_reply = true;
+        let protocol = |reason: String| Error::Connection {
+            phase: Phase::Result,
+            reason,
+            context: Box::default(),
+        };
+        match p.kind {
+            PacketType::JobCreated => {
+                let Some(a) = self.awaiting.pop_front() else {
+                    return Err(protocol("JOB_CREATED without a submission".into()));
+                };
+                let handle_bytes = strip_nul(&p.body);
+                if self.is_done(a.job) {
+                    self.dirty = true;
+                    return Ok(());
+                }
+                let handle = JobHandle {
+                    server: self.slot().addr.clone(),
+                    handle: String::from_utf8_lossy(handle_bytes).into_owned(),
+                };
+                if self.sh.jobs[a.job].is_background() {
+                    let result = Ok(JobOutcome::Accepted { handle });
+                    self.reports.push(Report::Done { job: a.job, result });
+                } else {
+                    self.running.entry(handle_bytes.to_vec()).or_default().jobs.push(a.job);
+                    self.running_jobs += 1;
+                    self.reports.push(Report::Created { job: a.job, handle });
+                }
+            }
+            PacketType::WorkData
+            | PacketType::WorkWarning
+            | PacketType::WorkStatus
+            | PacketType::WorkComplete
+            | PacketType::WorkFail
+            | PacketType::WorkException => {
+                let pk = p.packet().map_err(|e| protocol(e.to_string()))?;
+                let (handle, terminal) = match pk {
+                    Packet::WorkData { handle, .. }
+                    | Packet::WorkWarning { handle, .. }
+                    | Packet::WorkStatus { handle, .. } => (handle, false),
+                    Packet::WorkComplete { handle, .. } | Packet::WorkException { handle, .. } => {
+                        (handle, true)
+                    }
+                    Packet::WorkFail { handle } => (strip_nul(handle), true),
+                    _ => return Ok(()),
+                };
+                let Some(l) = self.running.get_mut(handle) else {
+                    log::trace!("server={} {} for unknown handle", self.slot().addr, p.kind);
+                    return Ok(());
+                };
+                let at = l.cursor % l.jobs.len();
+                let job = if terminal {
+                    let j = l.jobs.remove(at);
+                    if !l.jobs.is_empty() {
+                        l.cursor = at % l.jobs.len();
+                    }
+                    j
+                } else {
+                    l.cursor = (at + 1) % l.jobs.len();
+                    l.jobs[at]
+                };
+                if terminal {
+                    if l.jobs.is_empty() {
+                        self.running.remove(handle);
+                    }
+                    self.running_jobs -= 1;
+                }
+                let jh = || JobHandle {
+                    server: self.sh.slots[self.idx].addr.clone(),
+                    handle: String::from_utf8_lossy(handle).into_owned(),
+                };
+                let report = match pk {
+                    Packet::WorkData { data, .. } => {
+                        Report::Event { job, event: JobEvent::Data(data.to_vec()) }
+                    }
+                    Packet::WorkWarning { data, .. } => {
+                        Report::Event { job, event: JobEvent::Warning(data.to_vec()) }
+                    }
+                    Packet::WorkStatus { numerator, denominator, .. } => Report::Event {
+                        job,
+                        event: JobEvent::Status {
+                            numerator: parse_num(numerator),
+                            denominator: parse_num(denominator),
+                        },
+                    },
+                    Packet::WorkComplete { data, .. } => Report::Done {
+                        job,
+                        result: Ok(JobOutcome::Complete { handle: jh(), data: data.to_vec() }),
+                    },
+                    Packet::WorkException { data, .. } => Report::Done {
+                        job,
+                        result: Ok(JobOutcome::Exception { handle: jh(), data: data.to_vec() }),
+                    },
+                    _ => Report::Done { job, result: Ok(JobOutcome::Failed { handle: jh() }) },
+                };
+                self.reports.push(report);
+            }
+            PacketType::Error => {
+                let (code, text) = error_fields(&p);
+                if self.options > 0 {
+                    self.options -= 1;
+                    log::warn!(
+                        "server={} refused OPTION_REQ exceptions: {code} {text}",
+                        self.slot().addr
+                    );
+                    return Ok(());
+                }
+                match self.awaiting.pop_front() {
+                    Some(a) => {
+                        let function = self.sh.jobs[a.job].function().to_string();
+                        let result = Err(Error::Server {
+                            phase: Phase::Ack,
+                            code,
+                            text,
+                            context: Box::new(Context {
+                                function: Some(function),
+                                ..*self.slot().ctx()
+                            }),
+                        });
+                        self.reports.push(Report::Done { job: a.job, result });
+                    }
+                    None => log::warn!("server={} error {code} {text}", self.slot().addr),
+                }
+            }
+            PacketType::OptionRes => self.options = self.options.saturating_sub(1),
+            other => log::debug!("server={} ignored {other}", self.slot().addr),
+        }
+        Ok(())
+    }
+
+    /// The connection failed: give every job without an outcome back.
+    fn broken(&mut self, error: Error) {
+        if let Some(c) = self.conn.take() {
+            c.close();
+        }
+        self.options = 0;
+        if self.reused && !self.got_reply {
+            // A pooled connection the server had closed: retry at once on a
+            // fresh one, without counting a failure.
+            log::debug!("server={} pooled connection was dead: reconnecting", self.slot().addr);
+            for a in self.awaiting.drain(..).rev() {
+                self.pending.push_front(a.job);
+            }
+            self.force_fresh = true;
+            self.reused = false;
+            return;
+        }
+        if !matches!(error.phase(), Some(Phase::Connect)) {
+            self.slot().record_failure(self.sh.set);
+        }
+        log::warn!("{error}");
+        self.lose_all(error);
+    }
+
+    fn lose_all(&mut self, error: Error) {
+        let mut jobs: Vec<usize> = self.awaiting.drain(..).map(|a| a.job).collect();
+        for (_, l) in self.running.drain() {
+            jobs.extend(l.jobs);
+        }
+        self.running_jobs = 0;
+        jobs.extend(self.pending.drain(..));
+        jobs.retain(|&j| !self.is_done(j));
+        if !jobs.is_empty() {
+            self.reports.push(Report::Lost { lane: self.idx, jobs, error });
+        }
+    }
+}
+
+fn itoa_buf() -> [u8; 20] {
+    [0u8; 20]
+}
+
+fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// Called with a job's index and an event.
+pub(crate) type EventFn<'h> = &'h mut dyn FnMut(usize, &JobEvent);
+/// Called with a job's index and its outcome.
+pub(crate) type DoneFn<'h> = &'h mut dyn FnMut(usize, &Result<JobOutcome>);
+
+/// Callbacks of one call.
+pub(crate) struct Hooks<'h> {
+    pub(crate) on_event: Option<EventFn<'h>>,
+    pub(crate) on_done: Option<DoneFn<'h>>,
+}
+
+/// Submits `jobs` and waits for every outcome.
+pub(crate) fn run(
+    set: &Settings,
+    slots: &[Slot],
+    jobs: &[Job],
+    mut hooks: Hooks<'_>,
+) -> Vec<Result<JobOutcome>> {
+    let n = jobs.len();
+    let start = Instant::now();
+    let mut results: Vec<Option<Result<JobOutcome>>> = (0..n).map(|_| None).collect();
+    let done: Vec<AtomicBool> = (0..n).map(|_| AtomicBool::new(false)).collect();
+    let uniques: Vec<String> = jobs
+        .iter()
+        .map(|j| j.unique_id().map_or_else(super::job::random_unique, str::to_string))
+        .collect();
+    let deadlines: Vec<Instant> =
+        jobs.iter().map(|j| start + j.get_timeout().unwrap_or(set.job_timeout)).collect();
+    let mut attempts = vec![0u32; n];
+    let mut first_fail: Vec<Option<Instant>> = vec![None; n];
+    let mut handles: Vec<Option<JobHandle>> = vec![None; n];
+    let mut remaining = n;
+    let servers = slots.len();
+
+    let mut finish = |i: usize, res: Result<JobOutcome>, hooks: &mut Hooks<'_>| -> bool {
+        if done[i].swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        if let Some(f) = hooks.on_done.as_mut() {
+            f(i, &res);
+        }
+        results[i] = Some(res);
+        true
+    };
+
+    let mut initial: Vec<Vec<usize>> = vec![Vec::new(); servers];
+    let now = Instant::now();
+    for (i, job) in jobs.iter().enumerate() {
+        if let Err(reason) = job.validate() {
+            let e = Error::InvalidJob { function: job.function().to_string(), reason };
+            if finish(i, Err(e), &mut hooks) {
+                remaining -= 1;
+            }
+            continue;
+        }
+        let first = (stable_hash(uniques[i].as_bytes()) % servers as u64) as usize;
+        initial[pick(slots, first, now)].push(i);
+    }
+    if remaining == 0 {
+        return results.into_iter().map(|r| r.unwrap_or(Err(Error::NoServers))).collect();
+    }
+
+    let shared = Shared { set, slots, jobs, uniques: &uniques, done: &done };
+    std::thread::scope(|s| {
+        let (rep_tx, rep_rx) = unbounded::<Vec<Report>>();
+        let mut lanes: Vec<Option<Sender<Vec<usize>>>> = vec![None; servers];
+        let shared = &shared;
+        let mut send = |lane: usize, batch: Vec<usize>| {
+            let tx = lanes[lane].get_or_insert_with(|| {
+                let (tx, rx) = unbounded();
+                let l = Lane {
+                    idx: lane,
+                    sh: shared,
+                    inbox: rx,
+                    out: rep_tx.clone(),
+                    conn: None,
+                    reused: false,
+                    got_reply: false,
+                    force_fresh: false,
+                    dirty: false,
+                    options: 0,
+                    pending: VecDeque::new(),
+                    awaiting: VecDeque::new(),
+                    running: HashMap::new(),
+                    running_jobs: 0,
+                    reports: Vec::new(),
+                    last_scan: Instant::now(),
+                };
+                std::thread::Builder::new()
+                    .name(format!("gearframe-client-{lane}"))
+                    .spawn_scoped(s, move || l.run())
+                    .expect("spawn a client lane thread");
+                tx
+            });
+            let _ = tx.send(batch);
+        };
+        for (lane, batch) in initial.into_iter().enumerate() {
+            if !batch.is_empty() {
+                send(lane, batch);
+            }
+        }
+        let mut last_scan = Instant::now();
+        while remaining > 0 {
+            match rep_rx.recv_timeout(TICK) {
+                Ok(batch) => {
+                    for r in batch {
+                        match r {
+                            Report::Created { job, handle } => {
+                                if done[job].load(Ordering::Relaxed) {
+                                    continue;
+                                }
+                                handles[job] = Some(handle.clone());
+                                if let Some(f) = hooks.on_event.as_mut() {
+                                    f(job, &JobEvent::Created(handle));
+                                }
+                            }
+                            Report::Event { job, event } => {
+                                if !done[job].load(Ordering::Relaxed) {
+                                    if let Some(f) = hooks.on_event.as_mut() {
+                                        f(job, &event);
+                                    }
+                                }
+                            }
+                            Report::Done { job, result } => {
+                                let result = result.map_err(|e| {
+                                    e.with_handle(handles[job].as_ref().map(JobHandle::as_str))
+                                });
+                                if finish(job, result, &mut hooks) {
+                                    remaining -= 1;
+                                }
+                            }
+                            Report::Lost { lane, jobs: lost, error } => {
+                                let now = Instant::now();
+                                let mut reroute: Vec<Vec<usize>> = vec![Vec::new(); servers];
+                                for j in lost {
+                                    if done[j].load(Ordering::Relaxed) {
+                                        continue;
+                                    }
+                                    attempts[j] += 1;
+                                    let since = *first_fail[j].get_or_insert(now);
+                                    let function = jobs[j].function();
+                                    if attempts[j] as usize >= servers
+                                        && now.duration_since(since) >= set.retry_timeout
+                                    {
+                                        let e = Error::Unreachable {
+                                            servers: slots
+                                                .iter()
+                                                .map(|s| s.addr.to_string())
+                                                .collect(),
+                                            function: Some(function.to_string()),
+                                            reason: error.to_string(),
+                                        };
+                                        if finish(j, Err(e), &mut hooks) {
+                                            remaining -= 1;
+                                        }
+                                        continue;
+                                    }
+                                    if handles[j].take().is_some() {
+                                        if let Some(f) = hooks.on_event.as_mut() {
+                                            let reason = error.to_string();
+                                            f(j, &JobEvent::Resubmitted { reason });
+                                        }
+                                    }
+                                    reroute[pick(slots, (lane + 1) % servers, now)].push(j);
+                                }
+                                for (lane, batch) in reroute.into_iter().enumerate() {
+                                    if !batch.is_empty() {
+                                        log::info!(
+                                            "resubmitting {} job(s) to {}",
+                                            batch.len(),
+                                            slots[lane].addr
+                                        );
+                                        send(lane, batch);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            if now.duration_since(last_scan) >= TICK {
+                last_scan = now;
+                for i in 0..n {
+                    if now >= deadlines[i] && !done[i].load(Ordering::Relaxed) {
+                        let job = &jobs[i];
+                        let phase = if handles[i].is_some() { Phase::Result } else { Phase::Ack };
+                        let e = Error::Timeout {
+                            phase,
+                            limit: deadlines[i] - start,
+                            context: Box::new(Context {
+                                server: handles[i].as_ref().map(|h| h.server().to_string()),
+                                function: Some(job.function().to_string()),
+                                handle: handles[i].as_ref().map(|h| h.as_str().to_string()),
+                            }),
+                        };
+                        if finish(i, Err(e), &mut hooks) {
+                            remaining -= 1;
+                        }
+                    }
+                }
+            }
+        }
+        drop(lanes);
+    });
+    results.into_iter().map(|r| r.unwrap_or(Err(Error::NoServers))).collect()
+}
+
+/// The first server from `start` on (wrapping) that is not backing off;
+/// when all are, the one that becomes available first.
+fn pick(slots: &[Slot], start: usize, now: Instant) -> usize {
+    let n = slots.len();
+    let mut best = start;
+    let mut best_at: Option<Instant> = None;
+    for k in 0..n {
+        let i = (start + k) % n;
+        match slots[i].retry_at() {
+            None => return i,
+            Some(t) if t <= now => return i,
+            Some(t) => {
+                if best_at.is_none_or(|b| t < b) {
+                    best = i;
+                    best_at = Some(t);
+                }
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_format() {
+        let mut b = itoa_buf();
+        assert_eq!(fmt_u64(0, &mut b), b"0");
+        assert_eq!(fmt_u64(1_700_000_000, &mut b), b"1700000000");
+        assert_eq!(fmt_u64(u64::MAX, &mut b), u64::MAX.to_string().as_bytes());
+    }
+
+    #[test]
+    fn trailing_nuls_are_stripped() {
+        assert_eq!(strip_nul(b"H:x:1\0"), b"H:x:1");
+        assert_eq!(strip_nul(b"H:x:1"), b"H:x:1");
+        assert_eq!(strip_nul(b"\0"), b"");
+    }
+
+    #[test]
+    fn pick_skips_servers_backing_off() {
+        let slots = [Slot::new("a:1"), Slot::new("b:1"), Slot::new("c:1")];
+        let now = Instant::now();
+        assert_eq!(pick(&slots, 1, now), 1);
+        slots[1].health.lock().unwrap().retry_at = Some(now + Duration::from_secs(5));
+        assert_eq!(pick(&slots, 1, now), 2);
+        slots[2].health.lock().unwrap().retry_at = Some(now + Duration::from_secs(2));
+        slots[0].health.lock().unwrap().retry_at = Some(now + Duration::from_secs(9));
+        assert_eq!(pick(&slots, 1, now), 2);
+    }
+}
