@@ -134,6 +134,17 @@ impl Shared {
         }
     }
 
+    /// Finishes a batch of commands: acts on what they asked for, releases
+    /// the lock, then sends the replies they produced.
+    fn release(&self, mut st: MutexGuard<'_, State>) {
+        self.after_apply(&mut st);
+        let dirty = std::mem::take(&mut st.dirty);
+        drop(st);
+        for out in &dirty {
+            out.flush();
+        }
+    }
+
     /// Unblocks `accept()` by connecting to our own listening address.
     fn wake_acceptor(&self) {
         let _ = TcpStream::connect_timeout(&self.wake_addr, Duration::from_secs(1));
@@ -291,9 +302,17 @@ fn run_timer(shared: &Shared) {
             return;
         }
         let now = Instant::now();
-        let next = st.run_timers(now);
+        st.run_timers(now);
         st.timers_changed = false;
-        shared.after_apply(&mut st);
+        if !st.dirty.is_empty() {
+            shared.release(st);
+            st = shared.lock();
+        } else {
+            shared.after_apply(&mut st);
+        }
+        // Timers may have been added while the lock was released.
+        let next = st.timers.peek().map(|std::cmp::Reverse((at, _))| *at);
+        st.timers_changed = false;
         st = match next {
             Some(at) => {
                 let wait = at.saturating_duration_since(Instant::now());
@@ -413,7 +432,7 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
     {
         let mut st = shared.lock();
         st.remove_conn(id);
-        shared.after_apply(&mut st);
+        shared.release(st);
     }
     out.close();
     if let Some(w) = writer {
@@ -455,8 +474,7 @@ fn read_loop(shared: &Shared, id: u64, stream: &mut TcpStream) {
                 }
             }
         }
-        shared.after_apply(&mut st);
-        drop(st);
+        shared.release(st);
         if close {
             return;
         }

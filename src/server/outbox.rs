@@ -1,73 +1,151 @@
-//! A connection's outgoing bytes: appended under the state lock by whoever
-//! produces replies, written to the socket by the connection's writer thread.
+//! A connection's outgoing bytes.
+//!
+//! Replies are appended under the state lock by whichever thread produced
+//! them. Once that thread has released the lock it flushes every outbox it
+//! touched with a non-blocking send, so a reply usually leaves on the thread
+//! that computed it, without waking another thread. When the peer's socket
+//! buffer is full, the rest is handed to the connection's writer thread,
+//! which blocks (up to the write timeout) on its behalf; nobody else ever
+//! waits for a slow peer.
 //!
 //! The outbox is bounded: a peer that stops reading is disconnected once its
 //! pending bytes pass the limit, instead of growing the server's memory.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 #[derive(Debug, Default)]
 struct Inner {
     buf: Vec<u8>,
+    /// A thread is sending bytes taken from `buf`; nobody else may send.
+    writing: bool,
+    /// Registered for a flush by the thread that appended to it.
+    dirty: bool,
+    /// The writer thread must take over (the socket would block).
+    handoff: bool,
     closed: bool,
-    overflowed: bool,
 }
 
 /// Pending output of one connection.
 #[derive(Debug)]
 pub(crate) struct Outbox {
     inner: Mutex<Inner>,
-    ready: Condvar,
+    wake_writer: Condvar,
     limit: usize,
-    /// A handle on the socket, used only to shut it down (never written here).
+    /// The socket; sent to without blocking here, blocking in the writer.
     stream: Option<TcpStream>,
+}
+
+/// Result of a non-blocking send attempt.
+enum Sent {
+    All,
+    WouldBlock(usize),
+    Failed,
 }
 
 impl Outbox {
     pub(crate) fn new(stream: Option<TcpStream>, limit: usize) -> Outbox {
-        Outbox { inner: Mutex::new(Inner::default()), ready: Condvar::new(), limit, stream }
+        Outbox { inner: Mutex::new(Inner::default()), wake_writer: Condvar::new(), limit, stream }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends bytes produced by `f`. Returns false when the connection is
-    /// closed or its outbox overflowed (the socket is then shut down).
+    /// Appends bytes produced by `f`. Returns true when the caller must
+    /// register this outbox for a [`Outbox::flush`] (it was not dirty yet).
     pub(crate) fn push_with(&self, f: impl FnOnce(&mut Vec<u8>)) -> bool {
         let mut g = self.lock();
         if g.closed {
             return false;
         }
-        let was_empty = g.buf.is_empty();
         f(&mut g.buf);
         if g.buf.len() > self.limit {
-            g.overflowed = true;
             g.closed = true;
             g.buf.clear();
             drop(g);
             log::warn!("outbox over {} bytes: peer is not reading; disconnecting", self.limit);
             self.shutdown_socket();
-            self.ready.notify_all();
+            self.wake_writer.notify_all();
             return false;
         }
-        if was_empty {
-            self.ready.notify_one();
-        }
-        true
+        !std::mem::replace(&mut g.dirty, true)
     }
 
-    /// Appends raw bytes.
-    pub(crate) fn push(&self, bytes: &[u8]) -> bool {
-        self.push_with(|b| b.extend_from_slice(bytes))
+    /// Sends what is pending without blocking; hands the rest to the writer
+    /// thread when the socket is full. Call without holding the state lock.
+    pub(crate) fn flush(&self) {
+        let mut g = self.lock();
+        g.dirty = false;
+        loop {
+            if g.writing || g.handoff || g.buf.is_empty() {
+                return;
+            }
+            let chunk = std::mem::take(&mut g.buf);
+            g.writing = true;
+            drop(g);
+            let sent = self.send_nonblocking(&chunk);
+            g = self.lock();
+            g.writing = false;
+            match sent {
+                Sent::All => {
+                    if g.buf.capacity() == 0 && chunk.capacity() <= (64 << 10) {
+                        // Keep the allocation for the next replies.
+                        let mut chunk = chunk;
+                        chunk.clear();
+                        g.buf = chunk;
+                    }
+                    if g.closed {
+                        self.wake_writer.notify_all();
+                    }
+                }
+                Sent::WouldBlock(n) => {
+                    let mut rest = chunk[n..].to_vec();
+                    rest.extend_from_slice(&g.buf);
+                    g.buf = rest;
+                    g.handoff = true;
+                    self.wake_writer.notify_all();
+                    return;
+                }
+                Sent::Failed => {
+                    g.closed = true;
+                    g.buf.clear();
+                    drop(g);
+                    self.shutdown_socket();
+                    self.wake_writer.notify_all();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn send_nonblocking(&self, mut data: &[u8]) -> Sent {
+        let Some(stream) = &self.stream else { return Sent::All };
+        let sock = socket2::SockRef::from(stream);
+        let mut sent = 0;
+        while !data.is_empty() {
+            match sock.send_with_flags(data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+                Ok(0) => return Sent::Failed,
+                Ok(n) => {
+                    sent += n;
+                    data = &data[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Sent::WouldBlock(sent),
+                Err(e) => {
+                    log::debug!("send failed: {e}; closing connection");
+                    return Sent::Failed;
+                }
+            }
+        }
+        Sent::All
     }
 
     /// No more output will be queued; the writer sends what is pending and stops.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
-        self.ready.notify_all();
+        self.wake_writer.notify_all();
     }
 
     /// Shuts the socket down both ways, waking a blocked reader and writer.
@@ -77,44 +155,45 @@ impl Outbox {
         }
     }
 
-    /// Takes the pending bytes (swapping in `spare`), waiting until there
-    /// are some. Returns false once the outbox is closed and drained.
-    fn take(&self, spare: &mut Vec<u8>) -> bool {
-        let mut g = self.lock();
-        loop {
-            if !g.buf.is_empty() {
-                spare.clear();
-                std::mem::swap(&mut g.buf, spare);
-                return true;
-            }
-            if g.closed {
-                return false;
-            }
-            g = self.ready.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    /// Bytes in the outbox right now (for tests and metrics).
+    /// Bytes in the outbox right now (for tests).
     #[cfg(test)]
     pub(crate) fn take_now(&self) -> Vec<u8> {
-        std::mem::take(&mut self.lock().buf)
+        let mut g = self.lock();
+        g.dirty = false;
+        std::mem::take(&mut g.buf)
     }
 
-    /// The writer thread's loop: write pending bytes in as few writes as
-    /// possible until the outbox is closed and drained, or the socket fails.
+    /// The writer thread: blocking writes for a peer whose socket buffer is
+    /// full, and the last bytes once the connection closes.
     pub(crate) fn run_writer(&self, mut stream: TcpStream) {
-        let mut chunk = Vec::with_capacity(16 << 10);
-        while self.take(&mut chunk) {
-            if let Err(e) = stream.write_all(&chunk) {
-                log::debug!("write failed: {e}; closing connection");
-                self.lock().closed = true;
-                self.shutdown_socket();
-                return;
+        let mut g = self.lock();
+        loop {
+            if !g.writing && !g.buf.is_empty() && (g.handoff || g.closed) {
+                let chunk = std::mem::take(&mut g.buf);
+                g.writing = true;
+                drop(g);
+                let r = stream.write_all(&chunk);
+                g = self.lock();
+                g.writing = false;
+                if let Err(e) = r {
+                    log::debug!("write failed: {e}; closing connection");
+                    g.closed = true;
+                    g.buf.clear();
+                    drop(g);
+                    self.shutdown_socket();
+                    return;
+                }
+                continue;
             }
-            if chunk.capacity() > (1 << 20) {
-                chunk = Vec::with_capacity(16 << 10);
+            if g.buf.is_empty() {
+                g.handoff = false;
+                if g.closed && !g.writing {
+                    drop(g);
+                    let _ = stream.flush();
+                    return;
+                }
             }
+            g = self.wake_writer.wait(g).unwrap_or_else(|e| e.into_inner());
         }
-        let _ = stream.flush();
     }
 }

@@ -188,6 +188,9 @@ pub(crate) struct State {
     pub(crate) version: String,
     /// Reply of `verbose`.
     pub(crate) verbose: &'static str,
+    /// Outboxes appended to since the last flush; the thread that applied
+    /// the commands sends them once it has released the lock.
+    pub(crate) dirty: Vec<Arc<Outbox>>,
 }
 
 /// `atoi`: optional sign and leading digits; anything else ends the number.
@@ -227,6 +230,7 @@ impl State {
             lifecycle: Lifecycle::default(),
             version: format!("gearframe-{}", env!("CARGO_PKG_VERSION")),
             verbose: "ERROR",
+            dirty: Vec::new(),
         }
     }
 
@@ -260,20 +264,24 @@ impl State {
     }
 
     /// Appends a packet to a connection's outbox.
-    pub(crate) fn send(&self, conn: ConnId, kind: PacketType, args: &[&[u8]]) {
-        if let Some(c) = self.conns.get(&conn) {
-            c.out.push_with(|b| encode_raw(Magic::Res, kind, args, b));
+    pub(crate) fn send(&mut self, conn: ConnId, kind: PacketType, args: &[&[u8]]) {
+        if let Some(c) = self.conns.get(&conn)
+            && c.out.push_with(|b| encode_raw(Magic::Res, kind, args, b))
+        {
+            self.dirty.push(Arc::clone(&c.out));
         }
     }
 
     /// Appends raw bytes (admin text) to a connection's outbox.
-    pub(crate) fn send_raw(&self, conn: ConnId, bytes: &[u8]) {
-        if let Some(c) = self.conns.get(&conn) {
-            c.out.push(bytes);
+    pub(crate) fn send_raw(&mut self, conn: ConnId, bytes: &[u8]) {
+        if let Some(c) = self.conns.get(&conn)
+            && c.out.push_with(|b| b.extend_from_slice(bytes))
+        {
+            self.dirty.push(Arc::clone(&c.out));
         }
     }
 
-    pub(crate) fn send_error(&self, conn: ConnId, code: &str, text: &str) {
+    pub(crate) fn send_error(&mut self, conn: ConnId, code: &str, text: &str) {
         self.send(conn, PacketType::Error, &[code.as_bytes(), text.as_bytes()]);
     }
 
@@ -440,7 +448,9 @@ impl State {
                 && !c.noop_sent
             {
                 c.noop_sent = true;
-                c.out.push_with(|b| encode_raw(Magic::Res, PacketType::Noop, &[], b));
+                if c.out.push_with(|b| encode_raw(Magic::Res, PacketType::Noop, &[], b)) {
+                    self.dirty.push(Arc::clone(&c.out));
+                }
                 sent += 1;
                 if limit > 0 && sent >= limit {
                     break;
@@ -612,7 +622,7 @@ impl State {
         let job = &self.jobs[&job_id];
         let fname = &self.functions[job.func].name;
         log::debug!("assign handle={} conn={conn}", String::from_utf8_lossy(&job.handle));
-        c.out.push_with(|b| match (kind, &job.reducer) {
+        let first = c.out.push_with(|b| match (kind, &job.reducer) {
             (PacketType::GrabJob, _) => {
                 encode_raw(Magic::Res, PacketType::JobAssign, &[&job.handle, fname, &job.data], b)
             }
@@ -629,6 +639,9 @@ impl State {
                 b,
             ),
         });
+        if first {
+            self.dirty.push(Arc::clone(&c.out));
+        }
         if let Some(t) = ability.timeout {
             self.add_timer(Instant::now() + t, TimerKind::CanDoTimeout { job: job_id, seq });
         }
@@ -698,12 +711,15 @@ impl State {
         let full = &full[..=args.len()];
         for c in &job.clients {
             let Some(client) = self.conns.get(c) else { continue };
-            if kind == PacketType::WorkException && !client.exceptions {
+            let first = if kind == PacketType::WorkException && !client.exceptions {
                 client
                     .out
-                    .push_with(|b| encode_raw(Magic::Res, PacketType::WorkFail, &[&job.handle], b));
+                    .push_with(|b| encode_raw(Magic::Res, PacketType::WorkFail, &[&job.handle], b))
             } else {
-                client.out.push_with(|b| encode_raw(Magic::Res, kind, full, b));
+                client.out.push_with(|b| encode_raw(Magic::Res, kind, full, b))
+            };
+            if first {
+                self.dirty.push(Arc::clone(&client.out));
             }
         }
         if matches!(
@@ -717,21 +733,25 @@ impl State {
 
     // ----- status --------------------------------------------------------
 
-    pub(crate) fn get_status(&self, conn: ConnId, handle: &[u8]) {
-        match self.job_id(handle).and_then(|id| self.jobs.get(&id)) {
-            Some(job) => {
-                let running: &[u8] =
-                    if matches!(job.state, JobState::Running { .. }) { b"1" } else { b"0" };
-                let n = job.numerator.to_string();
-                let d = job.denominator.to_string();
-                self.send(
-                    conn,
-                    PacketType::StatusRes,
-                    &[handle, b"1", running, n.as_bytes(), d.as_bytes()],
-                );
-            }
-            None => self.send(conn, PacketType::StatusRes, &[handle, b"0", b"0", b"0", b"0"]),
+    /// Known, running, numerator, denominator and listener count of a job.
+    fn status_fields(job: Option<&Job>) -> [String; 5] {
+        match job {
+            Some(job) => [
+                "1".into(),
+                u8::from(matches!(job.state, JobState::Running { .. })).to_string(),
+                job.numerator.to_string(),
+                job.denominator.to_string(),
+                job.clients.len().to_string(),
+            ],
+            None => ["0", "0", "0", "0", "0"].map(String::from),
         }
+    }
+
+    pub(crate) fn get_status(&mut self, conn: ConnId, handle: &[u8]) {
+        let job = self.job_id(handle).and_then(|id| self.jobs.get(&id));
+        let [k, r, n, d, _] = State::status_fields(job);
+        let args = [handle, k.as_bytes(), r.as_bytes(), n.as_bytes(), d.as_bytes()];
+        self.send(conn, PacketType::StatusRes, &args);
     }
 
     /// The first job with this unique id in any function.
@@ -744,26 +764,10 @@ impl State {
         self.functions.iter().find_map(|f| f.uniques.get(unique)).and_then(|id| self.jobs.get(id))
     }
 
-    pub(crate) fn get_status_unique(&self, conn: ConnId, unique: &[u8]) {
-        match self.job_by_unique(unique) {
-            Some(job) => {
-                let running: &[u8] =
-                    if matches!(job.state, JobState::Running { .. }) { b"1" } else { b"0" };
-                let n = job.numerator.to_string();
-                let d = job.denominator.to_string();
-                let clients = job.clients.len().to_string();
-                self.send(
-                    conn,
-                    PacketType::StatusResUnique,
-                    &[unique, b"1", running, n.as_bytes(), d.as_bytes(), clients.as_bytes()],
-                );
-            }
-            None => self.send(
-                conn,
-                PacketType::StatusResUnique,
-                &[unique, b"0", b"0", b"0", b"0", b"0"],
-            ),
-        }
+    pub(crate) fn get_status_unique(&mut self, conn: ConnId, unique: &[u8]) {
+        let [k, r, n, d, c] = State::status_fields(self.job_by_unique(unique));
+        let args = [unique, k.as_bytes(), r.as_bytes(), n.as_bytes(), d.as_bytes(), c.as_bytes()];
+        self.send(conn, PacketType::StatusResUnique, &args);
     }
 
     // ----- timers --------------------------------------------------------
