@@ -255,7 +255,7 @@ impl Server {
         let store_thread = match &config.queue {
             Some(path) => {
                 let (jobs, link, thread) =
-                    store::open(path, config.durability).map_err(|e| io::Error::other(e))?;
+                    store::open(path, config.durability).map_err(io::Error::other)?;
                 let restored = jobs.len();
                 state.store = Some(link);
                 for job in jobs {
