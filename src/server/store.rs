@@ -230,18 +230,21 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         let mut delete = tx.prepare_cached("DELETE FROM gearframe_queue WHERE id = ?1")?;
+        let mut put = |j: &StoredJob| {
+            insert
+                .execute(params![
+                    j.key as i64,
+                    j.function,
+                    j.unique,
+                    i64::from(j.priority),
+                    j.data,
+                    j.when as i64
+                ])
+                .map(drop)
+        };
         for op in batch {
             match op {
-                Op::Add(j, _) => {
-                    insert.execute(params![
-                        j.key as i64,
-                        j.function,
-                        j.unique,
-                        i64::from(j.priority),
-                        j.data,
-                        j.when as i64
-                    ])?;
-                }
+                Op::Add(j, _) => put(j)?,
                 Op::Done(key) => {
                     delete.execute(params![*key as i64])?;
                 }
@@ -249,14 +252,7 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                 Op::Dump(jobs) => {
                     tx.execute("DELETE FROM gearframe_queue", [])?;
                     for j in jobs {
-                        insert.execute(params![
-                            j.key as i64,
-                            j.function,
-                            j.unique,
-                            i64::from(j.priority),
-                            j.data,
-                            j.when as i64
-                        ])?;
+                        put(j)?;
                     }
                 }
             }
