@@ -27,6 +27,8 @@
 
 mod admin;
 mod dispatch;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod outbox;
 mod state;
 mod store;

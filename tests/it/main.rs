@@ -14,6 +14,8 @@ mod interop;
 mod peers;
 /// The embedded server's lifecycle, slow readers and connection limits.
 mod server;
+/// Faults injected for real: killed workers and servers, floods, limits, restarts, fuzzing.
+mod reliability;
 /// The shell runner with real processes.
 mod shell;
 /// Peers, server guards, polling helpers and a raw protocol connection.

