@@ -192,9 +192,10 @@ fn check(st: &State) {
             JobState::Scheduled => assert_eq!(in_queue, 0, "scheduled job {id} is in a queue"),
             JobState::Running { conn, .. } => {
                 assert_eq!(in_queue, 0, "running job {id} is in a queue");
-                let c = st.conns.get(&conn).unwrap_or_else(|| {
-                    panic!("job {id} runs on connection {conn}, which is gone")
-                });
+                let c = st
+                    .conns
+                    .get(&conn)
+                    .unwrap_or_else(|| panic!("job {id} runs on connection {conn}, which is gone"));
                 assert_eq!(
                     c.running.iter().filter(|&&j| j == id).count(),
                     1,
@@ -215,7 +216,11 @@ fn check(st: &State) {
         };
         let name = String::from_utf8_lossy(&f.name);
         assert_eq!(f.job_total, of(&|_| true), "{name}: job_total");
-        assert_eq!(f.job_running, of(&|s| matches!(s, JobState::Running { .. })), "{name}: running");
+        assert_eq!(
+            f.job_running,
+            of(&|s| matches!(s, JobState::Running { .. })),
+            "{name}: running"
+        );
         assert_eq!(f.scheduled as u32, of(&|s| *s == JobState::Scheduled), "{name}: scheduled");
         assert_eq!(st.func_index.get(&f.name), Some(&fid), "{name}: index");
         for (map, what) in [(&f.uniques, "unique"), (&f.by_data, "data")] {
@@ -244,9 +249,10 @@ fn check(st: &State) {
             );
         }
         for (&j, &n) in &c.attached {
-            let listed = st.jobs.get(&j).map_or(0, |job| {
-                job.clients.iter().filter(|&&x| x == cid).count() as u32
-            });
+            let listed = st
+                .jobs
+                .get(&j)
+                .map_or(0, |job| job.clients.iter().filter(|&&x| x == cid).count() as u32);
             assert_eq!(listed, n, "connection {cid}: attachment to job {j}");
         }
         for a in &c.abilities {

@@ -12,10 +12,10 @@ mod diff;
 mod interop;
 /// Helpers of the interop and bad-input tests.
 mod peers;
-/// The embedded server's lifecycle, slow readers and connection limits.
-mod server;
 /// Faults injected for real: killed workers and servers, floods, limits, restarts, fuzzing.
 mod reliability;
+/// The embedded server's lifecycle, slow readers and connection limits.
+mod server;
 /// The shell runner with real processes.
 mod shell;
 /// Peers, server guards, polling helpers and a raw protocol connection.

@@ -53,7 +53,8 @@ impl ServerProc {
         let mut last = String::new();
         // Another process may take the free port first: try a fresh one.
         for _ in 0..5 {
-            let mut s = ServerProc { child: None, port: free_port(), args: args.clone(), log: log.into() };
+            let mut s =
+                ServerProc { child: None, port: free_port(), args: args.clone(), log: log.into() };
             match s.spawn() {
                 Ok(()) => return s,
                 Err(e) => last = e,
@@ -249,7 +250,10 @@ fn status(addr: &str) -> BTreeMap<String, (u64, u64, u64)> {
         .filter(|l| *l != ".")
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            (f[0].to_string(), (f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap()))
+            (
+                f[0].to_string(),
+                (f[1].parse().unwrap(), f[2].parse().unwrap(), f[3].parse().unwrap()),
+            )
         })
         .collect()
 }
@@ -296,7 +300,12 @@ impl Counter {
 
 /// A library worker counting every execution of `function` (result: the
 /// payload), reconnecting quickly after its server went away.
-fn counting_worker(servers: &[String], function: &str, threads: usize, counter: &Counter) -> Worker {
+fn counting_worker(
+    servers: &[String],
+    function: &str,
+    threads: usize,
+    counter: &Counter,
+) -> Worker {
     let c = counter.clone();
     Worker::builder()
         .servers(servers)
@@ -320,8 +329,11 @@ impl Drop for Groups {
     fn drop(&mut self) {
         for pg in &self.0 {
             let comm = std::fs::read_to_string(format!("/proc/{pg}/comm")).unwrap_or_default();
-            if comm.trim() == "sh" {
-                let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pg}")]).status();
+            if comm.trim() == "sh" && !gone(*pg) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", "--", &format!("-{pg}")])
+                    .stderr(Stdio::null())
+                    .status();
             }
         }
     }
@@ -368,11 +380,8 @@ fn sigkilled_worker_processes_lose_none_of_1000_jobs() {
         d = done.display()
     );
     let mut groups = Groups(Vec::new());
-    let client = Client::builder()
-        .servers([&addr])
-        .job_timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let client =
+        Client::builder().servers([&addr]).job_timeout(Duration::from_secs(60)).build().unwrap();
     let jobs: Vec<Job> = (0..JOBS).map(|i| Job::new("rel", format!("job-{i}"))).collect();
     let survivor_runs = Counter::default();
     let mut killed_mid_job: Vec<String> = Vec::new();
@@ -401,7 +410,7 @@ fn sigkilled_worker_processes_lose_none_of_1000_jobs() {
             killed_mid_job.extend(mine.into_iter().map(|(p, _)| p));
         }
         // The survivor: a library worker in this process.
-        let _survivor = counting_worker(&[addr.clone()], "rel", 2, &survivor_runs);
+        let _survivor = counting_worker(std::slice::from_ref(&addr), "rel", 2, &survivor_runs);
         batch.join().unwrap()
     });
     let mut lost = Vec::new();
@@ -409,7 +418,8 @@ fn sigkilled_worker_processes_lose_none_of_1000_jobs() {
         let want = format!("job-{i}");
         match o {
             Ok(JobOutcome::Complete { data, .. }) if *data == want.as_bytes() => {}
-            Ok(JobOutcome::Complete { data, .. }) if *data == format!("done:{want}").as_bytes() => {}
+            Ok(JobOutcome::Complete { data, .. }) if *data == format!("done:{want}").as_bytes() => {
+            }
             other => lost.push(format!("{want}: {other:?}")),
         }
     }
@@ -438,9 +448,8 @@ fn sigkilled_worker_processes_lose_none_of_1000_jobs() {
         assert!(survivor.contains_key(p.as_bytes()), "{p} was killed mid-run and never redone");
     }
     // The hung commands died with their worker.
-    eventually(T, "hung commands gone", || {
-        groups.0.iter().all(|pg| gone(*pg)).then_some(())
-    });
+    eventually(T, "hung commands gone", || groups.0.iter().all(|pg| gone(*pg)).then_some(()));
+    groups.0.clear();
     assert_eq!(total(&addr, "rel"), 0);
 }
 
@@ -504,7 +513,7 @@ fn server_sigkilled_under_background_load_loses_no_acknowledged_job() {
     let mut server = ServerProc::start(&["--queue", &queue], &dir.path().join("server.log"));
     let addr = server.addr_string();
     let runs = Counter::default();
-    let worker = counting_worker(&[addr.clone()], "load", 4, &runs);
+    let worker = counting_worker(std::slice::from_ref(&addr), "load", 4, &runs);
     let acked_count = AtomicUsize::new(0);
     let per = JOBS / SUBMITTERS;
     let (acked, runs_before) = std::thread::scope(|s| {
@@ -638,7 +647,10 @@ fn failover_between_two_persistent_servers_delivers_every_result() {
         bg_dups.len(),
         &bg_dups[..bg_dups.len().min(20)]
     );
-    assert!(resubmitted.load(Ordering::Relaxed) > 0, "some jobs were in flight on the killed server");
+    assert!(
+        resubmitted.load(Ordering::Relaxed) > 0,
+        "some jobs were in flight on the killed server"
+    );
     let on_a = accepted_by.get(&a.addr_string()).copied().unwrap_or(0);
     assert!(from_a > 0 && from_a as usize >= on_a, "A replayed {from_a} of its {on_a} jobs");
 }
@@ -737,4 +749,561 @@ fn a_burst_of_connects_is_accepted_without_syn_retries() {
         }
     }
     assert!(stalls.is_empty(), "connects that waited for a SYN retry: {stalls:?}");
+}
+
+/// Reads until the peer closes; false if it stays open for `T`. Adds the
+/// bytes read to `received`.
+fn closed_by_peer(s: &mut TcpStream, received: &mut usize) -> bool {
+    s.set_read_timeout(Some(T)).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => *received += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn a_peer_that_never_reads_is_cut_off_and_memory_stays_bounded() {
+    const OUTBOX: usize = 1 << 20;
+    const PUSHED: usize = 200 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, format!("server:\n  max_outbox: {OUTBOX}\n")).unwrap();
+    let config = config.display().to_string();
+    let server = ServerProc::start(&["-c", &config], &dir.path().join("server.log"));
+    let addr = server.addr_string();
+    let mut healthy = connect(&addr);
+    echo(&mut healthy, b"up");
+    let rss_before = server.status_field("VmRSS:");
+
+    // 1. A client that sends echo requests and never reads the replies is
+    // disconnected once its replies pass the outbox limit.
+    let mut spammer = TcpStream::connect(server.addr()).unwrap();
+    spammer.set_write_timeout(Some(T)).unwrap();
+    let req = Packet::EchoReq { data: &[b'e'; 60 << 10] }.to_vec(gearframe::proto::Magic::Req);
+    let mut sent = 0usize;
+    let cut_off = loop {
+        match spammer.write_all(&req) {
+            Ok(()) => sent += req.len(),
+            Err(e) => {
+                assert_ne!(e.kind(), std::io::ErrorKind::WouldBlock, "the server stopped reading");
+                break e;
+            }
+        }
+        // With the default limit (256 MiB) it would get much further.
+        assert!(sent < 64 << 20, "still connected after {sent} bytes of unread echoes");
+    };
+    echo(&mut healthy, b"after the spammer");
+
+    // 2. 200 MiB of WORK_DATA for a foreground client that never reads.
+    let mut slow = connect(&addr);
+    let handle = submit_ok(
+        &mut slow,
+        &Packet::Submit {
+            kind: SubmitKind { priority: Priority::Normal, background: false },
+            function: b"stream",
+            unique: b"",
+            data: b"",
+        },
+    );
+    let mut worker = connect(&addr);
+    worker.send(&Packet::CanDo { function: b"stream" }).unwrap();
+    assert!(grab(&mut worker).is_some());
+    let chunk = vec![b'x'; 64 << 10];
+    let started = Instant::now();
+    for i in 0..PUSHED / chunk.len() {
+        worker.send(&Packet::WorkData { handle: &handle, data: &chunk }).unwrap();
+        if i % 256 == 0 {
+            echo(&mut healthy, b"alive");
+        }
+    }
+    echo(&mut worker, b"worker not blocked");
+    let pushed_in = started.elapsed();
+    let mut raw = slow.shutdown_handle().unwrap();
+    let mut received = 0;
+    assert!(closed_by_peer(&mut raw, &mut received), "the slow client is still connected");
+    worker.send(&Packet::WorkComplete { handle: &handle, data: b"" }).unwrap();
+    echo(&mut worker, b"completed");
+    echo(&mut healthy, b"still served");
+    let rss_after = server.status_field("VmRSS:");
+    let peak = server.status_field("VmHWM:");
+    eprintln!(
+        "echo spammer cut off after sending {} KiB ({cut_off}); {} MiB of WORK_DATA pushed in \
+         {pushed_in:?} at a client cut off after receiving {} KiB; server VmRSS {rss_before} KiB \
+         before, {rss_after} KiB after, peak {peak} KiB",
+        sent >> 10,
+        PUSHED >> 20,
+        received >> 10
+    );
+    assert!(received < 32 << 20, "the slow client was sent {received} bytes");
+    let growth_kib = peak.saturating_sub(rss_before);
+    assert!(growth_kib < 48 << 10, "server memory grew by {growth_kib} KiB");
+    assert_eq!(total(&addr, "stream"), 0);
+}
+
+// ----- every limit --------------------------------------------------------
+
+/// A server with `config`, and a healthy connection that echoes.
+fn limited(config: ServerConfig) -> (Ours, String, Connection) {
+    let server = Ours::with_config(config);
+    let addr = server.addr().to_string();
+    let mut healthy = connect(&addr);
+    echo(&mut healthy, b"up");
+    (server, addr, healthy)
+}
+
+#[test]
+fn max_connections_closes_on_accept() {
+    let (_server, addr, mut healthy) =
+        limited(ServerConfig { max_connections: 2, ..ServerConfig::default() });
+    let mut second = connect(&addr);
+    echo(&mut second, b"in");
+    for _ in 0..3 {
+        let mut extra = TcpStream::connect(&addr).unwrap();
+        let _ = extra.write_all(b"version\n");
+        let mut received = 0;
+        assert!(closed_by_peer(&mut extra, &mut received), "a third connection was kept");
+        assert_eq!(received, 0, "a connection over the limit was answered");
+        echo(&mut healthy, b"healthy");
+    }
+    echo(&mut second, b"still in");
+}
+
+#[test]
+fn max_packet_size_answers_argument_too_large_and_closes() {
+    let (_server, addr, mut healthy) =
+        limited(ServerConfig { max_packet_size: 1024, ..ServerConfig::default() });
+    let mut c = connect(&addr);
+    let fits = vec![b'a'; 1000];
+    submit_ok(&mut c, &bg(b"f", b"", &fits));
+    let big = vec![b'a'; 2000];
+    c.send(&bg(b"f", b"", &big)).unwrap();
+    let r = c.recv(deadline()).unwrap();
+    let Ok(Packet::Error { code, text }) = r.packet() else { panic!("{r:?}") };
+    assert_eq!(code, b"ARGUMENT_TOO_LARGE", "{}", String::from_utf8_lossy(text));
+    let e = c.recv(deadline()).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e}");
+    echo(&mut healthy, b"healthy");
+    assert_eq!(total(&addr, "f"), 1);
+}
+
+#[test]
+fn max_queue_from_the_config_refuses_with_queue_error() {
+    let (_server, addr, mut healthy) =
+        limited(ServerConfig { max_queue: 2, ..ServerConfig::default() });
+    let mut c = connect(&addr);
+    submit_ok(&mut c, &bg(b"q", b"", b"1"));
+    submit_ok(&mut c, &bg(b"q", b"", b"2"));
+    let e = submit_err(&mut c, &bg(b"q", b"", b"3"));
+    assert_eq!(e, ("QUEUE_ERROR".into(), "Job queue is full".into()));
+    // Another function has its own queue; the connection stays usable.
+    submit_ok(&mut c, &bg(b"other", b"", b"1"));
+    echo(&mut healthy, b"healthy");
+    // Once one leaves, there is room again.
+    let mut w = connect(&addr);
+    w.send(&Packet::CanDo { function: b"q" }).unwrap();
+    let (handle, _) = grab(&mut w).unwrap();
+    w.send(&Packet::WorkComplete { handle: &handle, data: b"" }).unwrap();
+    echo(&mut w, b"done");
+    submit_ok(&mut c, &bg(b"q", b"", b"3"));
+    assert_eq!(total(&addr, "q"), 2);
+}
+
+#[test]
+fn max_jobs_refuses_with_queue_error() {
+    let (_server, addr, mut healthy) =
+        limited(ServerConfig { max_jobs: 3, ..ServerConfig::default() });
+    let mut c = connect(&addr);
+    for f in [&b"a"[..], b"b", b"c"] {
+        submit_ok(&mut c, &bg(f, b"", b"x"));
+    }
+    let e = submit_err(&mut c, &bg(b"d", b"", b"x"));
+    assert_eq!(e, ("QUEUE_ERROR".into(), "Server job limit reached".into()));
+    // Foreground jobs count too.
+    let e = submit_err(
+        &mut c,
+        &Packet::Submit {
+            kind: SubmitKind { priority: Priority::High, background: false },
+            function: b"a",
+            unique: b"",
+            data: b"x",
+        },
+    );
+    assert_eq!(e.1, "Server job limit reached");
+    echo(&mut healthy, b"healthy");
+    let mut w = connect(&addr);
+    w.send(&Packet::CanDo { function: b"a" }).unwrap();
+    let (handle, _) = grab(&mut w).unwrap();
+    w.send(&Packet::WorkComplete { handle: &handle, data: b"" }).unwrap();
+    echo(&mut w, b"done");
+    submit_ok(&mut c, &bg(b"d", b"", b"x"));
+}
+
+#[test]
+fn max_payload_bytes_refuses_with_queue_error() {
+    let (_server, addr, mut healthy) =
+        limited(ServerConfig { max_payload_bytes: 1000, ..ServerConfig::default() });
+    let mut c = connect(&addr);
+    submit_ok(&mut c, &bg(b"p", b"", &[b'x'; 600]));
+    let e = submit_err(&mut c, &bg(b"p", b"", &[b'x'; 600]));
+    assert_eq!(e, ("QUEUE_ERROR".into(), "Server payload memory limit reached".into()));
+    submit_ok(&mut c, &bg(b"p", b"", &[b'x'; 400]));
+    let e = submit_err(&mut c, &bg(b"p", b"", b"1"));
+    assert_eq!(e.1, "Server payload memory limit reached");
+    echo(&mut healthy, b"healthy");
+    assert_eq!(total(&addr, "p"), 2);
+}
+
+/// A connection whose source address is `from`.
+fn connect_from(from: [u8; 4], to: &str) -> Connection {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from((from, 0)).into()).unwrap();
+    let to: SocketAddr = to.parse().unwrap();
+    s.connect_timeout(&to.into(), T).unwrap();
+    Connection::from_stream(s.into()).unwrap()
+}
+
+#[test]
+fn admin_allow_refuses_state_changes_from_other_addresses() {
+    let (server, addr, mut healthy) = limited(ServerConfig {
+        admin_allow: vec!["127.0.0.1".parse().unwrap()],
+        ..ServerConfig::default()
+    });
+    let mut other = connect_from([127, 0, 0, 2], &addr);
+    let denied = "ERR PERMISSION_DENIED this+address+may+not+change+the+server+state";
+    for cmd in ["cancel job x", "drop function f", "maxqueue f 1", "create function f", "shutdown"]
+    {
+        assert_eq!(admin_on(&mut other, cmd, false), [denied], "{cmd}");
+        echo(&mut healthy, b"healthy");
+    }
+    assert!(!server.handle().is_stopping());
+    // Read-only commands work from there.
+    assert_eq!(admin_on(&mut other, "status", true), ["."]);
+    let workers = admin_on(&mut other, "workers", true);
+    assert!(workers.iter().any(|l| l.contains(" 127.0.0.2 ")), "{workers:?}");
+    assert_eq!(admin_on(&mut other, "show jobs", true), ["."]);
+    assert!(admin_on(&mut other, "version", false)[0].starts_with("OK "));
+    assert!(admin_on(&mut other, "getpid", false)[0].starts_with("OK "));
+    // From 127.0.0.1 they change the state.
+    let mut local = connect_from([127, 0, 0, 1], &addr);
+    assert_eq!(admin_on(&mut local, "cancel job x", false), ["ERR UNKNOWN_JOB"]);
+    assert_eq!(admin_on(&mut local, "create function f", false), ["OK"]);
+    assert_eq!(admin_on(&mut local, "maxqueue f 1", false), ["OK"]);
+    assert_eq!(admin_on(&mut other, "status", true), ["f\t0\t0\t0", "."]);
+    assert_eq!(admin_on(&mut local, "drop function f", false), ["OK"]);
+    assert_eq!(admin_on(&mut other, "status", true), ["."]);
+    // Its `OK` may be lost (see `the_ok_of_shutdown_reaches_the_client`).
+    local.queue_bytes(b"shutdown\n");
+    local.flush().unwrap();
+    eventually(T, "the server stopping", || server.handle().is_stopping().then_some(()));
+}
+
+#[test]
+#[ignore = "server bug: Shared::release (src/server/mod.rs) calls after_apply, which wakes the \
+            accept thread, before it flushes the outboxes; the accept thread then shuts every \
+            socket down, racing the flush, so the OK of `shutdown` is often lost"]
+fn the_ok_of_shutdown_reaches_the_client() {
+    for i in 0..20 {
+        let server = Ours::with_config(ServerConfig::default());
+        let mut c = connect(&server.addr().to_string());
+        c.queue_bytes(b"shutdown\n");
+        c.flush().unwrap();
+        let reply = c.recv_line(deadline());
+        assert!(matches!(&reply, Ok(l) if l == "OK"), "attempt {i}: {reply:?}");
+        server.into_handle().join();
+    }
+}
+
+// ----- the persistent queue across restarts -----------------------------
+
+/// A server on a fresh persistent queue in `dir`, with `extra` options.
+fn persistent(dir: &Path, extra: &[&str]) -> ServerProc {
+    let queue = format!("sqlite:{}", dir.join("queue.db").display());
+    let mut args = vec!["--queue", &queue];
+    args.extend_from_slice(extra);
+    ServerProc::start(&args, &dir.join("server.log"))
+}
+
+/// A worker connection registered for `function`.
+fn raw_worker(addr: &str, function: &[u8]) -> Connection {
+    let mut w = connect(addr);
+    w.send(&Packet::CanDo { function }).unwrap();
+    w
+}
+
+/// Takes every queued job of the worker's functions; their payloads.
+fn drain(w: &mut Connection) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    while let Some((handle, data)) = grab(w) {
+        w.send(&Packet::WorkComplete { handle: &handle, data: b"" }).unwrap();
+        got.push(data);
+    }
+    got.sort();
+    got
+}
+
+#[test]
+fn an_epoch_job_survives_a_restart_and_runs_at_its_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = persistent(dir.path(), &[]);
+    let addr = server.addr_string();
+    let at = unix_now() + 3;
+    let mut c = connect(&addr);
+    submit_ok(
+        &mut c,
+        &Packet::SubmitJobEpoch {
+            function: b"ep",
+            unique: b"",
+            epoch: at.to_string().as_bytes(),
+            data: b"scheduled",
+        },
+    );
+    server.kill9();
+    server.restart();
+    assert_eq!(total(&addr, "ep"), 1);
+    let mut w = raw_worker(&addr, b"ep");
+    assert_eq!(grab(&mut w), None, "an epoch job ran before its time");
+    w.send(&Packet::PreSleep).unwrap();
+    // The server wakes the sleeping worker when the job is due.
+    let p = w.recv(Some(Instant::now() + Duration::from_secs(10))).unwrap();
+    assert_eq!(p.kind, PacketType::Noop);
+    let (handle, data) = grab(&mut w).expect("the job once due");
+    let ran_at = unix_now();
+    assert_eq!(data, b"scheduled");
+    assert!(ran_at >= at && ran_at <= at + 2, "due at {at}, ran at {ran_at}");
+    w.send(&Packet::WorkComplete { handle: &handle, data: b"" }).unwrap();
+    echo(&mut w, b"done");
+    assert_eq!(total(&addr, "ep"), 0);
+}
+
+#[test]
+fn background_jobs_with_an_empty_unique_all_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = persistent(dir.path(), &[]);
+    let addr = server.addr_string();
+    let mut c = connect(&addr);
+    let h1 = submit_ok(&mut c, &bg(b"empty", b"", b"one"));
+    let h2 = submit_ok(&mut c, &bg(b"empty", b"", b"two"));
+    assert_ne!(h1, h2);
+    server.kill9();
+    server.restart();
+    assert_eq!(total(&addr, "empty"), 2);
+    let mut w = raw_worker(&addr, b"empty");
+    assert_eq!(drain(&mut w), [b"one".to_vec(), b"two".to_vec()]);
+}
+
+#[test]
+fn completed_and_cancelled_jobs_are_not_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = persistent(dir.path(), &[]);
+    let addr = server.addr_string();
+    let mut c = connect(&addr);
+    submit_ok(&mut c, &bg(b"completed", b"u1", b"x"));
+    let cancelled = submit_ok(&mut c, &bg(b"cancelled", b"", b"y"));
+    let mut w = raw_worker(&addr, b"completed");
+    assert_eq!(drain(&mut w), [b"x".to_vec()]);
+    echo(&mut w, b"completed");
+    let cmd = format!("cancel job {}", String::from_utf8_lossy(&cancelled));
+    assert_eq!(admin(&addr, &cmd, false), ["OK"]);
+    // The queue is written in order: once this job's JOB_CREATED is back,
+    // the deletions before it are committed too.
+    submit_ok(&mut c, &bg(b"marker", b"", b"m"));
+    server.kill9();
+    server.restart();
+    let st = status(&addr);
+    assert_eq!(st.get("marker").map(|s| s.0), Some(1), "{st:?}");
+    assert_eq!(total(&addr, "completed"), 0, "{st:?}");
+    assert_eq!(total(&addr, "cancelled"), 0, "{st:?}");
+}
+
+#[test]
+fn store_queue_on_shutdown_survives_sigterm_but_not_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = persistent(dir.path(), &["--store-queue-on-shutdown"]);
+    let addr = server.addr_string();
+    let mut c = connect(&addr);
+    for d in [&b"a"[..], b"b", b"c"] {
+        submit_ok(&mut c, &bg(b"later", b"", d));
+    }
+    drop(c);
+    server.terminate();
+    server.restart();
+    assert_eq!(total(&addr, "later"), 3, "a SIGTERM stop writes the queue");
+    // Replayed jobs live in memory only until the next clean stop.
+    server.kill9();
+    server.restart();
+    assert_eq!(total(&addr, "later"), 0, "a SIGKILL loses the queue (documented)");
+    // In the default mode the same jobs survive a SIGKILL.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = persistent(dir.path(), &[]);
+    let addr = server.addr_string();
+    let mut c = connect(&addr);
+    submit_ok(&mut c, &bg(b"later", b"", b"a"));
+    server.kill9();
+    server.restart();
+    assert_eq!(total(&addr, "later"), 1);
+}
+
+// ----- the fuzz loop --------------------------------------------------------
+
+mod fuzz_loop {
+    //! Random conversations of three connections through the server's
+    //! connection handling (`gearframe::server::fuzz`, which checks the
+    //! state's invariants after every step): well-formed packets of every
+    //! type with arguments drawn from small alphabets, admin lines, raw
+    //! bytes, timers firing and disconnections.
+
+    use gearframe::proto::{Magic, PacketType, encode_raw};
+    use proptest::prelude::*;
+
+    /// One step, encoded as `gearframe::server::fuzz` reads it.
+    fn encode(conn: u8, bytes: &[u8], out: &mut Vec<u8>) {
+        for chunk in bytes.chunks(255) {
+            out.push(conn);
+            out.push(chunk.len() as u8);
+            out.extend_from_slice(chunk);
+        }
+    }
+
+    fn arg() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"f".to_vec()),
+            Just(b"g".to_vec()),
+            Just(Vec::new()),
+            Just(b"-".to_vec()),
+            Just(b"u1".to_vec()),
+            (1u8..8).prop_map(|n| format!("H:fuzz:{n}").into_bytes()),
+            (0u64..3).prop_map(|n| n.to_string().into_bytes()),
+            Just(b"99999999999".to_vec()),
+            Just(b"exceptions".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..8),
+        ]
+    }
+
+    fn packet() -> impl Strategy<Value = Vec<u8>> {
+        (1u32..=42, proptest::collection::vec(arg(), 0..6), any::<bool>()).prop_map(
+            |(n, args, req)| {
+                let kind = PacketType::from_u32(n).unwrap_or(PacketType::EchoReq);
+                let args: Vec<&[u8]> =
+                    args.iter().take(kind.arg_count()).map(Vec::as_slice).collect();
+                let mut v = Vec::new();
+                encode_raw(if req { Magic::Req } else { Magic::Res }, kind, &args, &mut v);
+                v
+            },
+        )
+    }
+
+    fn admin() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just("status"),
+            Just("workers"),
+            Just("show jobs"),
+            Just("show unique jobs"),
+            Just("prioritystatus"),
+            Just("cancel job H:fuzz:1"),
+            Just("cancel job H:fuzz:2"),
+            Just("drop function f"),
+            Just("drop function g"),
+            Just("create function g"),
+            Just("maxqueue f 1"),
+            Just("maxqueue g 0 1 2"),
+            Just("shutdown graceful"),
+            Just("shutdown"),
+            Just("getpid"),
+        ]
+        .prop_map(|l| format!("{l}\n").into_bytes())
+    }
+
+    fn step() -> impl Strategy<Value = Vec<u8>> {
+        let conn = 0u8..3;
+        prop_oneof![
+            6 => (conn.clone(), packet()).prop_map(|(c, p)| {
+                let mut v = Vec::new();
+                encode(c, &p, &mut v);
+                v
+            }),
+            2 => (conn.clone(), admin()).prop_map(|(c, l)| {
+                let mut v = Vec::new();
+                encode(c, &l, &mut v);
+                v
+            }),
+            1 => (conn.clone(), proptest::collection::vec(any::<u8>(), 0..40)).prop_map(|(c, b)| {
+                let mut v = Vec::new();
+                encode(c, &b, &mut v);
+                v
+            }),
+            1 => Just(vec![3]),                              // timers fire
+            1 => conn.prop_map(|c| vec![3 | 4 | (c << 4)]), // disconnect
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 600, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_conversations_keep_the_state_consistent(
+            settings in any::<u8>(),
+            steps in proptest::collection::vec(step(), 1..60),
+        ) {
+            let mut input = vec![settings];
+            for s in &steps {
+                input.extend_from_slice(s);
+            }
+            gearframe::server::fuzz::fuzz_connection_bytes(&input);
+        }
+
+        #[test]
+        fn random_bytes_keep_the_state_consistent(
+            input in proptest::collection::vec(any::<u8>(), 0..2048),
+        ) {
+            gearframe::server::fuzz::fuzz_connection_bytes(&input);
+        }
+    }
+}
+
+#[test]
+#[ignore = "server bug (gearmand 1.1 behaves the same): State::join_job (src/server/state.rs) \
+            attaches a foreground client to a job abandoned by its first client without clearing \
+            `ignore`, so the job is reaped unrun and the second client never gets a result"]
+fn a_client_joining_an_abandoned_job_gets_its_result() {
+    let server = Ours::with_config(ServerConfig::default());
+    let addr = server.addr().to_string();
+    let fg = |c: &mut Connection| {
+        submit_ok(
+            c,
+            &Packet::Submit {
+                kind: SubmitKind { priority: Priority::Normal, background: false },
+                function: b"j",
+                unique: b"same",
+                data: b"x",
+            },
+        )
+    };
+    let mut first = connect(&addr);
+    fg(&mut first);
+    drop(first);
+    eventually(T, "the first client gone", || {
+        (admin(&addr, "workers", true).len() == 2).then_some(())
+    });
+    let mut second = connect(&addr);
+    let handle = fg(&mut second);
+    let mut w = raw_worker(&addr, b"j");
+    let got = grab(&mut w);
+    assert!(got.is_some(), "the job the second client waits for was dropped, not run");
+    let (h, _) = got.unwrap();
+    w.send(&Packet::WorkComplete { handle: &h, data: b"r" }).unwrap();
+    let p = second.recv(deadline()).unwrap();
+    assert_eq!((p.kind, p.body), (PacketType::WorkComplete, [&handle[..], b"\0r"].concat()));
 }
