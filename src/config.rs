@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::admin::AdminSection;
 pub use crate::worker::config::{FunctionSection, WorkerSection};
 
 /// The whole file.
@@ -23,6 +24,9 @@ pub struct Config {
     /// The `client:` section.
     #[serde(default)]
     pub client: ClientSection,
+    /// The `admin:` section.
+    #[serde(default)]
+    pub admin: AdminSection,
 }
 
 /// The `server:` section; each key mirrors a `gearframe server` option.
