@@ -256,6 +256,9 @@ impl fmt::Display for AdminError {
                 write!(f, "{server}: no reply in time")
             }
             AdminError::Io { server, source } => write!(f, "{server}: {source}"),
+            AdminError::Server { server, code, message } if code == "ERROR" => {
+                write!(f, "{server}: server error: {message}")
+            }
             AdminError::Server { server, code, message } if message.is_empty() => {
                 write!(f, "{server}: server error {code}")
             }
