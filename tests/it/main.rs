@@ -1,5 +1,7 @@
 //! The integration tests: one binary, one module per topic.
 
+/// The admin library and `gearframe admin` against both servers.
+mod admin;
 /// Malformed input against the embedded server.
 mod bad_input;
 /// `gearframe submit` and `gearframe send` as a user runs them.
