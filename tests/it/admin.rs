@@ -754,3 +754,41 @@ fn bad_input_is_one_line_and_exit_2() {
     assert_eq!(out.code(), Some(2));
     assert!(out.stderr.contains("timout"), "{}", out.stderr);
 }
+
+#[test]
+fn watch_exits_cleanly_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    let ours = Ours::start(&Opts::default());
+    let addr = ours.addr().to_string();
+    let cfg = config("");
+    let mut child = ChildGuard(
+        Command::new(env!("CARGO_BIN_EXE_gearframe"))
+            .arg("-c")
+            .arg(&cfg.path)
+            .args(["admin", "watch", "-n", "10s", "-s", &addr])
+            .env_remove("GEARMAN_SERVERS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(LIMIT).expect("the first frame");
+    assert!(first.starts_with("gearframe admin watch"), "{first}");
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    // The 10 s refresh wait is cut short by Ctrl-C.
+    let started = Instant::now();
+    let status = eventually(Duration::from_secs(5), "watch to exit on SIGINT", || {
+        child.0.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
