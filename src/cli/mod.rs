@@ -1,8 +1,10 @@
 //! Command-line parsing and the subcommands.
 
+mod demo;
 mod send;
 mod server;
 mod submit;
+mod up;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +40,10 @@ enum Command {
     Submit(submit::SubmitArgs),
     /// Submit a job plan, once or every cycle.
     Send(send::SendArgs),
+    /// Run the job server and the configured worker pool in one process.
+    Up(up::UpArgs),
+    /// Show the whole framework at work in one process, then stop.
+    Demo(demo::DemoArgs),
 }
 
 /// An error for the user: printed as one line, exit code 2.
@@ -92,6 +98,8 @@ pub(crate) fn main() -> ExitCode {
         Command::Worker(args) => worker::run(args, &config),
         Command::Submit(args) => submit::run(args, &config, cli.verbose),
         Command::Send(args) => send::run(args, &config),
+        Command::Up(args) => up::run(args, &config),
+        Command::Demo(args) => demo::run(args, &config),
     });
     match result {
         Ok(code) => code,

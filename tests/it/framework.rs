@@ -1,0 +1,77 @@
+//! The whole framework from the command line: `gearframe demo` and
+//! `gearframe up` as a user runs them.
+
+use std::process::{Command, Stdio};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gearframe"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR")).env_remove("GEARMAN_SERVERS");
+    c
+}
+
+/// Live processes whose command line is exactly `argv`.
+fn processes_running(argv: &[&str]) -> Vec<u32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain(std::iter::once(0))).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+#[test]
+fn demo_runs_the_plan_both_ways_and_stops_everything() {
+    let out = bin().arg("demo").stdin(Stdio::null()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    let has = |prefix: &str| lines.iter().any(|l| l.trim_start().starts_with(prefix));
+    // The plan's two jobs, accepted in background mode...
+    assert!(
+        lines.iter().any(|l| l.contains("test1") && l.contains("accepted") && l.contains("H:")),
+        "{stdout}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("test2") && l.contains("accepted") && l.contains("H:")),
+        "{stdout}"
+    );
+    assert!(has("all 2 background jobs ran"), "{stdout}");
+    // ...and run in foreground mode: `ls ./` of the directory the demo ran in.
+    for f in ["test1", "test2"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(f) && l.contains("complete") && l.ends_with("Cargo.lock")),
+            "{f}: {stdout}"
+        );
+    }
+    assert_eq!(lines.iter().filter(|l| l.trim() == "Cargo.toml").count(), 2, "{stdout}");
+    // The status table lists the functions with 10 workers each and no job left.
+    let table = &lines[lines.iter().position(|l| *l == "== status").expect("no status table")..];
+    for f in ["test1", "test2", "echo"] {
+        let row = table
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(f))
+            .unwrap_or_else(|| panic!("no status row for {f}: {stdout}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols[1..], ["0", "0", "10"], "{row}");
+    }
+    for mode in
+        ["foreground, every result back:", "background, accepted:", "background, accepted and run:"]
+    {
+        let line = lines
+            .iter()
+            .find(|l| l.trim_start().starts_with(mode))
+            .unwrap_or_else(|| panic!("no `{mode}` line: {stdout}"));
+        let rate: f64 =
+            line[line.find(':').unwrap() + 1..].split_whitespace().next().unwrap().parse().unwrap();
+        assert!(rate > 0.0, "{line}");
+    }
+    assert_eq!(lines.last().copied(), Some("gearframe demo: done"));
+    assert!(processes_running(&["ls", "./"]).is_empty(), "a job's process outlived the demo");
+}
