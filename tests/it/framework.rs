@@ -2,6 +2,7 @@
 //! `gearframe up` as a user runs them.
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gearframe"));
@@ -74,4 +75,51 @@ fn demo_runs_the_plan_both_ways_and_stops_everything() {
     }
     assert_eq!(lines.last().copied(), Some("gearframe demo: done"));
     assert!(processes_running(&["ls", "./"]).is_empty(), "a job's process outlived the demo");
+}
+
+#[test]
+fn log_file_gets_every_line_and_stderr_keeps_errors_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log").join("log.txt");
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!("server:\n  listen: 127.0.0.1:0\nlog:\n  level: info\n  file: {}\n", log.display()),
+    )
+    .unwrap();
+    // A bad packet makes the server log a warning; SIGTERM stops it.
+    let child = bin()
+        .arg("-c")
+        .arg(&cfg)
+        .arg("server")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = crate::support::ChildGuard(child);
+    let addr =
+        crate::support::eventually(Duration::from_secs(10), "listening line in the log", || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            let line = text.lines().find(|l| l.contains("listening on"))?;
+            line.rsplit(' ').next().map(str::to_string)
+        });
+    let mut s = std::net::TcpStream::connect(addr.as_str()).unwrap();
+    std::io::Write::write_all(&mut s, b"\0XYZ\0\0\0\x01\0\0\0\0").unwrap();
+    let mut buf = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = std::io::Read::read_to_end(&mut s, &mut buf);
+    assert!(
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success()
+    );
+    let status =
+        crate::support::eventually(Duration::from_secs(10), "exit", || child.0.try_wait().unwrap());
+    assert!(status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("INFO") && text.contains("listening on"), "{text}");
+    assert!(text.contains("WARN") && text.contains("protocol error"), "{text}");
+    assert!(text.contains("server stopped"), "{text}");
+    assert!(!stderr.contains("INFO") && !stderr.contains("WARN"), "stderr: {stderr}");
 }
