@@ -123,3 +123,40 @@ fn log_file_gets_every_line_and_stderr_keeps_errors_only() {
     assert!(text.contains("server stopped"), "{text}");
     assert!(!stderr.contains("INFO") && !stderr.contains("WARN"), "stderr: {stderr}");
 }
+
+/// An example binary that `cargo test` built next to the gearframe binary.
+fn example(name: &str) -> Command {
+    let dir =
+        std::path::Path::new(env!("CARGO_BIN_EXE_gearframe")).parent().unwrap().join("examples");
+    let path = dir.join(name);
+    assert!(path.is_file(), "example {name} was not built at {}", path.display());
+    Command::new(path)
+}
+
+#[test]
+fn examples_run_against_a_real_server() {
+    let out = example("embedded").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("reverse(hello) = olleh"), "{text}");
+    assert!(text.contains("background job accepted: H:"), "{text}");
+
+    let server = crate::support::Ours::start(&crate::support::Opts::default());
+    let addr = server.addr().to_string();
+    let worker =
+        example("worker").arg(&addr).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut worker = crate::support::ChildGuard(worker);
+    let out = example("client").arg(&addr).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("namraeg ,olleh\n"), "{text}");
+    assert!(text.contains("background: H:") && text.contains(&addr), "{text}");
+    // Ctrl-C (SIGINT) stops the worker example cleanly.
+    assert!(
+        Command::new("kill").args(["-INT", &worker.id().to_string()]).status().unwrap().success()
+    );
+    let status = crate::support::eventually(Duration::from_secs(10), "worker example exit", || {
+        worker.0.try_wait().unwrap()
+    });
+    assert!(status.success(), "{status:?}");
+}
