@@ -29,6 +29,9 @@ mod admin;
 mod dispatch;
 mod outbox;
 mod state;
+mod store;
+
+pub use store::Durability;
 
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -70,6 +73,65 @@ pub struct ServerConfig {
     pub max_outbox: usize,
     /// How long one write to a peer may block before it is disconnected.
     pub write_timeout: Duration,
+    /// SQLite file of the persistent queue for background jobs (none: memory only).
+    pub queue: Option<std::path::PathBuf>,
+    /// When the persistent queue is written.
+    pub durability: Durability,
+    /// maxqueue of every function until `maxqueue` changes it (0 = unlimited).
+    pub max_queue: u32,
+    /// Most jobs held in total (0 = unlimited); more get `QUEUE_ERROR`.
+    pub max_jobs: usize,
+    /// Most payload bytes held in total (0 = unlimited); more get `QUEUE_ERROR`.
+    pub max_payload_bytes: usize,
+    /// Peers allowed to run the admin commands that change state (cancel,
+    /// create, drop, maxqueue, shutdown); empty allows every peer.
+    pub admin_allow: Vec<AddrRule>,
+}
+
+/// An address or a network (`127.0.0.1`, `10.0.0.0/8`, `::1`, `fd00::/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrRule {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for AddrRule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid address rule `{s}`: write an address or ADDRESS/PREFIX");
+        let (a, p) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(AddrRule { addr, prefix })
+    }
+}
+
+impl AddrRule {
+    /// Whether `ip` is inside this rule.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -85,6 +147,12 @@ impl Default for ServerConfig {
             exceptions: false,
             max_outbox: 256 << 20,
             write_timeout: Duration::from_secs(30),
+            queue: None,
+            durability: Durability::Sync,
+            max_queue: 0,
+            max_jobs: 0,
+            max_payload_bytes: 0,
+            admin_allow: Vec::new(),
         }
     }
 }
@@ -178,8 +246,28 @@ impl Server {
             round_robin: config.round_robin,
             handle_prefix: prefix.into_bytes(),
             exceptions: config.exceptions,
+            max_queue: config.max_queue,
+            max_jobs: config.max_jobs,
+            max_payload_bytes: config.max_payload_bytes,
+            admin_allow: config.admin_allow.clone(),
         };
         let mut state = State::new(settings);
+        let store_thread = match &config.queue {
+            Some(path) => {
+                let (jobs, link, thread) =
+                    store::open(path, config.durability).map_err(io::Error::other)?;
+                let restored = jobs.len();
+                state.store = Some(link);
+                for job in jobs {
+                    state.restore(job);
+                }
+                if restored > 0 {
+                    log::info!("restored {restored} background jobs from {}", path.display());
+                }
+                Some(thread)
+            }
+            None => None,
+        };
         state.verbose = match log::max_level() {
             log::LevelFilter::Off | log::LevelFilter::Error => "ERROR",
             log::LevelFilter::Warn => "WARNING",
@@ -208,7 +296,7 @@ impl Server {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
                 .name("gearframe-accept".into())
-                .spawn(move || run_acceptor(&shared, listener, timer))?
+                .spawn(move || run_acceptor(&shared, listener, timer, store_thread))?
         };
         log::info!("listening on {addr}");
         Ok(ServerHandle { addr, shared, acceptor: Some(acceptor) })
@@ -323,7 +411,12 @@ fn run_timer(shared: &Shared) {
     }
 }
 
-fn run_acceptor(shared: &Arc<Shared>, listener: TcpListener, timer: JoinHandle<()>) {
+fn run_acceptor(
+    shared: &Arc<Shared>,
+    listener: TcpListener,
+    timer: JoinHandle<()>,
+    store_thread: Option<store::StoreThread>,
+) {
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) || shared.graceful.load(Ordering::SeqCst) {
@@ -386,6 +479,22 @@ fn run_acceptor(shared: &Arc<Shared>, listener: TcpListener, timer: JoinHandle<(
         shared.timer_cv.notify_all();
     }
     let _ = timer.join();
+    if let Some(thread) = store_thread {
+        let link = {
+            let mut st = shared.lock();
+            if st.store.as_ref().is_some_and(|l| l.durability == Durability::OnShutdown) {
+                let jobs = st.jobs_to_store();
+                log::info!("writing {} background jobs to the persistent queue", jobs.len());
+                if let Some(l) = &st.store {
+                    l.dump(jobs);
+                }
+            }
+            st.store.take()
+        };
+        // Closing the channel lets the writer commit what is left and stop.
+        drop(link);
+        thread.join();
+    }
     log::info!("server stopped");
 }
 
@@ -407,9 +516,7 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        let ip = peer.map_or_else(|| "-".to_string(), |p| p.ip().to_string());
-        let loopback = peer.is_some_and(|p| p.ip().is_loopback());
-        st.add_conn(id, i64::from(stream.as_raw_fd()), ip, loopback, Arc::clone(&out));
+        st.add_conn(id, i64::from(stream.as_raw_fd()), peer.map(|p| p.ip()), Arc::clone(&out));
     }
     log::debug!("conn={id} connected peer={peer:?}");
     let writer = {

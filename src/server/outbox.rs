@@ -25,6 +25,46 @@ struct Inner {
     /// The writer thread must take over (the socket would block).
     handoff: bool,
     closed: bool,
+    /// The socket was shut down: nothing more can be sent.
+    dead: bool,
+    /// Bytes from these offsets on wait until the store has committed the
+    /// given sequence number (a JOB_CREATED for a durable job, and every
+    /// reply after it). Ascending in both fields.
+    holds: std::collections::VecDeque<(u64, usize)>,
+}
+
+impl Inner {
+    /// How many bytes at the front may be sent now.
+    fn sendable(&self) -> usize {
+        self.holds.front().map_or(self.buf.len(), |&(_, at)| at)
+    }
+
+    /// Takes the sendable bytes off the front of the buffer.
+    fn take_sendable(&mut self) -> Vec<u8> {
+        let n = self.sendable();
+        if n == self.buf.len() {
+            return std::mem::take(&mut self.buf);
+        }
+        let rest = self.buf.split_off(n);
+        for h in &mut self.holds {
+            h.1 -= n;
+        }
+        std::mem::replace(&mut self.buf, rest)
+    }
+
+    /// Puts unsent bytes back in front of the buffer.
+    fn put_back(&mut self, unsent: &[u8]) {
+        if unsent.is_empty() {
+            return;
+        }
+        let mut v = Vec::with_capacity(unsent.len() + self.buf.len());
+        v.extend_from_slice(unsent);
+        v.extend_from_slice(&self.buf);
+        self.buf = v;
+        for h in &mut self.holds {
+            h.1 += unsent.len();
+        }
+    }
 }
 
 /// Pending output of one connection.
@@ -73,16 +113,35 @@ impl Outbox {
         !std::mem::replace(&mut g.dirty, true)
     }
 
+    /// Holds every byte appended from now on until the store reports that
+    /// `seq` is committed (see [`Outbox::release`]).
+    pub(crate) fn hold(&self, seq: u64) {
+        let mut g = self.lock();
+        let at = g.buf.len();
+        g.holds.push_back((seq, at));
+    }
+
+    /// The store committed everything up to `seq`: held bytes may go.
+    pub(crate) fn release(&self, seq: u64) {
+        let mut g = self.lock();
+        while g.holds.front().is_some_and(|&(s, _)| s <= seq) {
+            g.holds.pop_front();
+        }
+        drop(g);
+        self.flush();
+        self.wake_writer.notify_all();
+    }
+
     /// Sends what is pending without blocking; hands the rest to the writer
     /// thread when the socket is full. Call without holding the state lock.
     pub(crate) fn flush(&self) {
         let mut g = self.lock();
         g.dirty = false;
         loop {
-            if g.writing || g.handoff || g.buf.is_empty() {
+            if g.writing || g.handoff || g.sendable() == 0 {
                 return;
             }
-            let chunk = std::mem::take(&mut g.buf);
+            let chunk = g.take_sendable();
             g.writing = true;
             drop(g);
             let sent = self.send_nonblocking(&chunk);
@@ -101,9 +160,7 @@ impl Outbox {
                     }
                 }
                 Sent::WouldBlock(n) => {
-                    let mut rest = chunk[n..].to_vec();
-                    rest.extend_from_slice(&g.buf);
-                    g.buf = rest;
+                    g.put_back(&chunk[n..]);
                     g.handoff = true;
                     self.wake_writer.notify_all();
                     return;
@@ -150,9 +207,15 @@ impl Outbox {
 
     /// Shuts the socket down both ways, waking a blocked reader and writer.
     pub(crate) fn shutdown_socket(&self) {
+        {
+            let mut g = self.lock();
+            g.dead = true;
+            g.closed = true;
+        }
         if let Some(s) = &self.stream {
             let _ = s.shutdown(Shutdown::Both);
         }
+        self.wake_writer.notify_all();
     }
 
     /// Bytes in the outbox right now (for tests).
@@ -168,8 +231,8 @@ impl Outbox {
     pub(crate) fn run_writer(&self, mut stream: TcpStream) {
         let mut g = self.lock();
         loop {
-            if !g.writing && !g.buf.is_empty() && (g.handoff || g.closed) {
-                let chunk = std::mem::take(&mut g.buf);
+            if !g.writing && g.sendable() > 0 && (g.handoff || g.closed) {
+                let chunk = g.take_sendable();
                 g.writing = true;
                 drop(g);
                 let r = stream.write_all(&chunk);
@@ -185,9 +248,9 @@ impl Outbox {
                 }
                 continue;
             }
-            if g.buf.is_empty() {
+            if g.sendable() == 0 {
                 g.handoff = false;
-                if g.closed && !g.writing {
+                if g.closed && !g.writing && (g.buf.is_empty() || g.dead) {
                     drop(g);
                     let _ = stream.flush();
                     return;

@@ -10,6 +10,8 @@ mod cli_client;
 mod client;
 /// Differential scenarios: the same conversation against gearmand and gearframe.
 mod diff;
+/// `gearframe demo` and `gearframe up` as a user runs them.
+mod framework;
 /// The real gearman tools against the embedded server.
 mod interop;
 /// Helpers of the interop and bad-input tests.
