@@ -556,12 +556,26 @@ impl AdminClient {
 
     /// `shutdown` or `shutdown graceful`. gearframe's server accepts it from
     /// a loopback address; gearmand 1.1.15 and later answer
-    /// `ERR UNKNOWN_COMMAND` (see [`AdminError::is_unknown_command`]).
+    /// `ERR UNKNOWN_COMMAND` (see [`AdminError::is_unknown_command`]). The
+    /// server closing the connection instead of answering counts as success.
     ///
     /// # Errors
     /// I/O, timeout or an `ERR` reply.
     pub fn shutdown(&mut self, graceful: bool) -> Result<()> {
-        let r = self.command(if graceful { "shutdown graceful" } else { "shutdown" }).map(drop);
+        let r = match self.command(if graceful { "shutdown graceful" } else { "shutdown" }) {
+            // A server that stops at once may close the connection before
+            // its `OK` is read: the request was written, so it was accepted.
+            Err(AdminError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                log::debug!("server={}: closed the connection after shutdown", self.server);
+                Ok(())
+            }
+            other => other.map(drop),
+        };
         if let Some(c) = self.conn.take() {
             c.close();
         }
