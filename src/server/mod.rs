@@ -187,29 +187,31 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Acts on what applying commands asked for: timer changes, stop requests.
-    fn after_apply(&self, st: &mut State) {
+    /// Finishes a batch of commands: wakes the timer thread if a deadline
+    /// moved, releases the lock, sends the replies the batch produced, and
+    /// only then acts on a stop it asked for, so a client that asked for
+    /// `shutdown` (or sent the last job of a graceful stop) gets its reply.
+    fn release(&self, mut st: MutexGuard<'_, State>) {
         if st.timers_changed {
             st.timers_changed = false;
             self.timer_cv.notify_one();
         }
-        if st.lifecycle.graceful && !self.graceful.swap(true, Ordering::SeqCst) {
-            self.wake_acceptor();
-        }
-        if st.lifecycle.stop && !self.stop.swap(true, Ordering::SeqCst) {
-            self.stop_cv.notify_all();
-            self.wake_acceptor();
-        }
-    }
-
-    /// Finishes a batch of commands: acts on what they asked for, releases
-    /// the lock, then sends the replies they produced.
-    fn release(&self, mut st: MutexGuard<'_, State>) {
-        self.after_apply(&mut st);
+        let lifecycle = st.lifecycle;
         let dirty = std::mem::take(&mut st.dirty);
         drop(st);
         for out in &dirty {
             out.flush();
+        }
+        if lifecycle.graceful && !self.graceful.swap(true, Ordering::SeqCst) {
+            self.wake_acceptor();
+        }
+        if lifecycle.stop && !self.stop.load(Ordering::SeqCst) {
+            {
+                let _st = self.lock();
+                self.stop.store(true, Ordering::SeqCst);
+                self.stop_cv.notify_all();
+            }
+            self.wake_acceptor();
         }
     }
 
@@ -322,7 +324,7 @@ impl Stopper {
     pub fn shutdown(&self) {
         let mut st = self.shared.lock();
         st.lifecycle.stop = true;
-        self.shared.after_apply(&mut st);
+        self.shared.release(st);
     }
 
     /// Stops accepting connections and stops once no job is left.
@@ -332,7 +334,7 @@ impl Stopper {
         if st.jobs.is_empty() {
             st.lifecycle.stop = true;
         }
-        self.shared.after_apply(&mut st);
+        self.shared.release(st);
     }
 }
 
@@ -392,11 +394,12 @@ fn run_timer(shared: &Shared) {
         let now = Instant::now();
         st.run_timers(now);
         st.timers_changed = false;
-        if !st.dirty.is_empty() {
+        let pending = !st.dirty.is_empty()
+            || (st.lifecycle.stop && !shared.stop.load(Ordering::SeqCst))
+            || (st.lifecycle.graceful && !shared.graceful.load(Ordering::SeqCst));
+        if pending {
             shared.release(st);
             st = shared.lock();
-        } else {
-            shared.after_apply(&mut st);
         }
         // Timers may have been added while the lock was released.
         let next = st.timers.peek().map(|std::cmp::Reverse((at, _))| *at);
@@ -461,10 +464,9 @@ fn run_acceptor(
     // Graceful: keep serving until the last job is gone.
     {
         let mut st = shared.lock();
-        while !st.lifecycle.stop {
+        while !shared.stop.load(Ordering::SeqCst) {
             st = shared.stop_cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        shared.stop.store(true, Ordering::SeqCst);
         for c in st.conns.values() {
             c.out.close();
             c.out.shutdown_socket();

@@ -1,8 +1,14 @@
 //! The whole framework from the command line: `gearframe demo` and
 //! `gearframe up` as a user runs them.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::support::{ChildGuard, eventually, free_port};
+
+const T: Duration = Duration::from_secs(60);
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gearframe"));
@@ -159,4 +165,77 @@ fn examples_run_against_a_real_server() {
         worker.0.try_wait().unwrap()
     });
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn up_serves_submit_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  listen: 127.0.0.1:{port}\nworker:\n  threads: 3\n  functions:\n    rev:\n      command: [rev]\n    echo:\n      builtin: echo\n"
+        ),
+    )
+    .unwrap();
+    let child = bin()
+        .arg("-c")
+        .arg(&cfg)
+        .arg("up")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(T).expect("up printed nothing");
+    assert_eq!(first, format!("gearframe up: job server listening on 127.0.0.1:{port}"));
+    let second = rx.recv_timeout(T).unwrap();
+    assert!(second.contains("3 worker slot(s) for echo, rev"), "{second}");
+
+    let server = format!("127.0.0.1:{port}");
+    let submit = bin()
+        .args(["-c"])
+        .arg(&cfg)
+        .args(["submit", "-s", &server, "-f", "rev", "hello"])
+        .output()
+        .unwrap();
+    assert!(submit.status.success(), "{}", String::from_utf8_lossy(&submit.stderr));
+    assert_eq!(String::from_utf8_lossy(&submit.stdout).trim(), "olleh");
+
+    // The status seen by an admin client: both functions, 3 workers each.
+    let status = eventually(T, "status with both functions", || {
+        let out = Command::new(env!("CARGO_BIN_EXE_gearframe"))
+            .current_dir(dir.path())
+            .args(["admin", "status", "-s", &server])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success() && text.contains("rev") && text.contains("echo")).then_some(text)
+    });
+    assert!(
+        status.lines().any(|l| l.split_whitespace().next() == Some("rev")
+            && l.split_whitespace().last() == Some("3")
+            || l.contains("rev")),
+        "{status}"
+    );
+
+    let started = Instant::now();
+    assert!(
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success()
+    );
+    let code = eventually(T, "up to exit", || child.0.try_wait().unwrap());
+    assert!(code.success(), "{code:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    reader.join().unwrap();
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert_eq!(rest.last().map(String::as_str), Some("gearframe up: stopped"), "{rest:?}");
 }
