@@ -18,3 +18,8 @@ pub mod conn;
 pub mod proto;
 pub mod server;
 pub mod worker;
+
+/// The Rust examples of README.md, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -157,6 +157,13 @@ fn examples_run_against_a_real_server() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("namraeg ,olleh\n"), "{text}");
     assert!(text.contains("background: H:") && text.contains(&addr), "{text}");
+
+    let out = example("admin").arg(&addr).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("version gearframe-"), "{text}");
+    assert!(text.contains("function reverse: 0 queued, 0 running, 10 workers"), "{text}");
+    assert!(text.contains("worker reverse-example at 127.0.0.1: reverse"), "{text}");
     // Ctrl-C (SIGINT) stops the worker example cleanly.
     assert!(
         Command::new("kill").args(["-INT", &worker.id().to_string()]).status().unwrap().success()

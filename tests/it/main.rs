@@ -16,6 +16,8 @@ mod framework;
 mod interop;
 /// Helpers of the interop and bad-input tests.
 mod peers;
+/// README.md's recipes, run as written.
+mod readme;
 /// The embedded server's lifecycle, slow readers and connection limits.
 mod server;
 /// The shell runner with real processes.
