@@ -444,17 +444,10 @@ mod tests {
         assert_eq!(c.client.window, d.window);
         assert_eq!(c.client.send.plan, d.send.plan);
         assert_eq!(c.client.send.reload, d.send.reload);
-        // The commented admin section, uncommented, parses to the defaults.
-        let admin: String = text
-            .lines()
-            .skip_while(|l| !l.starts_with("# admin:"))
-            .map(|l| l.strip_prefix("# ").unwrap_or(l))
-            .filter(|l| !l.trim_start().starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n");
-        let a = Config::parse(&admin).unwrap().admin;
         let d = AdminSection::default();
-        assert_eq!((a.timeout, a.interval), (d.timeout, d.interval));
-        assert_eq!(a.servers.to_vec(), ["127.0.0.1:4730"]);
+        assert_eq!((c.admin.timeout, c.admin.interval), (d.timeout, d.interval));
+        assert!(c.admin.servers.to_vec().is_empty());
+        assert_eq!(c.log.level, LogLevel::Warn);
+        assert!(c.worker.functions.contains_key("test1"), "the example plan's functions");
     }
 }
