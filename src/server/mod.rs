@@ -2,19 +2,22 @@
 //! threads.
 //!
 //! ```text
-//!             accept thread ──spawns──▶ per connection: reader thread ──▶ writer thread
-//!                                              │  decode, lock state,         ▲
-//!                                              │  apply, append replies ──────┘ (outboxes of
-//!                                              ▼                                 any connection)
+//!             accept thread ──spawns──▶ per connection: reader thread ┄┄▶ writer thread
+//!                                              │  decode, lock state,   (only while the
+//!                                              │  apply, append replies  peer's socket is
+//!                                              │  to outboxes, unlock,   full)
+//!                                              ▼  send them (no blocking)
 //!                           Mutex<State>  ◀── timer thread (CAN_DO_TIMEOUT, epoch jobs)
 //! ```
 //!
 //! One mutex guards all queues and registrations, so commands apply in one
 //! order as in gearmand's single processing thread; no socket I/O ever
-//! happens under it. Replies are appended to a bounded per-connection outbox
-//! and written by that connection's writer thread in as few writes as
-//! possible; a peer that stops reading is disconnected once its outbox is
-//! full, and cannot stall anyone else.
+//! happens under it. Replies are appended to bounded per-connection
+//! outboxes; once the lock is released, the thread that produced them sends
+//! them with non-blocking writes, one write per connection and batch. Only
+//! when a peer's socket buffer is full does a writer thread for that
+//! connection take over with blocking writes; a peer that stops reading is
+//! disconnected once its outbox is full, and cannot stall anyone else.
 //!
 //! ```no_run
 //! use gearframe::server::{Server, ServerConfig};
@@ -468,7 +471,6 @@ fn run_acceptor(
             st = shared.stop_cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
         for c in st.conns.values() {
-            c.out.close();
             c.out.shutdown_socket();
         }
     }
@@ -506,13 +508,6 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shared.config.write_timeout));
     let out = Arc::new(Outbox::new(stream.try_clone().ok(), shared.config.max_outbox));
-    let writer_stream = match stream.try_clone() {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!("cannot clone socket: {e}");
-            return;
-        }
-    };
     {
         let mut st = shared.lock();
         if shared.stop.load(Ordering::SeqCst) {
@@ -521,32 +516,13 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
         st.add_conn(id, i64::from(stream.as_raw_fd()), peer.map(|p| p.ip()), Arc::clone(&out));
     }
     log::debug!("conn={id} connected peer={peer:?}");
-    let writer = {
-        let out = Arc::clone(&out);
-        thread::Builder::new()
-            .name("gearframe-write".into())
-            .stack_size(128 << 10)
-            .spawn(move || out.run_writer(writer_stream))
-    };
-    let writer = match writer {
-        Ok(w) => Some(w),
-        Err(e) => {
-            log::error!("cannot start a writer thread: {e}");
-            None
-        }
-    };
-    if writer.is_some() {
-        read_loop(shared, id, &mut stream);
-    }
+    read_loop(shared, id, &mut stream);
     {
         let mut st = shared.lock();
         st.remove_conn(id);
         shared.release(st);
     }
-    out.close();
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
+    out.finish(&mut stream, shared.config.write_timeout);
     let _ = stream.shutdown(Shutdown::Both);
     log::debug!("conn={id} closed");
 }
