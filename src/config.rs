@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::admin::AdminSection;
 pub use crate::worker::config::{FunctionSection, WorkerSection};
 
 /// The whole file.
@@ -23,6 +24,55 @@ pub struct Config {
     /// The `client:` section.
     #[serde(default)]
     pub client: ClientSection,
+    /// The `admin:` section.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// The `log:` section.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// The `log:` section of the `gearframe` command (the library only logs
+/// through the `log` facade).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Level when neither `-v`/`-q` nor `RUST_LOG` say otherwise: `error`,
+    /// `warn`, `info`, `debug` or `trace`.
+    pub level: LogLevel,
+    /// Also append every log line to this file; errors still go to stderr.
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { level: LogLevel::Warn, file: None }
+    }
+}
+
+/// A log level as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The filter string `env_logger` understands.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 /// The `server:` section; each key mirrors a `gearframe server` option.
@@ -394,5 +444,10 @@ mod tests {
         assert_eq!(c.client.window, d.window);
         assert_eq!(c.client.send.plan, d.send.plan);
         assert_eq!(c.client.send.reload, d.send.reload);
+        let d = AdminSection::default();
+        assert_eq!((c.admin.timeout, c.admin.interval), (d.timeout, d.interval));
+        assert!(c.admin.servers.to_vec().is_empty());
+        assert_eq!(c.log.level, LogLevel::Warn);
+        assert!(c.worker.functions.contains_key("test1"), "the example plan's functions");
     }
 }

@@ -49,6 +49,12 @@ pub enum AdminRequest<'a> {
         /// Function name, matched case-insensitively.
         name: &'a [u8],
     },
+    /// `clear function NAME` (gearframe's own): removes the function's jobs
+    /// that no worker runs.
+    ClearFunction {
+        /// Function name, matched exactly.
+        name: &'a [u8],
+    },
     /// `shutdown [graceful]`.
     Shutdown {
         /// Drain the jobs first.
@@ -153,6 +159,12 @@ pub fn parse_request(line: &[u8]) -> AdminRequest<'_> {
     } else if is(w, "drop") {
         if n == 3 && is(t[1], "function") {
             AdminRequest::DropFunction { name: t[2] }
+        } else {
+            AdminRequest::Invalid(error_args(w))
+        }
+    } else if is(w, "clear") {
+        if n == 3 && is(t[1], "function") {
+            AdminRequest::ClearFunction { name: t[2] }
         } else {
             AdminRequest::Invalid(error_args(w))
         }

@@ -18,6 +18,7 @@ impl State {
                 | AdminRequest::CancelJob { .. }
                 | AdminRequest::CreateFunction { .. }
                 | AdminRequest::DropFunction { .. }
+                | AdminRequest::ClearFunction { .. }
                 | AdminRequest::Shutdown { .. }
         );
         if changes_state && !self.admin_allowed(conn) {
@@ -60,6 +61,12 @@ impl State {
                 self.function_id(name);
                 out.extend_from_slice(b"OK\r\n");
             }
+            AdminRequest::ClearFunction { name } => match self.clear_function(name) {
+                Some(n) => {
+                    let _ = write!(out, "OK {n}\r\n");
+                }
+                None => out.extend_from_slice(b"ERR UNKNOWN_FUNCTION Function+not+found\r\n"),
+            },
             AdminRequest::DropFunction { name } => match self.drop_function(name) {
                 Ok(()) => out.extend_from_slice(b"OK\r\n"),
                 Err(e) => out.extend_from_slice(e.as_bytes()),

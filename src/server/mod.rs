@@ -2,19 +2,22 @@
 //! threads.
 //!
 //! ```text
-//!             accept thread ──spawns──▶ per connection: reader thread ──▶ writer thread
-//!                                              │  decode, lock state,         ▲
-//!                                              │  apply, append replies ──────┘ (outboxes of
-//!                                              ▼                                 any connection)
+//!             accept thread ──spawns──▶ per connection: reader thread ┄┄▶ writer thread
+//!                                              │  decode, lock state,   (only while the
+//!                                              │  apply, append replies  peer's socket is
+//!                                              │  to outboxes, unlock,   full)
+//!                                              ▼  send them (no blocking)
 //!                           Mutex<State>  ◀── timer thread (CAN_DO_TIMEOUT, epoch jobs)
 //! ```
 //!
 //! One mutex guards all queues and registrations, so commands apply in one
 //! order as in gearmand's single processing thread; no socket I/O ever
-//! happens under it. Replies are appended to a bounded per-connection outbox
-//! and written by that connection's writer thread in as few writes as
-//! possible; a peer that stops reading is disconnected once its outbox is
-//! full, and cannot stall anyone else.
+//! happens under it. Replies are appended to bounded per-connection
+//! outboxes; once the lock is released, the thread that produced them sends
+//! them with non-blocking writes, one write per connection and batch. Only
+//! when a peer's socket buffer is full does a writer thread for that
+//! connection take over with blocking writes; a peer that stops reading is
+//! disconnected once its outbox is full, and cannot stall anyone else.
 //!
 //! ```no_run
 //! use gearframe::server::{Server, ServerConfig};
@@ -189,29 +192,31 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Acts on what applying commands asked for: timer changes, stop requests.
-    fn after_apply(&self, st: &mut State) {
+    /// Finishes a batch of commands: wakes the timer thread if a deadline
+    /// moved, releases the lock, sends the replies the batch produced, and
+    /// only then acts on a stop it asked for, so a client that asked for
+    /// `shutdown` (or sent the last job of a graceful stop) gets its reply.
+    fn release(&self, mut st: MutexGuard<'_, State>) {
         if st.timers_changed {
             st.timers_changed = false;
             self.timer_cv.notify_one();
         }
-        if st.lifecycle.graceful && !self.graceful.swap(true, Ordering::SeqCst) {
-            self.wake_acceptor();
-        }
-        if st.lifecycle.stop && !self.stop.swap(true, Ordering::SeqCst) {
-            self.stop_cv.notify_all();
-            self.wake_acceptor();
-        }
-    }
-
-    /// Finishes a batch of commands: acts on what they asked for, releases
-    /// the lock, then sends the replies they produced.
-    fn release(&self, mut st: MutexGuard<'_, State>) {
-        self.after_apply(&mut st);
+        let lifecycle = st.lifecycle;
         let dirty = std::mem::take(&mut st.dirty);
         drop(st);
         for out in &dirty {
             out.flush();
+        }
+        if lifecycle.graceful && !self.graceful.swap(true, Ordering::SeqCst) {
+            self.wake_acceptor();
+        }
+        if lifecycle.stop && !self.stop.load(Ordering::SeqCst) {
+            {
+                let _st = self.lock();
+                self.stop.store(true, Ordering::SeqCst);
+                self.stop_cv.notify_all();
+            }
+            self.wake_acceptor();
         }
     }
 
@@ -324,7 +329,7 @@ impl Stopper {
     pub fn shutdown(&self) {
         let mut st = self.shared.lock();
         st.lifecycle.stop = true;
-        self.shared.after_apply(&mut st);
+        self.shared.release(st);
     }
 
     /// Stops accepting connections and stops once no job is left.
@@ -334,7 +339,7 @@ impl Stopper {
         if st.jobs.is_empty() {
             st.lifecycle.stop = true;
         }
-        self.shared.after_apply(&mut st);
+        self.shared.release(st);
     }
 }
 
@@ -394,11 +399,12 @@ fn run_timer(shared: &Shared) {
         let now = Instant::now();
         st.run_timers(now);
         st.timers_changed = false;
-        if !st.dirty.is_empty() {
+        let pending = !st.dirty.is_empty()
+            || (st.lifecycle.stop && !shared.stop.load(Ordering::SeqCst))
+            || (st.lifecycle.graceful && !shared.graceful.load(Ordering::SeqCst));
+        if pending {
             shared.release(st);
             st = shared.lock();
-        } else {
-            shared.after_apply(&mut st);
         }
         // Timers may have been added while the lock was released.
         let next = st.timers.peek().map(|std::cmp::Reverse((at, _))| *at);
@@ -463,12 +469,10 @@ fn run_acceptor(
     // Graceful: keep serving until the last job is gone.
     {
         let mut st = shared.lock();
-        while !st.lifecycle.stop {
+        while !shared.stop.load(Ordering::SeqCst) {
             st = shared.stop_cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        shared.stop.store(true, Ordering::SeqCst);
         for c in st.conns.values() {
-            c.out.close();
             c.out.shutdown_socket();
         }
     }
@@ -506,13 +510,6 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shared.config.write_timeout));
     let out = Arc::new(Outbox::new(stream.try_clone().ok(), shared.config.max_outbox));
-    let writer_stream = match stream.try_clone() {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!("cannot clone socket: {e}");
-            return;
-        }
-    };
     {
         let mut st = shared.lock();
         if shared.stop.load(Ordering::SeqCst) {
@@ -521,32 +518,13 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
         st.add_conn(id, i64::from(stream.as_raw_fd()), peer.map(|p| p.ip()), Arc::clone(&out));
     }
     log::debug!("conn={id} connected peer={peer:?}");
-    let writer = {
-        let out = Arc::clone(&out);
-        thread::Builder::new()
-            .name("gearframe-write".into())
-            .stack_size(128 << 10)
-            .spawn(move || out.run_writer(writer_stream))
-    };
-    let writer = match writer {
-        Ok(w) => Some(w),
-        Err(e) => {
-            log::error!("cannot start a writer thread: {e}");
-            None
-        }
-    };
-    if writer.is_some() {
-        read_loop(shared, id, &mut stream);
-    }
+    read_loop(shared, id, &mut stream);
     {
         let mut st = shared.lock();
         st.remove_conn(id);
         shared.release(st);
     }
-    out.close();
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
+    out.finish(&mut stream, shared.config.write_timeout);
     let _ = stream.shutdown(Shutdown::Both);
     log::debug!("conn={id} closed");
 }

@@ -13,7 +13,7 @@
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -75,6 +75,9 @@ pub(crate) struct Outbox {
     limit: usize,
     /// The socket; sent to without blocking here, blocking in the writer.
     stream: Option<TcpStream>,
+    /// The writer thread, started the first time the socket is full; the
+    /// connection's reader joins it when the connection ends.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Result of a non-blocking send attempt.
@@ -86,7 +89,13 @@ enum Sent {
 
 impl Outbox {
     pub(crate) fn new(stream: Option<TcpStream>, limit: usize) -> Outbox {
-        Outbox { inner: Mutex::new(Inner::default()), wake_writer: Condvar::new(), limit, stream }
+        Outbox {
+            inner: Mutex::new(Inner::default()),
+            wake_writer: Condvar::new(),
+            limit,
+            stream,
+            writer: Mutex::new(None),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -122,7 +131,7 @@ impl Outbox {
     }
 
     /// The store committed everything up to `seq`: held bytes may go.
-    pub(crate) fn release(&self, seq: u64) {
+    pub(crate) fn release(self: &Arc<Self>, seq: u64) {
         let mut g = self.lock();
         while g.holds.front().is_some_and(|&(s, _)| s <= seq) {
             g.holds.pop_front();
@@ -133,8 +142,9 @@ impl Outbox {
     }
 
     /// Sends what is pending without blocking; hands the rest to the writer
-    /// thread when the socket is full. Call without holding the state lock.
-    pub(crate) fn flush(&self) {
+    /// thread (started on first need) when the socket is full. Call without
+    /// holding the state lock.
+    pub(crate) fn flush(self: &Arc<Self>) {
         let mut g = self.lock();
         g.dirty = false;
         loop {
@@ -162,6 +172,12 @@ impl Outbox {
                 Sent::WouldBlock(n) => {
                     g.put_back(&chunk[n..]);
                     g.handoff = true;
+                    // Once closed, the connection's reader drains what is left.
+                    let start = !g.closed;
+                    drop(g);
+                    if start {
+                        self.ensure_writer();
+                    }
                     self.wake_writer.notify_all();
                     return;
                 }
@@ -199,10 +215,78 @@ impl Outbox {
         Sent::All
     }
 
-    /// No more output will be queued; the writer sends what is pending and stops.
-    pub(crate) fn close(&self) {
-        self.lock().closed = true;
-        self.wake_writer.notify_all();
+    /// Starts the writer thread unless it runs already.
+    fn ensure_writer(self: &Arc<Self>) {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if w.is_some() {
+            return;
+        }
+        let Some(stream) = self.stream.as_ref().and_then(|s| s.try_clone().ok()) else {
+            self.shutdown_socket();
+            return;
+        };
+        let me = Arc::clone(self);
+        match std::thread::Builder::new()
+            .name("gearframe-write".into())
+            .stack_size(128 << 10)
+            .spawn(move || me.run_writer(stream))
+        {
+            Ok(h) => *w = Some(h),
+            Err(e) => {
+                log::error!("cannot start a writer thread: {e}; closing connection");
+                drop(w);
+                self.shutdown_socket();
+            }
+        }
+    }
+
+    /// Ends the connection's output: no more bytes are queued; what is
+    /// pending (held bytes once the store releases them, for at most
+    /// `limit`) is written with blocking writes, and the writer thread, if
+    /// one was started, is joined. Called by the connection's reader.
+    pub(crate) fn finish(&self, stream: &mut TcpStream, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let writer = {
+            let mut g = self.lock();
+            g.closed = true;
+            self.wake_writer.notify_all();
+            self.writer.lock().unwrap_or_else(|e| e.into_inner()).take()
+        };
+        if let Some(w) = writer {
+            let _ = w.join();
+            return;
+        }
+        let mut g = self.lock();
+        loop {
+            if g.dead {
+                return;
+            }
+            if !g.writing && g.sendable() > 0 {
+                let chunk = g.take_sendable();
+                g.writing = true;
+                drop(g);
+                let r = stream.write_all(&chunk);
+                g = self.lock();
+                g.writing = false;
+                if r.is_err() {
+                    return;
+                }
+                continue;
+            }
+            if g.buf.is_empty() && !g.writing {
+                return;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                log::debug!("output held past the limit is dropped with the connection");
+                return;
+            }
+            g = self
+                .wake_writer
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Shuts the socket down both ways, waking a blocked reader and writer.

@@ -1001,6 +1001,34 @@ impl State {
         true
     }
 
+    /// `clear function`: removes every job of the function that no worker
+    /// runs (queued, scheduled, cancelled but not reaped); their waiting
+    /// clients get WORK_FAIL. Returns how many were removed, `None` for an
+    /// unknown function.
+    pub(crate) fn clear_function(&mut self, name: &[u8]) -> Option<usize> {
+        let fid = *self.func_index.get(name)?;
+        let f = &mut self.functions[fid];
+        let mut ids: Vec<JobId> = f.queues.iter_mut().flat_map(|q| q.drain(..)).collect();
+        ids.extend(
+            self.jobs
+                .iter()
+                .filter(|(_, j)| j.func == fid && j.state == JobState::Scheduled)
+                .map(|(id, _)| *id),
+        );
+        let n = ids.len();
+        for id in ids {
+            let Some(job) = self.jobs.get(&id) else { continue };
+            let handle = job.handle.clone();
+            let clients = job.clients.clone();
+            for c in clients {
+                self.send(c, PacketType::WorkFail, &[&handle]);
+            }
+            self.free_job(id);
+        }
+        log::info!("cleared {n} jobs of function {}", String::from_utf8_lossy(name));
+        Some(n)
+    }
+
     /// `drop function`: refused while workers, queued or running jobs exist.
     pub(crate) fn drop_function(&mut self, name: &[u8]) -> Result<(), &'static str> {
         let Some(fid) = self.functions.iter().position(|f| f.name.eq_ignore_ascii_case(name))

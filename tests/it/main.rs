@@ -1,5 +1,7 @@
 //! The integration tests: one binary, one module per topic.
 
+/// The admin library and `gearframe admin` against both servers.
+mod admin;
 /// Malformed input against the embedded server.
 mod bad_input;
 /// `gearframe submit` and `gearframe send` as a user runs them.
@@ -8,10 +10,14 @@ mod cli_client;
 mod client;
 /// Differential scenarios: the same conversation against gearmand and gearframe.
 mod diff;
+/// `gearframe demo` and `gearframe up` as a user runs them.
+mod framework;
 /// The real gearman tools against the embedded server.
 mod interop;
 /// Helpers of the interop and bad-input tests.
 mod peers;
+/// README.md's recipes, run as written.
+mod readme;
 /// Faults injected for real: killed workers and servers, floods, limits, restarts, fuzzing.
 mod reliability;
 /// The embedded server's lifecycle, slow readers and connection limits.

@@ -1004,16 +1004,11 @@ fn admin_allow_refuses_state_changes_from_other_addresses() {
     assert_eq!(admin_on(&mut other, "status", true), ["f\t0\t0\t0", "."]);
     assert_eq!(admin_on(&mut local, "drop function f", false), ["OK"]);
     assert_eq!(admin_on(&mut other, "status", true), ["."]);
-    // Its `OK` may be lost (see `the_ok_of_shutdown_reaches_the_client`).
-    local.queue_bytes(b"shutdown\n");
-    local.flush().unwrap();
+    assert_eq!(admin_on(&mut local, "shutdown", false), ["OK"]);
     eventually(T, "the server stopping", || server.handle().is_stopping().then_some(()));
 }
 
 #[test]
-#[ignore = "server bug: Shared::release (src/server/mod.rs) calls after_apply, which wakes the \
-            accept thread, before it flushes the outboxes; the accept thread then shuts every \
-            socket down, racing the flush, so the OK of `shutdown` is often lost"]
 fn the_ok_of_shutdown_reaches_the_client() {
     for i in 0..20 {
         let server = Ours::with_config(ServerConfig::default());

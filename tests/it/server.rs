@@ -134,8 +134,6 @@ fn shutdown_graceful_stops_accepting_and_exits_when_the_last_job_is_done() {
 }
 
 #[test]
-#[ignore = "server bug, flaky: the OK of `shutdown` is often lost (see \
-            reliability::the_ok_of_shutdown_reaches_the_client)"]
 fn shutdown_command_stops_the_server() {
     let server = Ours::start(&Opts::default());
     let addr = server.addr();
