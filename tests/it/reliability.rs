@@ -848,7 +848,7 @@ fn a_peer_that_never_reads_is_cut_off_and_memory_stays_bounded() {
     );
     assert!(received < 32 << 20, "the slow client was sent {received} bytes");
     let growth_kib = peak.saturating_sub(rss_before);
-    assert!(growth_kib < 48 << 10, "server memory grew by {growth_kib} KiB");
+    assert!(growth_kib < 32 << 10, "server memory grew by {growth_kib} KiB");
     assert_eq!(total(&addr, "stream"), 0);
 }
 
@@ -1054,7 +1054,7 @@ fn an_epoch_job_survives_a_restart_and_runs_at_its_time() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = persistent(dir.path(), &[]);
     let addr = server.addr_string();
-    let at = unix_now() + 3;
+    let at = unix_now() + 4;
     let mut c = connect(&addr);
     submit_ok(
         &mut c,
@@ -1069,15 +1069,20 @@ fn an_epoch_job_survives_a_restart_and_runs_at_its_time() {
     server.restart();
     assert_eq!(total(&addr, "ep"), 1);
     let mut w = raw_worker(&addr, b"ep");
-    assert_eq!(grab(&mut w), None, "an epoch job ran before its time");
-    w.send(&Packet::PreSleep).unwrap();
-    // The server wakes the sleeping worker when the job is due.
-    let p = w.recv(Some(Instant::now() + Duration::from_secs(10))).unwrap();
-    assert_eq!(p.kind, PacketType::Noop);
-    let (handle, data) = grab(&mut w).expect("the job once due");
-    let ran_at = unix_now();
+    let mut slept = 0;
+    let (handle, data, ran_at) = loop {
+        if let Some((handle, data)) = grab(&mut w) {
+            break (handle, data, unix_now());
+        }
+        // Not due yet: the server wakes the sleeping worker when it is.
+        w.send(&Packet::PreSleep).unwrap();
+        let p = w.recv(Some(Instant::now() + Duration::from_secs(10))).unwrap();
+        assert_eq!(p.kind, PacketType::Noop);
+        slept += 1;
+    };
     assert_eq!(data, b"scheduled");
     assert!(ran_at >= at && ran_at <= at + 2, "due at {at}, ran at {ran_at}");
+    eprintln!("epoch job due at {at} ran at {ran_at} after {slept} sleep(s)");
     w.send(&Packet::WorkComplete { handle: &handle, data: b"" }).unwrap();
     echo(&mut w, b"done");
     assert_eq!(total(&addr, "ep"), 0);
