@@ -1,5 +1,6 @@
 //! Command-line parsing and the subcommands.
 
+mod bench;
 mod send;
 mod server;
 mod submit;
@@ -38,6 +39,8 @@ enum Command {
     Submit(submit::SubmitArgs),
     /// Submit a job plan, once or every cycle.
     Send(send::SendArgs),
+    /// Measure throughput and latency, against gearmand and libgearman too.
+    Bench(bench::BenchArgs),
 }
 
 /// An error for the user: printed as one line, exit code 2.
@@ -92,6 +95,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Worker(args) => worker::run(args, &config),
         Command::Submit(args) => submit::run(args, &config, cli.verbose),
         Command::Send(args) => send::run(args, &config),
+        Command::Bench(args) => bench::run(args),
     });
     match result {
         Ok(code) => code,
