@@ -135,7 +135,7 @@ impl Sample {
             jobs,
             wall_s,
             lat_us,
-            server_cpu_s: a.server_cpu.zip(b.server_cpu).map(|(a, b)| b - a),
+            server_cpu_s: target::server_cpu_between(&a, &b),
             server_switches: a.server_switches.zip(b.server_switches).map(|(a, b)| b - a.min(b)),
             generator_cpu_s: a.own_cpu.zip(b.own_cpu).map(|(a, b)| b - a),
         }

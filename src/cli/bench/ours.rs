@@ -71,7 +71,9 @@ fn pipelined(
         let mut handles = Vec::new();
         for c in 0..clients {
             let barrier = &barrier;
-            handles.push(s.spawn(move || -> Result<(Instant, Vec<Instant>), String> {
+            // The client is handed back so that its connection (and the
+            // server's thread for it) lives until the CPU time is read.
+            handles.push(s.spawn(move || -> Result<(Instant, Vec<Instant>, Client), String> {
                 let prepared = (|| {
                     let client = client(addr, window)?;
                     // Opens the connection before the clock starts.
@@ -104,7 +106,7 @@ fn pipelined(
                         Err(e) => return Err(format!("job {:?}: {e}", job.payload())),
                     }
                 }
-                Ok((start, done))
+                Ok((start, done, client))
             }));
         }
         let before = meter.snap();
@@ -116,11 +118,13 @@ fn pipelined(
         (before, meter.snap(), results)
     });
     let (before, after, results) = results;
+    let mut clients = Vec::new();
     let mut lat = Vec::new();
     let mut first: Option<Instant> = None;
     let mut last: Option<Instant> = None;
     for r in results {
-        let (start, done) = r?;
+        let (start, done, client) = r?;
+        clients.push(client);
         first = Some(first.map_or(start, |f| f.min(start)));
         if let Some(&m) = done.iter().max() {
             last = Some(last.map_or(m, |l| l.max(m)));

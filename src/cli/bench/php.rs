@@ -27,35 +27,41 @@ impl Drop for Php {
     }
 }
 
-/// A finished PHP process's JSON line.
+/// A finished PHP process's JSON line. Its output is read while it runs,
+/// so a large report cannot fill the pipe and stall it.
 fn finish(mut child: Child, what: &str) -> Result<serde_json::Value, String> {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => {
-                let mut out = String::new();
-                let mut err = String::new();
-                if let Some(mut o) = child.stdout.take() {
-                    let _ = o.read_to_string(&mut out);
-                }
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                if !status.success() {
-                    return Err(format!("php {what} failed ({status}): {}", err.trim()));
-                }
-                return serde_json::from_str(out.trim())
-                    .map_err(|e| format!("php {what}: bad output ({e}): {:.200}", out.trim()));
+    fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_string(&mut s);
             }
+            s
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Ok(status),
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("php {what} still running after {LIMIT:?}"));
+                break Err(format!("php {what} still running after {LIMIT:?}"));
             }
-            Err(e) => return Err(format!("php {what}: {e}")),
+            Err(e) => break Err(format!("php {what}: {e}")),
         }
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    let status = status?;
+    if !status.success() {
+        return Err(format!("php {what} failed ({status}): {}", err.trim()));
     }
+    serde_json::from_str(out.trim())
+        .map_err(|e| format!("php {what}: bad output ({e}): {:.200}", out.trim()))
 }
 
 fn num(v: &serde_json::Value, key: &str) -> f64 {

@@ -1,5 +1,7 @@
 //! The servers a bench runs against, and what is read about their process:
-//! CPU time from `/proc/<pid>/stat`, context switches from
+//! CPU time from `/proc/<pid>/task/*/schedstat` (nanoseconds; the
+//! process-wide `/proc/<pid>/stat` counts in 10 ms ticks, too coarse for
+//! runs of a few hundred milliseconds), context switches from
 //! `/proc/<pid>/task/*/status`.
 //!
 //! gearframe's server runs as a child process (`gearframe server`), like
@@ -226,11 +228,37 @@ pub(super) fn context_switches(pid: &str) -> Option<u64> {
     Some(total)
 }
 
+/// CPU seconds run by a process's living threads, in nanoseconds
+/// precision (`/proc/<pid>/task/*/schedstat`). Threads that ended are
+/// missing: see [`server_cpu_between`].
+pub(super) fn cpu_seconds_precise(pid: &str) -> Option<f64> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut ns: u64 = 0;
+    for task in dir.flatten() {
+        let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        ns += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    Some(ns as f64 / 1e9)
+}
+
+/// The server CPU seconds between two readings: the precise count, unless
+/// threads ended in between and the coarse count shows more.
+pub(super) fn server_cpu_between(a: &Snap, b: &Snap) -> Option<f64> {
+    let precise = a.server_cpu.zip(b.server_cpu).map(|(a, b)| (b - a).max(0.0));
+    let ticks = a.server_cpu_ticks.zip(b.server_cpu_ticks).map(|(a, b)| b - a);
+    match (precise, ticks) {
+        (Some(p), Some(t)) if t > p + 2.0 / USER_HZ => Some(t),
+        (p, t) => p.or(t),
+    }
+}
+
 /// A reading of the clocks and counters that a scenario reports.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Snap {
     pub(super) at: Instant,
     pub(super) server_cpu: Option<f64>,
+    /// The same in 10 ms ticks, counting ended threads too.
+    pub(super) server_cpu_ticks: Option<f64>,
     pub(super) server_switches: Option<u64>,
     pub(super) own_cpu: Option<f64>,
 }
@@ -246,7 +274,8 @@ impl Meter {
         let pid = self.pid.map(|p| p.to_string());
         Snap {
             at: Instant::now(),
-            server_cpu: pid.as_deref().and_then(cpu_seconds),
+            server_cpu: pid.as_deref().and_then(cpu_seconds_precise),
+            server_cpu_ticks: pid.as_deref().and_then(cpu_seconds),
             server_switches: pid.as_deref().and_then(context_switches),
             own_cpu: cpu_seconds("self"),
         }
