@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::admin::AdminSection;
 pub use crate::worker::config::{FunctionSection, WorkerSection};
 
 /// The whole file.
@@ -23,6 +24,55 @@ pub struct Config {
     /// The `client:` section.
     #[serde(default)]
     pub client: ClientSection,
+    /// The `admin:` section.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// The `log:` section.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// The `log:` section of the `gearframe` command (the library only logs
+/// through the `log` facade).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// Level when neither `-v`/`-q` nor `RUST_LOG` say otherwise: `error`,
+    /// `warn`, `info`, `debug` or `trace`.
+    pub level: LogLevel,
+    /// Also append every log line to this file; errors still go to stderr.
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { level: LogLevel::Warn, file: None }
+    }
+}
+
+/// A log level as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The filter string `env_logger` understands.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 /// The `server:` section; each key mirrors a `gearframe server` option.
@@ -47,6 +97,31 @@ pub struct ServerSection {
     pub exceptions: bool,
     /// How long one write to a peer may block before it is disconnected.
     pub write_timeout: DurationStr,
+    /// Persistent queue for background jobs: `sqlite:PATH` (none: memory only).
+    pub queue: Option<String>,
+    /// Write the persistent queue only when the server stops.
+    pub store_queue_on_shutdown: bool,
+    /// maxqueue of every function until `maxqueue` changes it (0 = unlimited).
+    pub max_queue: u32,
+    /// Most jobs held in total (0 = unlimited).
+    pub max_jobs: usize,
+    /// Most payload bytes held in total (0 = unlimited).
+    pub max_payload_bytes: usize,
+    /// Bytes waiting for one peer before it is disconnected.
+    pub max_outbox: usize,
+    /// Addresses or networks allowed to run admin commands that change state.
+    pub admin_allow: Vec<String>,
+}
+
+/// Parses `sqlite:PATH`.
+///
+/// # Errors
+/// Any other form, naming the value.
+pub fn parse_queue(s: &str) -> Result<std::path::PathBuf, String> {
+    match s.split_once(':') {
+        Some(("sqlite", path)) if !path.is_empty() => Ok(path.into()),
+        _ => Err(format!("unknown queue `{s}`: write sqlite:PATH")),
+    }
 }
 
 impl Default for ServerSection {
@@ -62,14 +137,33 @@ impl Default for ServerSection {
             max_connections: d.max_connections,
             exceptions: d.exceptions,
             write_timeout: DurationStr(d.write_timeout),
+            queue: None,
+            store_queue_on_shutdown: false,
+            max_queue: d.max_queue,
+            max_jobs: d.max_jobs,
+            max_payload_bytes: d.max_payload_bytes,
+            max_outbox: d.max_outbox,
+            admin_allow: Vec::new(),
         }
     }
 }
 
 impl ServerSection {
     /// The server settings this section describes.
-    pub fn to_server_config(&self) -> crate::server::ServerConfig {
-        crate::server::ServerConfig {
+    ///
+    /// # Errors
+    /// A bad `queue` or `admin_allow` value, naming the key.
+    pub fn to_server_config(&self) -> Result<crate::server::ServerConfig, ConfigError> {
+        let queue = match &self.queue {
+            Some(q) => Some(parse_queue(q).map_err(|e| ConfigError(format!("server.queue: {e}")))?),
+            None => None,
+        };
+        let admin_allow = self
+            .admin_allow
+            .iter()
+            .map(|r| r.parse().map_err(|e| ConfigError(format!("server.admin_allow: {e}"))))
+            .collect::<Result<_, _>>()?;
+        Ok(crate::server::ServerConfig {
             listen: self.listen.clone(),
             job_retries: self.job_retries,
             worker_wakeup: self.worker_wakeup,
@@ -79,8 +173,18 @@ impl ServerSection {
             max_connections: self.max_connections,
             exceptions: self.exceptions,
             write_timeout: self.write_timeout.0,
-            ..Default::default()
-        }
+            queue,
+            durability: if self.store_queue_on_shutdown {
+                crate::server::Durability::OnShutdown
+            } else {
+                crate::server::Durability::Sync
+            },
+            max_queue: self.max_queue,
+            max_jobs: self.max_jobs,
+            max_payload_bytes: self.max_payload_bytes,
+            max_outbox: self.max_outbox,
+            admin_allow,
+        })
     }
 }
 
@@ -306,7 +410,7 @@ mod tests {
             "server:\n  listen: 127.0.0.1:0\n  job_retries: 3\n  write_timeout: 2s\n",
         )
         .unwrap();
-        let s = c.server.to_server_config();
+        let s = c.server.to_server_config().unwrap();
         assert_eq!(s.listen, "127.0.0.1:0");
         assert_eq!(s.job_retries, 3);
         assert_eq!(s.write_timeout, Duration::from_secs(2));
@@ -340,5 +444,10 @@ mod tests {
         assert_eq!(c.client.window, d.window);
         assert_eq!(c.client.send.plan, d.send.plan);
         assert_eq!(c.client.send.reload, d.send.reload);
+        let d = AdminSection::default();
+        assert_eq!((c.admin.timeout, c.admin.interval), (d.timeout, d.interval));
+        assert!(c.admin.servers.to_vec().is_empty());
+        assert_eq!(c.log.level, LogLevel::Warn);
+        assert!(c.worker.functions.contains_key("test1"), "the example plan's functions");
     }
 }

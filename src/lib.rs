@@ -5,13 +5,21 @@
 //! - [`conn`]: a blocking framed connection, shared by client, worker and admin.
 //! - [`worker`]: a pool of worker slots, and the shell runner for command jobs.
 //! - [`client`]: a blocking client with failover and pipelined batches.
+//! - [`admin`]: the admin tool: typed admin commands, several servers at once,
+//!   clearing queues and stopping workers.
 //! - [`config`]: the config.yaml model.
 //!
 //! The library logs through the `log` facade and never installs a logger.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod conn;
 pub mod proto;
 pub mod server;
 pub mod worker;
+
+/// The Rust examples of README.md, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

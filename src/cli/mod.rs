@@ -1,9 +1,12 @@
 //! Command-line parsing and the subcommands.
 
+mod admin;
 mod bench;
+mod demo;
 mod send;
 mod server;
 mod submit;
+mod up;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +42,12 @@ enum Command {
     Submit(submit::SubmitArgs),
     /// Submit a job plan, once or every cycle.
     Send(send::SendArgs),
+    /// Watch and steer servers: status, workers, queues, stop workers.
+    Admin(admin::AdminArgs),
+    /// Run the job server and the configured worker pool in one process.
+    Up(up::UpArgs),
+    /// Show the whole framework at work in one process, then stop.
+    Demo(demo::DemoArgs),
     /// Measure throughput and latency, against gearmand and libgearman too.
     Bench(bench::BenchArgs),
 }
@@ -53,16 +62,78 @@ impl<E: std::fmt::Display> From<E> for Failure {
     }
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+/// Log lines go to stderr, or to the configured file with errors also on
+/// stderr.
+#[derive(Debug)]
+struct Logger {
+    stderr: env_logger::Logger,
+    file: Option<env_logger::Logger>,
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.stderr.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        match &self.file {
+            Some(file) => {
+                file.log(record);
+                if record.level() == log::Level::Error {
+                    self.stderr.log(record);
+                }
+            }
+            None => self.stderr.log(record),
+        }
+    }
+
+    fn flush(&self) {
+        self.stderr.flush();
+        if let Some(f) = &self.file {
+            f.flush();
+        }
+    }
+}
+
+/// Installs the logger: `-q`/`-v` choose the level, else `log.level`;
+/// `RUST_LOG` overrides both; `log.file` gets a copy of every line.
+fn init_logging(
+    verbose: u8,
+    quiet: bool,
+    section: &gearframe::config::LogSection,
+) -> Result<(), Failure> {
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
+        (false, 0) => section.level.as_str(),
         (false, 1) => "info",
         (false, 2) => "debug",
         _ => "trace",
     };
-    let env = env_logger::Env::default().default_filter_or(default);
-    env_logger::Builder::from_env(env).format_timestamp_millis().init();
+    let builder = || {
+        let env = env_logger::Env::default().default_filter_or(default);
+        let mut b = env_logger::Builder::from_env(env);
+        b.format_timestamp_millis();
+        b
+    };
+    let stderr = builder().build();
+    let file = match &section.file {
+        Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    Failure(format!("log.file: cannot create {}: {e}", dir.display()))
+                })?;
+            }
+            let f =
+                std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| {
+                    Failure(format!("log.file: cannot open {}: {e}", path.display()))
+                })?;
+            Some(builder().target(env_logger::Target::Pipe(Box::new(f))).build())
+        }
+        None => None,
+    };
+    log::set_max_level(stderr.filter());
+    log::set_boxed_logger(Box::new(Logger { stderr, file }))
+        .map_err(|e| Failure(format!("cannot install the logger: {e}")))
 }
 
 /// Loads the config file named with `-c`, or ./config.yaml when present.
@@ -89,12 +160,18 @@ pub(crate) fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(cli.verbose, cli.quiet);
-    let result = load_config(cli.config.as_deref()).and_then(|config| match cli.command {
+    let result = load_config(cli.config.as_deref()).and_then(|config| {
+        init_logging(cli.verbose, cli.quiet, &config.log)?;
+        Ok(config)
+    });
+    let result = result.and_then(|config| match cli.command {
         Command::Server(args) => server::run(args, &config),
         Command::Worker(args) => worker::run(args, &config),
         Command::Submit(args) => submit::run(args, &config, cli.verbose),
         Command::Send(args) => send::run(args, &config),
+        Command::Admin(args) => admin::run(args, &config),
+        Command::Up(args) => up::run(args, &config),
+        Command::Demo(args) => demo::run(args, &config),
         Command::Bench(args) => bench::run(args),
     });
     match result {

@@ -77,7 +77,11 @@ struct PlanJob {
 }
 
 /// Reads a plan (running it when it is executable) into jobs.
-fn load_plan(path: &Path, mode: SendMode, random_unique: bool) -> Result<Vec<Job>, Failure> {
+pub(crate) fn load_plan(
+    path: &Path,
+    mode: SendMode,
+    random_unique: bool,
+) -> Result<Vec<Job>, Failure> {
     let fail = |m: String| Failure(format!("plan {}: {m}", path.display()));
     let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
     let text = if is_executable(&meta) {

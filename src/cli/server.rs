@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use gearframe::config::{Config, parse_duration};
-use gearframe::server::Server;
+use gearframe::config::{Config, parse_duration, parse_queue};
+use gearframe::server::{AddrRule, Durability, Server};
 
 use super::Failure;
 
@@ -39,10 +39,29 @@ pub(crate) struct ServerArgs {
     /// How long one write to a peer may block before it is disconnected (e.g. 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     write_timeout: Option<std::time::Duration>,
+    /// Persistent queue for background jobs: sqlite:PATH.
+    #[arg(long, value_name = "sqlite:PATH", value_parser = parse_queue)]
+    queue: Option<std::path::PathBuf>,
+    /// Write the persistent queue only when the server stops (faster; a crash loses it).
+    #[arg(long)]
+    store_queue_on_shutdown: bool,
+    /// maxqueue of every function until `maxqueue` changes it (0 = unlimited).
+    #[arg(long, value_name = "N")]
+    max_queue: Option<u32>,
+    /// Most jobs held in total (0 = unlimited).
+    #[arg(long, value_name = "N")]
+    max_jobs: Option<usize>,
+    /// Most payload bytes held in total (0 = unlimited).
+    #[arg(long, value_name = "BYTES")]
+    max_payload_bytes: Option<usize>,
+    /// Allow admin commands that change state only from this address or
+    /// network (repeatable; default: every peer).
+    #[arg(long, value_name = "ADDR[/PREFIX]")]
+    admin_allow: Vec<AddrRule>,
 }
 
 pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure> {
-    let mut cfg = config.server.to_server_config();
+    let mut cfg = config.server.to_server_config()?;
     if let Some(v) = args.listen {
         cfg.listen = v;
     }
@@ -65,6 +84,24 @@ pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure
     cfg.exceptions |= args.exceptions;
     if let Some(v) = args.write_timeout {
         cfg.write_timeout = v;
+    }
+    if let Some(v) = args.queue {
+        cfg.queue = Some(v);
+    }
+    if args.store_queue_on_shutdown {
+        cfg.durability = Durability::OnShutdown;
+    }
+    if let Some(v) = args.max_queue {
+        cfg.max_queue = v;
+    }
+    if let Some(v) = args.max_jobs {
+        cfg.max_jobs = v;
+    }
+    if let Some(v) = args.max_payload_bytes {
+        cfg.max_payload_bytes = v;
+    }
+    if !args.admin_allow.is_empty() {
+        cfg.admin_allow = args.admin_allow;
     }
     let server = Server::bind(cfg)?;
     let stopper = server.stopper();

@@ -95,16 +95,7 @@ pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure
         let from_config = section.servers.to_vec();
         if from_config.is_empty() { vec!["127.0.0.1:4730".to_string()] } else { from_config }
     };
-    let mut builder = Worker::builder()
-        .servers(&servers)
-        .client_id(args.name.clone().unwrap_or_else(|| section.name.clone()))
-        .threads(args.threads.unwrap_or(section.threads))
-        .grace(args.grace.unwrap_or(section.grace.0));
-    for (name, f) in &functions {
-        let (handler, options) = f.to_function();
-        builder = builder.register_arc(name.clone(), handler, options);
-    }
-    let worker = builder.build()?;
+    let worker = start(config, &servers, &functions, args.threads, args.name.clone(), args.grace)?;
     let stopper = worker.stopper();
     ctrlc::set_handler(move || {
         log::info!("signal received: stopping");
@@ -119,4 +110,27 @@ pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure
     );
     worker.join();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts a worker pool for `functions` on `servers`, with the `worker:`
+/// section's name, slots and grace unless given.
+pub(crate) fn start(
+    config: &Config,
+    servers: &[String],
+    functions: &[(String, FunctionSection)],
+    threads: Option<usize>,
+    name: Option<String>,
+    grace: Option<Duration>,
+) -> Result<Worker, Failure> {
+    let section = &config.worker;
+    let mut builder = Worker::builder()
+        .servers(servers)
+        .client_id(name.unwrap_or_else(|| section.name.clone()))
+        .threads(threads.unwrap_or(section.threads))
+        .grace(grace.unwrap_or(section.grace.0));
+    for (name, f) in functions {
+        let (handler, options) = f.to_function();
+        builder = builder.register_arc(name.clone(), handler, options);
+    }
+    Ok(builder.build()?)
 }

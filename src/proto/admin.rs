@@ -49,6 +49,12 @@ pub enum AdminRequest<'a> {
         /// Function name, matched case-insensitively.
         name: &'a [u8],
     },
+    /// `clear function NAME` (gearframe's own): removes the function's jobs
+    /// that no worker runs.
+    ClearFunction {
+        /// Function name, matched exactly.
+        name: &'a [u8],
+    },
     /// `shutdown [graceful]`.
     Shutdown {
         /// Drain the jobs first.
@@ -75,19 +81,29 @@ fn is(t: &[u8], word: &str) -> bool {
     t.eq_ignore_ascii_case(word.as_bytes())
 }
 
-/// `atoi` as gearmand applies it: leading digits, garbage gives 0, negatives 0.
-fn limit(t: &[u8]) -> u32 {
-    let s = t.iter().position(|b| !b.is_ascii_whitespace()).map_or(&t[..0], |p| &t[p..]);
+/// C's `atoi` as gearmand applies it to numbers in packets and admin
+/// lines: leading blanks, an optional sign and leading digits; anything else
+/// ends the number, and no digits give 0.
+pub fn atoi(s: &[u8]) -> i64 {
+    let s = match s.iter().position(|b| !b.is_ascii_whitespace()) {
+        Some(p) => &s[p..],
+        None => return 0,
+    };
     let (neg, digits) = match s.first() {
         Some(b'-') => (true, &s[1..]),
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    let mut v: u64 = 0;
+    let mut v: i64 = 0;
     for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
-        v = (v * 10 + u64::from(b - b'0')).min(u64::from(i32::MAX as u32));
+        v = v.saturating_mul(10).saturating_add(i64::from(b - b'0'));
     }
-    if neg { 0 } else { v as u32 }
+    if neg { -v } else { v }
+}
+
+/// A maxqueue limit: negative values mean 0 (unlimited).
+fn limit(t: &[u8]) -> u32 {
+    atoi(t).clamp(0, i64::from(i32::MAX)) as u32
 }
 
 fn error_args(word: &[u8]) -> Vec<u8> {
@@ -143,6 +159,12 @@ pub fn parse_request(line: &[u8]) -> AdminRequest<'_> {
     } else if is(w, "drop") {
         if n == 3 && is(t[1], "function") {
             AdminRequest::DropFunction { name: t[2] }
+        } else {
+            AdminRequest::Invalid(error_args(w))
+        }
+    } else if is(w, "clear") {
+        if n == 3 && is(t[1], "function") {
+            AdminRequest::ClearFunction { name: t[2] }
         } else {
             AdminRequest::Invalid(error_args(w))
         }

@@ -12,6 +12,23 @@ impl State {
         let req = parse_request(line);
         log::debug!("conn={conn} admin {:?}", String::from_utf8_lossy(line));
         let mut out = Vec::new();
+        let changes_state = matches!(
+            req,
+            AdminRequest::MaxQueue { .. }
+                | AdminRequest::CancelJob { .. }
+                | AdminRequest::CreateFunction { .. }
+                | AdminRequest::DropFunction { .. }
+                | AdminRequest::ClearFunction { .. }
+                | AdminRequest::Shutdown { .. }
+        );
+        if changes_state && !self.admin_allowed(conn) {
+            log::warn!("conn={conn} admin command refused by admin_allow");
+            self.send_raw(
+                conn,
+                b"ERR PERMISSION_DENIED this+address+may+not+change+the+server+state\r\n",
+            );
+            return Control::Continue;
+        }
         match req {
             AdminRequest::TooManyTokens => return Control::Close,
             AdminRequest::Invalid(reply) => out = reply,
@@ -44,6 +61,12 @@ impl State {
                 self.function_id(name);
                 out.extend_from_slice(b"OK\r\n");
             }
+            AdminRequest::ClearFunction { name } => match self.clear_function(name) {
+                Some(n) => {
+                    let _ = write!(out, "OK {n}\r\n");
+                }
+                None => out.extend_from_slice(b"ERR UNKNOWN_FUNCTION Function+not+found\r\n"),
+            },
             AdminRequest::DropFunction { name } => match self.drop_function(name) {
                 Ok(()) => out.extend_from_slice(b"OK\r\n"),
                 Err(e) => out.extend_from_slice(e.as_bytes()),
@@ -70,6 +93,17 @@ impl State {
         }
         self.send_raw(conn, &out);
         Control::Continue
+    }
+
+    /// Whether a connection may run admin commands that change state.
+    fn admin_allowed(&self, conn: ConnId) -> bool {
+        let rules = &self.settings.admin_allow;
+        rules.is_empty()
+            || self
+                .conns
+                .get(&conn)
+                .and_then(|c| c.peer)
+                .is_some_and(|ip| rules.iter().any(|r| r.contains(ip)))
     }
 
     fn render_workers(&self, out: &mut Vec<u8>) {

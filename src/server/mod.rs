@@ -2,19 +2,22 @@
 //! threads.
 //!
 //! ```text
-//!             accept thread ──spawns──▶ per connection: reader thread ──▶ writer thread
-//!                                              │  decode, lock state,         ▲
-//!                                              │  apply, append replies ──────┘ (outboxes of
-//!                                              ▼                                 any connection)
+//!             accept thread ──spawns──▶ per connection: reader thread ┄┄▶ writer thread
+//!                                              │  decode, lock state,   (only while the
+//!                                              │  apply, append replies  peer's socket is
+//!                                              │  to outboxes, unlock,   full)
+//!                                              ▼  send them (no blocking)
 //!                           Mutex<State>  ◀── timer thread (CAN_DO_TIMEOUT, epoch jobs)
 //! ```
 //!
 //! One mutex guards all queues and registrations, so commands apply in one
 //! order as in gearmand's single processing thread; no socket I/O ever
-//! happens under it. Replies are appended to a bounded per-connection outbox
-//! and written by that connection's writer thread in as few writes as
-//! possible; a peer that stops reading is disconnected once its outbox is
-//! full, and cannot stall anyone else.
+//! happens under it. Replies are appended to bounded per-connection
+//! outboxes; once the lock is released, the thread that produced them sends
+//! them with non-blocking writes, one write per connection and batch. Only
+//! when a peer's socket buffer is full does a writer thread for that
+//! connection take over with blocking writes; a peer that stops reading is
+//! disconnected once its outbox is full, and cannot stall anyone else.
 //!
 //! ```no_run
 //! use gearframe::server::{Server, ServerConfig};
@@ -29,6 +32,9 @@ mod admin;
 mod dispatch;
 mod outbox;
 mod state;
+mod store;
+
+pub use store::Durability;
 
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -70,6 +76,65 @@ pub struct ServerConfig {
     pub max_outbox: usize,
     /// How long one write to a peer may block before it is disconnected.
     pub write_timeout: Duration,
+    /// SQLite file of the persistent queue for background jobs (none: memory only).
+    pub queue: Option<std::path::PathBuf>,
+    /// When the persistent queue is written.
+    pub durability: Durability,
+    /// maxqueue of every function until `maxqueue` changes it (0 = unlimited).
+    pub max_queue: u32,
+    /// Most jobs held in total (0 = unlimited); more get `QUEUE_ERROR`.
+    pub max_jobs: usize,
+    /// Most payload bytes held in total (0 = unlimited); more get `QUEUE_ERROR`.
+    pub max_payload_bytes: usize,
+    /// Peers allowed to run the admin commands that change state (cancel,
+    /// create, drop, maxqueue, shutdown); empty allows every peer.
+    pub admin_allow: Vec<AddrRule>,
+}
+
+/// An address or a network (`127.0.0.1`, `10.0.0.0/8`, `::1`, `fd00::/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrRule {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for AddrRule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("invalid address rule `{s}`: write an address or ADDRESS/PREFIX");
+        let (a, p) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(AddrRule { addr, prefix })
+    }
+}
+
+impl AddrRule {
+    /// Whether `ip` is inside this rule.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(a) & mask == u32::from(b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(a) & mask == u128::from(b) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -85,6 +150,12 @@ impl Default for ServerConfig {
             exceptions: false,
             max_outbox: 256 << 20,
             write_timeout: Duration::from_secs(30),
+            queue: None,
+            durability: Durability::Sync,
+            max_queue: 0,
+            max_jobs: 0,
+            max_payload_bytes: 0,
+            admin_allow: Vec::new(),
         }
     }
 }
@@ -119,29 +190,31 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Acts on what applying commands asked for: timer changes, stop requests.
-    fn after_apply(&self, st: &mut State) {
+    /// Finishes a batch of commands: wakes the timer thread if a deadline
+    /// moved, releases the lock, sends the replies the batch produced, and
+    /// only then acts on a stop it asked for, so a client that asked for
+    /// `shutdown` (or sent the last job of a graceful stop) gets its reply.
+    fn release(&self, mut st: MutexGuard<'_, State>) {
         if st.timers_changed {
             st.timers_changed = false;
             self.timer_cv.notify_one();
         }
-        if st.lifecycle.graceful && !self.graceful.swap(true, Ordering::SeqCst) {
-            self.wake_acceptor();
-        }
-        if st.lifecycle.stop && !self.stop.swap(true, Ordering::SeqCst) {
-            self.stop_cv.notify_all();
-            self.wake_acceptor();
-        }
-    }
-
-    /// Finishes a batch of commands: acts on what they asked for, releases
-    /// the lock, then sends the replies they produced.
-    fn release(&self, mut st: MutexGuard<'_, State>) {
-        self.after_apply(&mut st);
+        let lifecycle = st.lifecycle;
         let dirty = std::mem::take(&mut st.dirty);
         drop(st);
         for out in &dirty {
             out.flush();
+        }
+        if lifecycle.graceful && !self.graceful.swap(true, Ordering::SeqCst) {
+            self.wake_acceptor();
+        }
+        if lifecycle.stop && !self.stop.load(Ordering::SeqCst) {
+            {
+                let _st = self.lock();
+                self.stop.store(true, Ordering::SeqCst);
+                self.stop_cv.notify_all();
+            }
+            self.wake_acceptor();
         }
     }
 
@@ -178,8 +251,28 @@ impl Server {
             round_robin: config.round_robin,
             handle_prefix: prefix.into_bytes(),
             exceptions: config.exceptions,
+            max_queue: config.max_queue,
+            max_jobs: config.max_jobs,
+            max_payload_bytes: config.max_payload_bytes,
+            admin_allow: config.admin_allow.clone(),
         };
         let mut state = State::new(settings);
+        let store_thread = match &config.queue {
+            Some(path) => {
+                let (jobs, link, thread) =
+                    store::open(path, config.durability).map_err(io::Error::other)?;
+                let restored = jobs.len();
+                state.store = Some(link);
+                for job in jobs {
+                    state.restore(job);
+                }
+                if restored > 0 {
+                    log::info!("restored {restored} background jobs from {}", path.display());
+                }
+                Some(thread)
+            }
+            None => None,
+        };
         state.verbose = match log::max_level() {
             log::LevelFilter::Off | log::LevelFilter::Error => "ERROR",
             log::LevelFilter::Warn => "WARNING",
@@ -208,7 +301,7 @@ impl Server {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
                 .name("gearframe-accept".into())
-                .spawn(move || run_acceptor(&shared, listener, timer))?
+                .spawn(move || run_acceptor(&shared, listener, timer, store_thread))?
         };
         log::info!("listening on {addr}");
         Ok(ServerHandle { addr, shared, acceptor: Some(acceptor) })
@@ -234,7 +327,7 @@ impl Stopper {
     pub fn shutdown(&self) {
         let mut st = self.shared.lock();
         st.lifecycle.stop = true;
-        self.shared.after_apply(&mut st);
+        self.shared.release(st);
     }
 
     /// Stops accepting connections and stops once no job is left.
@@ -244,7 +337,7 @@ impl Stopper {
         if st.jobs.is_empty() {
             st.lifecycle.stop = true;
         }
-        self.shared.after_apply(&mut st);
+        self.shared.release(st);
     }
 }
 
@@ -304,11 +397,12 @@ fn run_timer(shared: &Shared) {
         let now = Instant::now();
         st.run_timers(now);
         st.timers_changed = false;
-        if !st.dirty.is_empty() {
+        let pending = !st.dirty.is_empty()
+            || (st.lifecycle.stop && !shared.stop.load(Ordering::SeqCst))
+            || (st.lifecycle.graceful && !shared.graceful.load(Ordering::SeqCst));
+        if pending {
             shared.release(st);
             st = shared.lock();
-        } else {
-            shared.after_apply(&mut st);
         }
         // Timers may have been added while the lock was released.
         let next = st.timers.peek().map(|std::cmp::Reverse((at, _))| *at);
@@ -323,7 +417,12 @@ fn run_timer(shared: &Shared) {
     }
 }
 
-fn run_acceptor(shared: &Arc<Shared>, listener: TcpListener, timer: JoinHandle<()>) {
+fn run_acceptor(
+    shared: &Arc<Shared>,
+    listener: TcpListener,
+    timer: JoinHandle<()>,
+    store_thread: Option<store::StoreThread>,
+) {
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) || shared.graceful.load(Ordering::SeqCst) {
@@ -368,12 +467,10 @@ fn run_acceptor(shared: &Arc<Shared>, listener: TcpListener, timer: JoinHandle<(
     // Graceful: keep serving until the last job is gone.
     {
         let mut st = shared.lock();
-        while !st.lifecycle.stop {
+        while !shared.stop.load(Ordering::SeqCst) {
             st = shared.stop_cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
-        shared.stop.store(true, Ordering::SeqCst);
         for c in st.conns.values() {
-            c.out.close();
             c.out.shutdown_socket();
         }
     }
@@ -386,6 +483,22 @@ fn run_acceptor(shared: &Arc<Shared>, listener: TcpListener, timer: JoinHandle<(
         shared.timer_cv.notify_all();
     }
     let _ = timer.join();
+    if let Some(thread) = store_thread {
+        let link = {
+            let mut st = shared.lock();
+            if st.store.as_ref().is_some_and(|l| l.durability == Durability::OnShutdown) {
+                let jobs = st.jobs_to_store();
+                log::info!("writing {} background jobs to the persistent queue", jobs.len());
+                if let Some(l) = &st.store {
+                    l.dump(jobs);
+                }
+            }
+            st.store.take()
+        };
+        // Closing the channel lets the writer commit what is left and stop.
+        drop(link);
+        thread.join();
+    }
     log::info!("server stopped");
 }
 
@@ -395,49 +508,21 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shared.config.write_timeout));
     let out = Arc::new(Outbox::new(stream.try_clone().ok(), shared.config.max_outbox));
-    let writer_stream = match stream.try_clone() {
-        Ok(s) => s,
-        Err(e) => {
-            log::warn!("cannot clone socket: {e}");
-            return;
-        }
-    };
     {
         let mut st = shared.lock();
         if shared.stop.load(Ordering::SeqCst) {
             return;
         }
-        let ip = peer.map_or_else(|| "-".to_string(), |p| p.ip().to_string());
-        let loopback = peer.is_some_and(|p| p.ip().is_loopback());
-        st.add_conn(id, i64::from(stream.as_raw_fd()), ip, loopback, Arc::clone(&out));
+        st.add_conn(id, i64::from(stream.as_raw_fd()), peer.map(|p| p.ip()), Arc::clone(&out));
     }
     log::debug!("conn={id} connected peer={peer:?}");
-    let writer = {
-        let out = Arc::clone(&out);
-        thread::Builder::new()
-            .name("gearframe-write".into())
-            .stack_size(128 << 10)
-            .spawn(move || out.run_writer(writer_stream))
-    };
-    let writer = match writer {
-        Ok(w) => Some(w),
-        Err(e) => {
-            log::error!("cannot start a writer thread: {e}");
-            None
-        }
-    };
-    if writer.is_some() {
-        read_loop(shared, id, &mut stream);
-    }
+    read_loop(shared, id, &mut stream);
     {
         let mut st = shared.lock();
         st.remove_conn(id);
         shared.release(st);
     }
-    out.close();
-    if let Some(w) = writer {
-        let _ = w.join();
-    }
+    out.finish(&mut stream, shared.config.write_timeout);
     let _ = stream.shutdown(Shutdown::Both);
     log::debug!("conn={id} closed");
 }

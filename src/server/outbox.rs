@@ -13,7 +13,7 @@
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -25,6 +25,46 @@ struct Inner {
     /// The writer thread must take over (the socket would block).
     handoff: bool,
     closed: bool,
+    /// The socket was shut down: nothing more can be sent.
+    dead: bool,
+    /// Bytes from these offsets on wait until the store has committed the
+    /// given sequence number (a JOB_CREATED for a durable job, and every
+    /// reply after it). Ascending in both fields.
+    holds: std::collections::VecDeque<(u64, usize)>,
+}
+
+impl Inner {
+    /// How many bytes at the front may be sent now.
+    fn sendable(&self) -> usize {
+        self.holds.front().map_or(self.buf.len(), |&(_, at)| at)
+    }
+
+    /// Takes the sendable bytes off the front of the buffer.
+    fn take_sendable(&mut self) -> Vec<u8> {
+        let n = self.sendable();
+        if n == self.buf.len() {
+            return std::mem::take(&mut self.buf);
+        }
+        let rest = self.buf.split_off(n);
+        for h in &mut self.holds {
+            h.1 -= n;
+        }
+        std::mem::replace(&mut self.buf, rest)
+    }
+
+    /// Puts unsent bytes back in front of the buffer.
+    fn put_back(&mut self, unsent: &[u8]) {
+        if unsent.is_empty() {
+            return;
+        }
+        let mut v = Vec::with_capacity(unsent.len() + self.buf.len());
+        v.extend_from_slice(unsent);
+        v.extend_from_slice(&self.buf);
+        self.buf = v;
+        for h in &mut self.holds {
+            h.1 += unsent.len();
+        }
+    }
 }
 
 /// Pending output of one connection.
@@ -35,6 +75,9 @@ pub(crate) struct Outbox {
     limit: usize,
     /// The socket; sent to without blocking here, blocking in the writer.
     stream: Option<TcpStream>,
+    /// The writer thread, started the first time the socket is full; the
+    /// connection's reader joins it when the connection ends.
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Result of a non-blocking send attempt.
@@ -46,7 +89,13 @@ enum Sent {
 
 impl Outbox {
     pub(crate) fn new(stream: Option<TcpStream>, limit: usize) -> Outbox {
-        Outbox { inner: Mutex::new(Inner::default()), wake_writer: Condvar::new(), limit, stream }
+        Outbox {
+            inner: Mutex::new(Inner::default()),
+            wake_writer: Condvar::new(),
+            limit,
+            stream,
+            writer: Mutex::new(None),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -73,16 +122,36 @@ impl Outbox {
         !std::mem::replace(&mut g.dirty, true)
     }
 
+    /// Holds every byte appended from now on until the store reports that
+    /// `seq` is committed (see [`Outbox::release`]).
+    pub(crate) fn hold(&self, seq: u64) {
+        let mut g = self.lock();
+        let at = g.buf.len();
+        g.holds.push_back((seq, at));
+    }
+
+    /// The store committed everything up to `seq`: held bytes may go.
+    pub(crate) fn release(self: &Arc<Self>, seq: u64) {
+        let mut g = self.lock();
+        while g.holds.front().is_some_and(|&(s, _)| s <= seq) {
+            g.holds.pop_front();
+        }
+        drop(g);
+        self.flush();
+        self.wake_writer.notify_all();
+    }
+
     /// Sends what is pending without blocking; hands the rest to the writer
-    /// thread when the socket is full. Call without holding the state lock.
-    pub(crate) fn flush(&self) {
+    /// thread (started on first need) when the socket is full. Call without
+    /// holding the state lock.
+    pub(crate) fn flush(self: &Arc<Self>) {
         let mut g = self.lock();
         g.dirty = false;
         loop {
-            if g.writing || g.handoff || g.buf.is_empty() {
+            if g.writing || g.handoff || g.sendable() == 0 {
                 return;
             }
-            let chunk = std::mem::take(&mut g.buf);
+            let chunk = g.take_sendable();
             g.writing = true;
             drop(g);
             let sent = self.send_nonblocking(&chunk);
@@ -101,10 +170,14 @@ impl Outbox {
                     }
                 }
                 Sent::WouldBlock(n) => {
-                    let mut rest = chunk[n..].to_vec();
-                    rest.extend_from_slice(&g.buf);
-                    g.buf = rest;
+                    g.put_back(&chunk[n..]);
                     g.handoff = true;
+                    // Once closed, the connection's reader drains what is left.
+                    let start = !g.closed;
+                    drop(g);
+                    if start {
+                        self.ensure_writer();
+                    }
                     self.wake_writer.notify_all();
                     return;
                 }
@@ -142,17 +215,91 @@ impl Outbox {
         Sent::All
     }
 
-    /// No more output will be queued; the writer sends what is pending and stops.
-    pub(crate) fn close(&self) {
-        self.lock().closed = true;
-        self.wake_writer.notify_all();
+    /// Starts the writer thread unless it runs already.
+    fn ensure_writer(self: &Arc<Self>) {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if w.is_some() {
+            return;
+        }
+        let Some(stream) = self.stream.as_ref().and_then(|s| s.try_clone().ok()) else {
+            self.shutdown_socket();
+            return;
+        };
+        let me = Arc::clone(self);
+        match std::thread::Builder::new()
+            .name("gearframe-write".into())
+            .stack_size(128 << 10)
+            .spawn(move || me.run_writer(stream))
+        {
+            Ok(h) => *w = Some(h),
+            Err(e) => {
+                log::error!("cannot start a writer thread: {e}; closing connection");
+                drop(w);
+                self.shutdown_socket();
+            }
+        }
+    }
+
+    /// Ends the connection's output: no more bytes are queued; what is
+    /// pending (held bytes once the store releases them, for at most
+    /// `limit`) is written with blocking writes, and the writer thread, if
+    /// one was started, is joined. Called by the connection's reader.
+    pub(crate) fn finish(&self, stream: &mut TcpStream, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let writer = {
+            let mut g = self.lock();
+            g.closed = true;
+            self.wake_writer.notify_all();
+            self.writer.lock().unwrap_or_else(|e| e.into_inner()).take()
+        };
+        if let Some(w) = writer {
+            let _ = w.join();
+            return;
+        }
+        let mut g = self.lock();
+        loop {
+            if g.dead {
+                return;
+            }
+            if !g.writing && g.sendable() > 0 {
+                let chunk = g.take_sendable();
+                g.writing = true;
+                drop(g);
+                let r = stream.write_all(&chunk);
+                g = self.lock();
+                g.writing = false;
+                if r.is_err() {
+                    return;
+                }
+                continue;
+            }
+            if g.buf.is_empty() && !g.writing {
+                return;
+            }
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                log::debug!("output held past the limit is dropped with the connection");
+                return;
+            }
+            g = self
+                .wake_writer
+                .wait_timeout(g, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// Shuts the socket down both ways, waking a blocked reader and writer.
     pub(crate) fn shutdown_socket(&self) {
+        {
+            let mut g = self.lock();
+            g.dead = true;
+            g.closed = true;
+        }
         if let Some(s) = &self.stream {
             let _ = s.shutdown(Shutdown::Both);
         }
+        self.wake_writer.notify_all();
     }
 
     /// Bytes in the outbox right now (for tests).
@@ -168,8 +315,8 @@ impl Outbox {
     pub(crate) fn run_writer(&self, mut stream: TcpStream) {
         let mut g = self.lock();
         loop {
-            if !g.writing && !g.buf.is_empty() && (g.handoff || g.closed) {
-                let chunk = std::mem::take(&mut g.buf);
+            if !g.writing && g.sendable() > 0 && (g.handoff || g.closed) {
+                let chunk = g.take_sendable();
                 g.writing = true;
                 drop(g);
                 let r = stream.write_all(&chunk);
@@ -185,9 +332,9 @@ impl Outbox {
                 }
                 continue;
             }
-            if g.buf.is_empty() {
+            if g.sendable() == 0 {
                 g.handoff = false;
-                if g.closed && !g.writing {
+                if g.closed && !g.writing && (g.buf.is_empty() || g.dead) {
                     drop(g);
                     let _ = stream.flush();
                     return;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::outbox::Outbox;
+use super::store::{Durability, StoreLink, StoredJob};
 use crate::proto::{Magic, PacketType, Priority, encode_raw};
 
 /// Connection id, unique for the life of the server.
@@ -44,13 +45,21 @@ impl Hasher for IdHasher {
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// Settings the state needs (a subset of `ServerConfig`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Settings {
     pub(crate) job_retries: u32,
     pub(crate) worker_wakeup: u32,
     pub(crate) round_robin: bool,
     pub(crate) handle_prefix: Vec<u8>,
     pub(crate) exceptions: bool,
+    /// maxqueue of every new function (0 = unlimited).
+    pub(crate) max_queue: u32,
+    /// Most jobs held in total (0 = unlimited).
+    pub(crate) max_jobs: usize,
+    /// Most payload bytes held in total (0 = unlimited).
+    pub(crate) max_payload_bytes: usize,
+    /// Peers allowed to run admin commands that change state (empty: all).
+    pub(crate) admin_allow: Vec<crate::server::AddrRule>,
 }
 
 /// Where a job is.
@@ -84,6 +93,10 @@ pub(crate) struct Job {
     pub(crate) ignore: bool,
     /// Counted as stored in the (background) queue, as `show jobs` reports.
     pub(crate) job_queued: bool,
+    /// Unix time before which an epoch job does not run (0: now).
+    pub(crate) when: u64,
+    /// Row of the persistent queue holding this job.
+    pub(crate) store_key: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -105,7 +118,7 @@ pub(crate) struct Function {
 }
 
 impl Function {
-    fn new(name: &[u8]) -> Function {
+    fn new(name: &[u8], max_queue: [u32; 3]) -> Function {
         Function {
             name: name.into(),
             queues: Default::default(),
@@ -114,11 +127,26 @@ impl Function {
             job_running: 0,
             workers: Vec::new(),
             wake_cursor: 0,
-            max_queue: [0; 3],
+            max_queue,
             uniques: HashMap::new(),
             by_data: HashMap::new(),
         }
     }
+}
+
+/// What `State::insert_job` needs to create a job.
+#[derive(Debug)]
+struct NewJob<'a> {
+    func: FuncId,
+    unique: &'a [u8],
+    data: &'a [u8],
+    reducer: Option<&'a [u8]>,
+    priority: Priority,
+    background: bool,
+    /// Unix time it becomes runnable, when in the future.
+    due: Option<u64>,
+    client: Option<ConnId>,
+    store_key: Option<u64>,
 }
 
 /// One registration of a connection: a function and its optional timeout.
@@ -132,6 +160,7 @@ pub(crate) struct Ability {
 pub(crate) struct Conn {
     pub(crate) fd: i64,
     pub(crate) ip: String,
+    pub(crate) peer: Option<std::net::IpAddr>,
     pub(crate) loopback: bool,
     pub(crate) client_id: Box<[u8]>,
     pub(crate) exceptions: bool,
@@ -191,25 +220,13 @@ pub(crate) struct State {
     /// Outboxes appended to since the last flush; the thread that applied
     /// the commands sends them once it has released the lock.
     pub(crate) dirty: Vec<Arc<Outbox>>,
+    /// Payload bytes of every job held.
+    pub(crate) payload_bytes: usize,
+    /// The persistent queue, when one is configured.
+    pub(crate) store: Option<StoreLink>,
 }
 
-/// `atoi`: optional sign and leading digits; anything else ends the number.
-pub(crate) fn atoi(s: &[u8]) -> i64 {
-    let s = match s.iter().position(|b| !b.is_ascii_whitespace()) {
-        Some(p) => &s[p..],
-        None => return 0,
-    };
-    let (neg, digits) = match s.first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    let mut v: i64 = 0;
-    for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
-        v = v.saturating_mul(10).saturating_add(i64::from(b - b'0'));
-    }
-    if neg { -v } else { v }
-}
+pub(crate) use crate::proto::admin::atoi;
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
@@ -231,6 +248,8 @@ impl State {
             version: format!("gearframe-{}", env!("CARGO_PKG_VERSION")),
             verbose: "ERROR",
             dirty: Vec::new(),
+            payload_bytes: 0,
+            store: None,
         }
     }
 
@@ -240,16 +259,23 @@ impl State {
         &mut self,
         id: ConnId,
         fd: i64,
-        ip: String,
-        loopback: bool,
+        peer: Option<std::net::IpAddr>,
         out: Arc<Outbox>,
     ) {
         let exceptions = self.settings.exceptions;
+        let ip = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        let loopback = peer.is_some_and(|p| match p {
+            std::net::IpAddr::V6(v6) => {
+                v6.to_ipv4_mapped().map_or(v6.is_loopback(), |v4| v4.is_loopback())
+            }
+            v4 => v4.is_loopback(),
+        });
         self.conns.insert(
             id,
             Conn {
                 fd,
                 ip,
+                peer,
                 loopback,
                 client_id: b"-"[..].into(),
                 exceptions,
@@ -314,7 +340,8 @@ impl State {
         }
         // Reuse a dropped slot if there is one.
         let id = self.functions.len();
-        self.functions.push(Function::new(name));
+        let limits = [self.settings.max_queue; 3];
+        self.functions.push(Function::new(name, limits));
         self.func_index.insert(name.into(), id);
         id
     }
@@ -350,83 +377,214 @@ impl State {
             }
         };
         if let Some(job_id) = existing {
-            let job = self.jobs.get_mut(&job_id).expect("unique maps point at live jobs");
-            if background {
-                job.bg_owned = true;
-                if job.ignore && !matches!(job.state, JobState::Running { .. }) {
-                    // A fresh background claim revives an abandoned queued job.
-                    job.ignore = false;
-                }
-            } else {
-                job.clients.push(conn);
-                if let Some(c) = self.conns.get_mut(&conn) {
-                    *c.attached.entry(job_id).or_insert(0) += 1;
-                }
-            }
-            let handle = job.handle.clone();
-            self.send(conn, PacketType::JobCreated, &[&handle]);
+            self.join_job(conn, job_id, background);
             return;
         }
+        if let Err(why) = self.check_limits(fid, priority, data.len()) {
+            self.send_error(conn, "QUEUE_ERROR", why);
+            return;
+        }
+        let due = epoch.filter(|&e| e > unix_now());
+        let job_id = self.insert_job(NewJob {
+            func: fid,
+            unique,
+            data,
+            reducer,
+            priority,
+            background,
+            due,
+            client: (!background).then_some(conn),
+            store_key: None,
+        });
+        if background {
+            self.persist(conn, job_id);
+        }
+        let handle = self.jobs[&job_id].handle.clone();
+        self.send(conn, PacketType::JobCreated, &[&handle]);
+        log::debug!(
+            "job created handle={} func={} bg={background} prio={}",
+            String::from_utf8_lossy(&handle),
+            String::from_utf8_lossy(function),
+            priority.name()
+        );
+    }
+
+    /// A submission that coalesced into an existing job.
+    fn join_job(&mut self, conn: ConnId, job_id: JobId, background: bool) {
+        let job = self.jobs.get_mut(&job_id).expect("unique maps point at live jobs");
+        if background {
+            job.bg_owned = true;
+            if job.ignore && !matches!(job.state, JobState::Running { .. }) {
+                // A fresh background claim revives an abandoned queued job.
+                job.ignore = false;
+            }
+            self.persist(conn, job_id);
+        } else {
+            job.clients.push(conn);
+            if let Some(c) = self.conns.get_mut(&conn) {
+                *c.attached.entry(job_id).or_insert(0) += 1;
+            }
+        }
+        let handle = self.jobs[&job_id].handle.clone();
+        self.send(conn, PacketType::JobCreated, &[&handle]);
+    }
+
+    /// The limits a new job must fit in; the error text when it does not.
+    fn check_limits(
+        &self,
+        fid: FuncId,
+        priority: Priority,
+        size: usize,
+    ) -> Result<(), &'static str> {
         let f = &self.functions[fid];
         let limit = f.max_queue[priority.index()];
         if limit > 0 && f.job_total >= limit {
-            self.send_error(conn, "QUEUE_ERROR", "Job queue is full");
+            return Err("Job queue is full");
+        }
+        let max_jobs = self.settings.max_jobs;
+        if max_jobs > 0 && self.jobs.len() >= max_jobs {
+            return Err("Server job limit reached");
+        }
+        let max_bytes = self.settings.max_payload_bytes;
+        if max_bytes > 0 && self.payload_bytes + size > max_bytes {
+            return Err("Server payload memory limit reached");
+        }
+        Ok(())
+    }
+
+    /// Makes a background job durable (when a persistent queue is on): its
+    /// row is written and the submitter's JOB_CREATED, appended next, is held
+    /// until the write is committed.
+    fn persist(&mut self, conn: ConnId, job_id: JobId) {
+        let Some(store) = self.store.as_mut() else { return };
+        if store.durability != Durability::Sync {
             return;
         }
+        let notify = self.conns.get(&conn).map(|c| {
+            let seq = store.next_seq();
+            c.out.hold(seq);
+            (Arc::clone(&c.out), seq)
+        });
+        let job = self.jobs.get_mut(&job_id).expect("persisting a live job");
+        if job.store_key.is_some() {
+            // Already written (or being written): wait for that commit.
+            if let Some(n) = notify {
+                store.barrier(n);
+            }
+            return;
+        }
+        let key = store.next_key;
+        store.next_key += 1;
+        job.store_key = Some(key);
+        let stored = StoredJob {
+            key,
+            function: self.functions[job.func].name.to_vec(),
+            unique: job.unique.to_vec(),
+            priority: job.priority.index() as u8,
+            data: job.data.to_vec(),
+            when: job.when,
+        };
+        store.add(stored, notify);
+    }
+
+    /// Queues again a job read from the persistent queue.
+    pub(crate) fn restore(&mut self, stored: StoredJob) {
+        let fid = self.function_id(&stored.function);
+        let priority = match stored.priority {
+            0 => Priority::High,
+            2 => Priority::Low,
+            _ => Priority::Normal,
+        };
+        let due = Some(stored.when).filter(|&e| e > unix_now());
+        self.insert_job(NewJob {
+            func: fid,
+            unique: &stored.unique,
+            data: &stored.data,
+            reducer: None,
+            priority,
+            background: true,
+            due,
+            client: None,
+            store_key: Some(stored.key),
+        });
+    }
+
+    /// The background jobs to write when the server stops (`OnShutdown` mode).
+    pub(crate) fn jobs_to_store(&mut self) -> Vec<StoredJob> {
+        let mut ids: Vec<JobId> =
+            self.jobs.iter().filter(|(_, j)| j.bg_owned && !j.ignore).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let job = &self.jobs[id];
+                StoredJob {
+                    key: i as u64 + 1,
+                    function: self.functions[job.func].name.to_vec(),
+                    unique: job.unique.to_vec(),
+                    priority: job.priority.index() as u8,
+                    data: job.data.to_vec(),
+                    when: job.when,
+                }
+            })
+            .collect()
+    }
+
+    /// Creates a job and queues (or schedules) it.
+    fn insert_job(&mut self, new: NewJob<'_>) -> JobId {
         let job_id = self.next_job;
         self.next_job += 1;
         let mut handle = Vec::with_capacity(self.settings.handle_prefix.len() + 12);
         handle.extend_from_slice(&self.settings.handle_prefix);
         handle.push(b':');
         handle.extend_from_slice(job_id.to_string().as_bytes());
-        let due = epoch.filter(|&e| e > unix_now());
+        let fid = new.func;
         let job = Job {
             handle: handle.into(),
             func: fid,
-            unique: unique.into(),
-            data: data.into(),
-            reducer: reducer.map(Into::into),
-            priority,
-            state: if due.is_some() { JobState::Scheduled } else { JobState::Queued },
-            clients: if background { Vec::new() } else { vec![conn] },
-            bg_owned: background,
+            unique: new.unique.into(),
+            data: new.data.into(),
+            reducer: new.reducer.map(Into::into),
+            priority: new.priority,
+            state: if new.due.is_some() { JobState::Scheduled } else { JobState::Queued },
+            clients: new.client.into_iter().collect(),
+            bg_owned: new.background,
             retries: 0,
             numerator: 0,
             denominator: 0,
             ignore: false,
-            job_queued: background,
+            job_queued: new.background,
+            when: new.due.unwrap_or(0),
+            store_key: new.store_key,
         };
-        self.send(conn, PacketType::JobCreated, &[&job.handle]);
-        log::debug!(
-            "job created handle={} func={} bg={background} prio={}",
-            String::from_utf8_lossy(&job.handle),
-            String::from_utf8_lossy(function),
-            priority.name()
-        );
-        if !background && let Some(c) = self.conns.get_mut(&conn) {
+        if let Some(conn) = new.client
+            && let Some(c) = self.conns.get_mut(&conn)
+        {
             *c.attached.entry(job_id).or_insert(0) += 1;
         }
         let f = &mut self.functions[fid];
-        if unique == b"-" {
-            if !data.is_empty() {
-                f.by_data.insert(data.into(), job_id);
+        if new.unique == b"-" {
+            if !new.data.is_empty() {
+                f.by_data.insert(new.data.into(), job_id);
             }
-        } else if !unique.is_empty() {
-            f.uniques.insert(unique.into(), job_id);
+        } else if !new.unique.is_empty() {
+            f.uniques.insert(new.unique.into(), job_id);
         }
         f.job_total += 1;
+        self.payload_bytes += new.data.len();
         self.jobs.insert(job_id, job);
-        match due {
+        match new.due {
             Some(when) => {
                 self.functions[fid].scheduled += 1;
                 let wait = Duration::from_secs(when.saturating_sub(unix_now()));
                 self.add_timer(Instant::now() + wait, TimerKind::EpochDue { job: job_id });
             }
             None => {
-                self.functions[fid].queues[priority.index()].push_back(job_id);
+                self.functions[fid].queues[new.priority.index()].push_back(job_id);
                 self.wake(fid);
             }
         }
+        job_id
     }
 
     /// Sends NOOP to sleeping workers of a function that has work.
@@ -534,6 +692,10 @@ impl State {
     /// Removes a finished (or dropped) job everywhere.
     pub(crate) fn free_job(&mut self, job_id: JobId) {
         let Some(job) = self.jobs.remove(&job_id) else { return };
+        self.payload_bytes = self.payload_bytes.saturating_sub(job.data.len());
+        if let (Some(key), Some(store)) = (job.store_key, &self.store) {
+            store.done(key);
+        }
         let f = &mut self.functions[job.func];
         f.job_total = f.job_total.saturating_sub(1);
         match job.state {
@@ -821,6 +983,9 @@ impl State {
         job.ignore = true;
         job.job_queued = false;
         job.bg_owned = false;
+        if let (Some(key), Some(store)) = (job.store_key.take(), &self.store) {
+            store.done(key);
+        }
         let clients = std::mem::take(&mut job.clients);
         let handle = job.handle.clone();
         for c in clients {
@@ -834,6 +999,34 @@ impl State {
             self.free_job(id);
         }
         true
+    }
+
+    /// `clear function`: removes every job of the function that no worker
+    /// runs (queued, scheduled, cancelled but not reaped); their waiting
+    /// clients get WORK_FAIL. Returns how many were removed, `None` for an
+    /// unknown function.
+    pub(crate) fn clear_function(&mut self, name: &[u8]) -> Option<usize> {
+        let fid = *self.func_index.get(name)?;
+        let f = &mut self.functions[fid];
+        let mut ids: Vec<JobId> = f.queues.iter_mut().flat_map(|q| q.drain(..)).collect();
+        ids.extend(
+            self.jobs
+                .iter()
+                .filter(|(_, j)| j.func == fid && j.state == JobState::Scheduled)
+                .map(|(id, _)| *id),
+        );
+        let n = ids.len();
+        for id in ids {
+            let Some(job) = self.jobs.get(&id) else { continue };
+            let handle = job.handle.clone();
+            let clients = job.clients.clone();
+            for c in clients {
+                self.send(c, PacketType::WorkFail, &[&handle]);
+            }
+            self.free_job(id);
+        }
+        log::info!("cleared {n} jobs of function {}", String::from_utf8_lossy(name));
+        Some(n)
     }
 
     /// `drop function`: refused while workers, queued or running jobs exist.
@@ -882,18 +1075,12 @@ mod tests {
     use crate::proto::{Decoder, Frame, Packet};
 
     fn state() -> State {
-        State::new(Settings {
-            job_retries: 0,
-            worker_wakeup: 0,
-            round_robin: false,
-            handle_prefix: b"H:t".to_vec(),
-            exceptions: false,
-        })
+        State::new(Settings { handle_prefix: b"H:t".to_vec(), ..Settings::default() })
     }
 
     fn conn(st: &mut State, id: ConnId) -> Arc<Outbox> {
         let out = Arc::new(Outbox::new(None, 1 << 20));
-        st.add_conn(id, id as i64, "127.0.0.1".into(), true, Arc::clone(&out));
+        st.add_conn(id, id as i64, Some([127, 0, 0, 1].into()), Arc::clone(&out));
         out
     }
 
@@ -1002,7 +1189,7 @@ mod tests {
     fn shutdown_only_from_loopback() {
         let mut st = state();
         let remote = Arc::new(Outbox::new(None, 1 << 20));
-        st.add_conn(7, 7, "192.0.2.1".into(), false, Arc::clone(&remote));
+        st.add_conn(7, 7, Some([192, 0, 2, 1].into()), Arc::clone(&remote));
         st.admin(7, b"shutdown");
         assert!(!st.lifecycle.stop);
         assert_eq!(

@@ -1,5 +1,7 @@
 //! The integration tests: one binary, one module per topic.
 
+/// The admin library and `gearframe admin` against both servers.
+mod admin;
 /// Malformed input against the embedded server.
 mod bad_input;
 /// `gearframe bench` runs every scenario and reports them as JSON.
@@ -10,10 +12,14 @@ mod cli_client;
 mod client;
 /// Differential scenarios: the same conversation against gearmand and gearframe.
 mod diff;
+/// `gearframe demo` and `gearframe up` as a user runs them.
+mod framework;
 /// The real gearman tools against the embedded server.
 mod interop;
 /// Helpers of the interop and bad-input tests.
 mod peers;
+/// README.md's recipes, run as written.
+mod readme;
 /// The embedded server's lifecycle, slow readers and connection limits.
 mod server;
 /// The shell runner with real processes.

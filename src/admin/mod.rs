@@ -1,0 +1,629 @@
+//! The admin tool's library: typed access to a server's text admin
+//! protocol ([`AdminClient`]), a view over several servers at once
+//! ([`Cluster`]), and the operations built on top of them: emptying a queue
+//! ([`clear`]) and stopping workers with priority shutdown jobs
+//! ([`stop_workers`]).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use gearframe::admin::{AdminClient, Cluster};
+//!
+//! # fn main() -> Result<(), gearframe::admin::AdminError> {
+//! let mut admin = AdminClient::connect("127.0.0.1:4730", Duration::from_secs(5))?;
+//! for f in admin.status()? {
+//!     println!("{}: {} queued, {} running, {} workers", f.function, f.queued(), f.running, f.workers);
+//! }
+//! println!("round trip {:?}", admin.ping()?);
+//!
+//! // Several servers, asked in parallel; a server that is down is an error
+//! // in its own entry, not a failure of the whole call.
+//! let cluster = Cluster::new(["127.0.0.1:4730", "127.0.0.1:4731"], Duration::from_secs(5));
+//! for s in cluster.status() {
+//!     match &s.result {
+//!         Ok(functions) => println!("{}: {} functions", s.server, functions.len()),
+//!         Err(e) => println!("{}: down ({e})", s.server),
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Parsing
+//!
+//! Replies are read leniently: lines may end in `\n` or `\r\n`; a list ends
+//! at a line that is exactly `.` (an empty line inside `show unique jobs` is
+//! a job with an empty unique id); a `workers` line is split on ` : ` so a
+//! client id may contain spaces; an `ERR CODE text+with+pluses` line becomes
+//! [`AdminError::Server`] with the text decoded. Requests end in `\r\n`
+//! (gearmand cuts the last character of `create function NAME` off a bare
+//! `\n` line).
+//!
+//! # Timeouts
+//!
+//! Every connect, write and reply wait is bounded by the client's timeout.
+//! After an I/O error or a timeout the connection is dropped and the next
+//! call connects again.
+//!
+//! # Extension: `clear function`
+//!
+//! [`AdminClient::clear_function`] sends `clear function NAME`, answered by
+//! gearframe's server with `OK <n>` after it removed the function's `n`
+//! queued (not running) jobs. Servers without it answer
+//! `ERR UNKNOWN_COMMAND`; [`clear`] then drains the queue with a worker.
+
+mod cluster;
+mod config;
+mod ops;
+mod parse;
+
+use std::fmt;
+use std::io;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::conn::{Connection, with_default_port};
+use crate::proto::{Packet, PacketType};
+
+pub use cluster::{Cluster, PerServer, sum_priority, sum_status};
+pub use config::AdminSection;
+pub use ops::{
+    ClearMethod, ClearOptions, ClearReport, DRAIN_CLIENT_ID, SHUTDOWN_PAYLOAD, StopReport,
+    StopTarget, StopWorkersOptions, clear, drain, stop_workers,
+};
+pub use parse::{decode_text, parse_error_line};
+
+/// Default limit of each connect and reply wait.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One function in `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FunctionStatus {
+    /// The function name.
+    pub function: String,
+    /// Queued plus running jobs.
+    pub total: u64,
+    /// Jobs a worker is running.
+    pub running: u64,
+    /// Worker registrations (CAN_DO), busy or not.
+    pub workers: u64,
+}
+
+impl FunctionStatus {
+    /// Jobs waiting for a worker (`total - running`).
+    pub fn queued(&self) -> u64 {
+        self.total.saturating_sub(self.running)
+    }
+}
+
+/// One function in `prioritystatus`: queued jobs per priority.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PriorityStatus {
+    /// The function name.
+    pub function: String,
+    /// Queued high-priority jobs.
+    pub high: u64,
+    /// Queued normal-priority jobs.
+    pub normal: u64,
+    /// Queued low-priority jobs.
+    pub low: u64,
+    /// Worker registrations.
+    pub workers: u64,
+}
+
+/// One connection in `workers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerInfo {
+    /// The server's file descriptor of the connection.
+    pub fd: i64,
+    /// The peer's IP address as the server prints it.
+    pub ip: String,
+    /// The SET_CLIENT_ID name (`-` when never set).
+    pub client_id: String,
+    /// Registered functions, as the server lists them.
+    pub functions: Vec<String>,
+}
+
+impl WorkerInfo {
+    /// Whether the connection registered `function`.
+    pub fn can_do(&self, function: &str) -> bool {
+        self.functions.iter().any(|f| f == function)
+    }
+}
+
+/// One job in `show jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobInfo {
+    /// The job handle.
+    pub handle: String,
+    /// How often the job was requeued.
+    pub retries: u64,
+    /// Cancelled, or abandoned by its foreground client.
+    pub ignored: bool,
+    /// Recorded in the persistent queue.
+    pub persisted: bool,
+}
+
+/// Per-priority queue limits for `maxqueue` (0 = unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MaxQueue {
+    /// Limit for high-priority submissions.
+    pub high: u32,
+    /// Limit for normal-priority submissions.
+    pub normal: u32,
+    /// Limit for low-priority submissions.
+    pub low: u32,
+}
+
+impl MaxQueue {
+    /// The same limit for every priority.
+    pub fn all(n: u32) -> MaxQueue {
+        MaxQueue { high: n, normal: n, low: n }
+    }
+}
+
+/// Why an admin call failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The server could not be reached.
+    Connect {
+        /// `host:port`.
+        server: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A write or read failed or timed out.
+    Io {
+        /// `host:port`.
+        server: String,
+        /// The cause (`TimedOut` for a timeout).
+        source: io::Error,
+    },
+    /// The server answered `ERR CODE text`.
+    Server {
+        /// `host:port`.
+        server: String,
+        /// The error code, such as `UNKNOWN_JOB` or `UNKNOWN_COMMAND`.
+        code: String,
+        /// The decoded text (`+` read as a space), possibly empty.
+        message: String,
+    },
+    /// The server answered something this client cannot read.
+    Parse {
+        /// `host:port`.
+        server: String,
+        /// What was expected.
+        expected: &'static str,
+        /// The line received.
+        line: String,
+    },
+    /// An argument that cannot be sent on an admin line.
+    InvalidArgument(String),
+    /// A drain made no progress for its stall limit.
+    Stalled {
+        /// `host:port`.
+        server: String,
+        /// The function.
+        function: String,
+        /// Jobs still queued.
+        queued: u64,
+        /// The stall limit.
+        after: Duration,
+    },
+    /// A job submission (of a shutdown job) failed.
+    Submit {
+        /// `host:port`.
+        server: String,
+        /// The client's error.
+        source: crate::client::Error,
+    },
+    /// A named function is not on the server.
+    UnknownFunction {
+        /// `host:port`.
+        server: String,
+        /// The function.
+        function: String,
+    },
+}
+
+impl AdminError {
+    /// The server's error code, when the server answered `ERR`.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            AdminError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// True when the server does not know the command (`ERR UNKNOWN_COMMAND`).
+    pub fn is_unknown_command(&self) -> bool {
+        self.code().is_some_and(|c| c.eq_ignore_ascii_case("UNKNOWN_COMMAND"))
+    }
+
+    /// True when the server could not be reached or stopped answering.
+    pub fn is_down(&self) -> bool {
+        matches!(self, AdminError::Connect { .. } | AdminError::Io { .. })
+    }
+}
+
+impl fmt::Display for AdminError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminError::Connect { server, source } => {
+                write!(f, "{server}: cannot connect: {source}")
+            }
+            AdminError::Io { server, source } if source.kind() == io::ErrorKind::TimedOut => {
+                write!(f, "{server}: no reply in time")
+            }
+            AdminError::Io { server, source } => write!(f, "{server}: {source}"),
+            AdminError::Server { server, code, message } if code == "ERROR" => {
+                write!(f, "{server}: server error: {message}")
+            }
+            AdminError::Server { server, code, message } if message.is_empty() => {
+                write!(f, "{server}: server error {code}")
+            }
+            AdminError::Server { server, code, message } => {
+                write!(f, "{server}: server error {code}: {message}")
+            }
+            AdminError::Parse { server, expected, line } => {
+                write!(f, "{server}: expected {expected}, got {line:?}")
+            }
+            AdminError::InvalidArgument(m) => f.write_str(m),
+            AdminError::Stalled { server, function, queued, after } => write!(
+                f,
+                "{server}: {queued} jobs of `{function}` still queued after {after:?} without progress (jobs scheduled for later?)"
+            ),
+            AdminError::Submit { server, source } => write!(f, "{server}: cannot submit: {source}"),
+            AdminError::UnknownFunction { server, function } => {
+                write!(f, "{server}: no function `{function}`")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AdminError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AdminError::Connect { source, .. } | AdminError::Io { source, .. } => Some(source),
+            AdminError::Submit { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Result of admin calls.
+pub type Result<T, E = AdminError> = std::result::Result<T, E>;
+
+/// A blocking admin connection to one server.
+#[derive(Debug)]
+pub struct AdminClient {
+    server: String,
+    timeout: Duration,
+    conn: Option<Connection>,
+}
+
+/// Checks a word sent on an admin line: not empty, no space or line break.
+fn word<'a>(what: &str, w: &'a str) -> Result<&'a str> {
+    if w.is_empty() {
+        return Err(AdminError::InvalidArgument(format!("the {what} is empty")));
+    }
+    if w.chars().any(|c| c == ' ' || c == '\r' || c == '\n' || c == '\0') {
+        return Err(AdminError::InvalidArgument(format!(
+            "the {what} {w:?} contains a space or a line break, which the admin protocol cannot send"
+        )));
+    }
+    Ok(w)
+}
+
+impl AdminClient {
+    /// Connects to `server` (`host[:port]`, port 4730 by default); every
+    /// connect and reply wait is limited to `timeout`.
+    ///
+    /// # Errors
+    /// [`AdminError::Connect`] when the server cannot be reached in time.
+    pub fn connect(server: &str, timeout: Duration) -> Result<AdminClient> {
+        let mut c = AdminClient::lazy(server, timeout);
+        c.conn()?;
+        Ok(c)
+    }
+
+    /// A client that connects on its first call.
+    pub fn lazy(server: &str, timeout: Duration) -> AdminClient {
+        AdminClient { server: with_default_port(server), timeout, conn: None }
+    }
+
+    /// The server, `host:port`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The limit of each wait.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    fn conn(&mut self) -> Result<&mut Connection> {
+        if self.conn.is_none() {
+            let c = Connection::connect(&self.server, self.timeout)
+                .map_err(|source| AdminError::Connect { server: self.server.clone(), source })?;
+            c.set_write_timeout(Some(self.timeout))
+                .map_err(|source| AdminError::Connect { server: self.server.clone(), source })?;
+            log::debug!("admin server={}: connected", self.server);
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_mut().expect("connected above"))
+    }
+
+    fn io_err(&mut self, source: io::Error) -> AdminError {
+        // The stream is out of step after a failure: start again next time.
+        if let Some(c) = self.conn.take() {
+            c.close();
+        }
+        AdminError::Io { server: self.server.clone(), source }
+    }
+
+    fn send_line(&mut self, line: &str) -> Result<Instant> {
+        log::trace!("admin server={} send {line:?}", self.server);
+        let deadline = Instant::now() + self.timeout;
+        let c = self.conn()?;
+        c.queue_bytes(line.as_bytes());
+        c.queue_bytes(b"\r\n");
+        match c.flush() {
+            Ok(()) => Ok(deadline),
+            Err(e) => Err(self.io_err(e)),
+        }
+    }
+
+    fn recv_line(&mut self, deadline: Instant) -> Result<String> {
+        let c = self.conn()?;
+        match c.recv_line(Some(deadline)) {
+            Ok(mut l) => {
+                while l.ends_with('\r') || l.ends_with('\n') {
+                    l.pop();
+                }
+                Ok(l)
+            }
+            Err(e) => Err(self.io_err(e)),
+        }
+    }
+
+    fn server_error(&self, line: &str) -> AdminError {
+        let (code, message) = parse_error_line(line);
+        AdminError::Server { server: self.server.clone(), code, message }
+    }
+
+    /// Sends a list command and returns the lines before the `.` line.
+    ///
+    /// # Errors
+    /// I/O, timeout, or an `ERR` reply.
+    pub fn list(&mut self, command: &str) -> Result<Vec<String>> {
+        let deadline = self.send_line(command)?;
+        let mut lines = Vec::new();
+        loop {
+            let l = self.recv_line(deadline)?;
+            if l == "." {
+                return Ok(lines);
+            }
+            if lines.is_empty() && l.starts_with("ERR ") {
+                return Err(self.server_error(&l));
+            }
+            lines.push(l);
+        }
+    }
+
+    /// Sends a one-line command and returns what follows `OK` (trimmed;
+    /// empty for a bare `OK`). A reply without `OK ` (Perl's `version`) is
+    /// returned whole.
+    ///
+    /// # Errors
+    /// I/O, timeout, or an `ERR` reply.
+    pub fn command(&mut self, command: &str) -> Result<String> {
+        let deadline = self.send_line(command)?;
+        let l = self.recv_line(deadline)?;
+        if l.starts_with("ERR ") || l == "ERR" {
+            return Err(self.server_error(&l));
+        }
+        if l == "OK" {
+            return Ok(String::new());
+        }
+        Ok(l.strip_prefix("OK ").unwrap_or(&l).trim().to_string())
+    }
+
+    fn parse_err(&self, expected: &'static str, line: &str) -> AdminError {
+        AdminError::Parse { server: self.server.clone(), expected, line: line.to_string() }
+    }
+
+    /// `status`: per function total, running and workers.
+    ///
+    /// # Errors
+    /// I/O, timeout, an `ERR` reply, or a line that is not a status line.
+    pub fn status(&mut self) -> Result<Vec<FunctionStatus>> {
+        let lines = self.list("status")?;
+        lines
+            .iter()
+            .map(|l| parse::status_line(l).ok_or_else(|| self.parse_err("a status line", l)))
+            .collect()
+    }
+
+    /// `prioritystatus` (gearmand and gearframe): queued jobs per priority.
+    ///
+    /// # Errors
+    /// As [`AdminClient::status`].
+    pub fn priority_status(&mut self) -> Result<Vec<PriorityStatus>> {
+        let lines = self.list("prioritystatus")?;
+        lines
+            .iter()
+            .map(|l| {
+                parse::priority_line(l).ok_or_else(|| self.parse_err("a prioritystatus line", l))
+            })
+            .collect()
+    }
+
+    /// `workers`: every connection (workers, clients, admin sessions).
+    ///
+    /// # Errors
+    /// As [`AdminClient::status`].
+    pub fn workers(&mut self) -> Result<Vec<WorkerInfo>> {
+        let lines = self.list("workers")?;
+        lines
+            .iter()
+            .map(|l| parse::workers_line(l).ok_or_else(|| self.parse_err("a workers line", l)))
+            .collect()
+    }
+
+    /// `show jobs`: every job the server holds.
+    ///
+    /// # Errors
+    /// As [`AdminClient::status`].
+    pub fn show_jobs(&mut self) -> Result<Vec<JobInfo>> {
+        let lines = self.list("show jobs")?;
+        lines
+            .iter()
+            .map(|l| parse::job_line(l).ok_or_else(|| self.parse_err("a show jobs line", l)))
+            .collect()
+    }
+
+    /// `show unique jobs`: the unique id of every job (may be empty).
+    ///
+    /// # Errors
+    /// I/O, timeout or an `ERR` reply.
+    pub fn show_unique_jobs(&mut self) -> Result<Vec<String>> {
+        self.list("show unique jobs")
+    }
+
+    /// `version`.
+    ///
+    /// # Errors
+    /// I/O, timeout or an `ERR` reply.
+    pub fn version(&mut self) -> Result<String> {
+        self.command("version")
+    }
+
+    /// `getpid`.
+    ///
+    /// # Errors
+    /// I/O, timeout, an `ERR` reply, or a reply that is not a number.
+    pub fn getpid(&mut self) -> Result<u32> {
+        let v = self.command("getpid")?;
+        v.parse().map_err(|_| self.parse_err("OK <pid>", &v))
+    }
+
+    /// `verbose`: the server's log level name.
+    ///
+    /// # Errors
+    /// I/O, timeout or an `ERR` reply.
+    pub fn verbose(&mut self) -> Result<String> {
+        self.command("verbose")
+    }
+
+    /// `maxqueue FUNCTION HIGH NORMAL LOW`.
+    ///
+    /// # Errors
+    /// A function name that cannot be sent, I/O, timeout or an `ERR` reply.
+    pub fn set_max_queue(&mut self, function: &str, limits: MaxQueue) -> Result<()> {
+        let f = word("function name", function)?;
+        let line = format!("maxqueue {f} {} {} {}", limits.high, limits.normal, limits.low);
+        self.command(&line).map(drop)
+    }
+
+    /// `cancel job HANDLE`.
+    ///
+    /// # Errors
+    /// `ERR UNKNOWN_JOB` as [`AdminError::Server`], I/O or timeout.
+    pub fn cancel_job(&mut self, handle: &str) -> Result<()> {
+        let h = word("job handle", handle)?;
+        self.command(&format!("cancel job {h}")).map(drop)
+    }
+
+    /// `create function NAME`.
+    ///
+    /// # Errors
+    /// A name that cannot be sent, I/O, timeout or an `ERR` reply.
+    pub fn create_function(&mut self, name: &str) -> Result<()> {
+        let f = word("function name", name)?;
+        self.command(&format!("create function {f}")).map(drop)
+    }
+
+    /// `drop function NAME`.
+    ///
+    /// # Errors
+    /// The server refuses (workers registered or jobs running; gearframe's
+    /// server also while jobs are queued), I/O or timeout.
+    pub fn drop_function(&mut self, name: &str) -> Result<()> {
+        let f = word("function name", name)?;
+        self.command(&format!("drop function {f}")).map(drop)
+    }
+
+    /// `shutdown` or `shutdown graceful`. gearframe's server accepts it from
+    /// a loopback address; gearmand 1.1.15 and later answer
+    /// `ERR UNKNOWN_COMMAND` (see [`AdminError::is_unknown_command`]). The
+    /// server closing the connection instead of answering counts as success.
+    ///
+    /// # Errors
+    /// I/O, timeout or an `ERR` reply.
+    pub fn shutdown(&mut self, graceful: bool) -> Result<()> {
+        let r = match self.command(if graceful { "shutdown graceful" } else { "shutdown" }) {
+            // A server that stops at once may close the connection before
+            // its `OK` is read: the request was written, so it was accepted.
+            Err(AdminError::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                log::debug!("server={}: closed the connection after shutdown", self.server);
+                Ok(())
+            }
+            other => other.map(drop),
+        };
+        if let Some(c) = self.conn.take() {
+            c.close();
+        }
+        r
+    }
+
+    /// `clear function NAME` (a gearframe extension, see the module docs):
+    /// removes the function's queued jobs and returns how many.
+    ///
+    /// # Errors
+    /// `ERR UNKNOWN_COMMAND` from servers without it, I/O, timeout, or
+    /// another `ERR` reply.
+    pub fn clear_function(&mut self, name: &str) -> Result<u64> {
+        let f = word("function name", name)?;
+        let v = self.command(&format!("clear function {f}"))?;
+        v.parse().map_err(|_| self.parse_err("OK <count>", &v))
+    }
+
+    /// Round trip of an ECHO_REQ on the admin connection.
+    ///
+    /// # Errors
+    /// I/O, timeout, or a reply that is not the echo.
+    pub fn ping(&mut self) -> Result<Duration> {
+        const DATA: &[u8] = b"ping? pong!";
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let c = self.conn()?;
+        if let Err(e) = c.send(&Packet::EchoReq { data: DATA }) {
+            return Err(self.io_err(e));
+        }
+        let c = self.conn()?;
+        match c.recv(Some(deadline)) {
+            Ok(p) if p.kind == PacketType::EchoRes && p.body == DATA => Ok(start.elapsed()),
+            Ok(p) => {
+                let got = format!("{} packet", p.kind);
+                let e = self.parse_err("ECHO_RES", &got);
+                self.conn = None;
+                Err(e)
+            }
+            Err(e) => Err(self.io_err(e)),
+        }
+    }
+
+    /// The status of one function, if the server lists it.
+    ///
+    /// # Errors
+    /// As [`AdminClient::status`].
+    pub fn function_status(&mut self, function: &str) -> Result<Option<FunctionStatus>> {
+        Ok(self.status()?.into_iter().find(|f| f.function == function))
+    }
+}
