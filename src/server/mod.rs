@@ -160,6 +160,29 @@ impl Default for ServerConfig {
     }
 }
 
+/// Connections the kernel queues for `accept` (std's default is 128, too
+/// few for a burst of clients connecting at once).
+const BACKLOG: i32 = 4096;
+
+/// Binds a listening socket with SO_REUSEADDR and a deep backlog.
+fn listen(addr: &str) -> io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no address to listen on");
+    for a in addr.to_socket_addrs()? {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(a),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        sock.set_reuse_address(true)?;
+        match sock.bind(&a.into()).and_then(|()| sock.listen(BACKLOG)) {
+            Ok(()) => return Ok(sock.into()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// The host name, for the default job handle prefix.
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -234,7 +257,7 @@ impl Server {
     /// # Errors
     /// The address cannot be parsed or bound, or a thread cannot be started.
     pub fn bind(config: ServerConfig) -> io::Result<ServerHandle> {
-        let listener = TcpListener::bind(config.listen.as_str()).map_err(|e| {
+        let listener = listen(&config.listen).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
         let addr = listener.local_addr()?;

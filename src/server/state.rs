@@ -412,12 +412,12 @@ impl State {
     /// A submission that coalesced into an existing job.
     fn join_job(&mut self, conn: ConnId, job_id: JobId, background: bool) {
         let job = self.jobs.get_mut(&job_id).expect("unique maps point at live jobs");
+        // Only jobs abandoned by their last client are ignored and still
+        // found by unique (a cancelled job leaves the maps): a new listener
+        // or owner revives it, so it runs and reports to them.
+        job.ignore = false;
         if background {
             job.bg_owned = true;
-            if job.ignore && !matches!(job.state, JobState::Running { .. }) {
-                // A fresh background claim revives an abandoned queued job.
-                job.ignore = false;
-            }
             self.persist(conn, job_id);
         } else {
             job.clients.push(conn);
@@ -985,6 +985,15 @@ impl State {
         job.bg_owned = false;
         if let (Some(key), Some(store)) = (job.store_key.take(), &self.store) {
             store.done(key);
+        }
+        // A new submission with the same unique makes a new job.
+        let f = &mut self.functions[job.func];
+        if &*job.unique == b"-" {
+            if f.by_data.get(&job.data) == Some(&id) {
+                f.by_data.remove(&job.data);
+            }
+        } else if !job.unique.is_empty() && f.uniques.get(&job.unique) == Some(&id) {
+            f.uniques.remove(&job.unique);
         }
         let clients = std::mem::take(&mut job.clients);
         let handle = job.handle.clone();
