@@ -159,6 +159,11 @@ impl Connection {
         self.flush()
     }
 
+    /// Makes the next read wait at most until `deadline`. The socket's
+    /// timeout is changed only when it is longer than the time left or
+    /// shorter than half of it: a read that times out before the deadline
+    /// is tried again (see [`Connection::fill`]), so deadlines that move a
+    /// little from call to call do not cost a system call each.
     fn set_read_deadline(&mut self, deadline: Option<Instant>) -> io::Result<()> {
         let t = match deadline {
             None => None,
@@ -167,7 +172,11 @@ impl Connection {
                 if left.is_zero() {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
                 }
-                Some(left.max(Duration::from_millis(1)))
+                let left = left.max(Duration::from_millis(1));
+                match self.read_timeout {
+                    Some(cur) if cur <= left && cur >= left / 2 => return Ok(()),
+                    _ => Some(left),
+                }
             }
         };
         if t != self.read_timeout {
@@ -193,6 +202,13 @@ impl Connection {
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+                        && deadline.is_some_and(|d| Instant::now() < d) =>
+                {
+                    // The socket's timeout was shorter than the time left.
+                    continue;
+                }
                 Err(e) => return Err(normalize_timeout(e)),
             }
         }

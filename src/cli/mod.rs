@@ -1,6 +1,7 @@
 //! Command-line parsing and the subcommands.
 
 mod admin;
+mod bench;
 mod demo;
 mod send;
 mod server;
@@ -47,6 +48,8 @@ enum Command {
     Up(up::UpArgs),
     /// Show the whole framework at work in one process, then stop.
     Demo(demo::DemoArgs),
+    /// Measure throughput and latency, against gearmand and libgearman too.
+    Bench(bench::BenchArgs),
 }
 
 /// An error for the user: printed as one line, exit code 2.
@@ -169,6 +172,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Admin(args) => admin::run(args, &config),
         Command::Up(args) => up::run(args, &config),
         Command::Demo(args) => demo::run(args, &config),
+        Command::Bench(args) => bench::run(args),
     });
     match result {
         Ok(code) => code,

@@ -295,41 +295,63 @@ impl<'a> Lane<'a> {
     }
 
     fn run(mut self) {
+        while self.step(true) {}
+        self.finish()
+    }
+
+    /// Whether the lane has anything to do without new jobs.
+    fn has_work(&self) -> bool {
+        self.inflight() > 0 || !self.pending.is_empty() || !self.inbox.is_empty()
+    }
+
+    /// One turn of the lane's loop; false once its inbox is closed. With
+    /// `block` an idle lane waits for jobs; without it (a lane driven by
+    /// the calling thread) it returns at once and hands over its reports
+    /// after every read.
+    fn step(&mut self, block: bool) -> bool {
         loop {
-            loop {
-                match self.inbox.try_recv() {
-                    Ok(v) => self.pending.extend(v),
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => return self.finish(),
-                }
+            match self.inbox.try_recv() {
+                Ok(v) => self.pending.extend(v),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return false,
             }
-            if self.inflight() == 0 && self.pending.is_empty() {
-                self.flush_reports();
-                match self.inbox.recv() {
-                    Ok(v) => {
-                        self.pending.extend(v);
-                        continue;
-                    }
-                    Err(_) => return self.finish(),
-                }
-            }
-            if self.conn.is_none() {
-                if let Err(e) = self.connect() {
-                    self.lose_all(e);
-                    self.flush_reports();
-                    continue;
-                }
-            }
-            if let Err(e) = self.top_up() {
-                self.broken(e);
-                continue;
-            }
-            if self.inflight() == 0 {
-                continue;
-            }
-            self.flush_reports();
-            self.read_some();
         }
+        if self.inflight() == 0 && self.pending.is_empty() {
+            self.flush_reports();
+            if !block {
+                return true;
+            }
+            return match self.inbox.recv() {
+                Ok(v) => {
+                    self.pending.extend(v);
+                    true
+                }
+                Err(_) => false,
+            };
+        }
+        if self.conn.is_none() {
+            if let Err(e) = self.connect() {
+                self.lose_all(e);
+                self.flush_reports();
+                return true;
+            }
+        }
+        if let Err(e) = self.top_up() {
+            self.broken(e);
+            if !block {
+                self.flush_reports();
+            }
+            return true;
+        }
+        if self.inflight() == 0 {
+            return true;
+        }
+        self.flush_reports();
+        self.read_some();
+        if !block {
+            self.flush_reports();
+        }
+        true
     }
 
     fn finish(mut self) {
@@ -666,6 +688,94 @@ impl<'a> Lane<'a> {
     }
 }
 
+/// The lanes of one call. A call of one job drives its lanes on the
+/// calling thread (no thread to start, no hand-over between threads); a
+/// larger call gives each lane its own thread.
+struct Lanes<'sh, 'scope, 'env> {
+    shared: &'sh Shared<'sh>,
+    scope: &'scope std::thread::Scope<'scope, 'env>,
+    rep_tx: Sender<Vec<Report>>,
+    rep_rx: Receiver<Vec<Report>>,
+    inboxes: Vec<Option<Sender<Vec<usize>>>>,
+    /// The lanes driven by the calling thread, when the call has one job.
+    inline: Option<Vec<Option<Lane<'sh>>>>,
+}
+
+impl<'sh: 'scope, 'scope, 'env> Lanes<'sh, 'scope, 'env> {
+    fn send(&mut self, lane: usize, batch: Vec<usize>) {
+        if self.inboxes[lane].is_none() {
+            let (tx, rx) = unbounded();
+            let l = Lane {
+                idx: lane,
+                sh: self.shared,
+                inbox: rx,
+                out: self.rep_tx.clone(),
+                conn: None,
+                reused: false,
+                got_reply: false,
+                force_fresh: false,
+                dirty: false,
+                options: 0,
+                pending: VecDeque::new(),
+                awaiting: VecDeque::new(),
+                running: HashMap::new(),
+                running_jobs: 0,
+                reports: Vec::new(),
+                last_scan: Instant::now(),
+            };
+            match self.inline.as_mut() {
+                Some(inline) => inline[lane] = Some(l),
+                None => {
+                    std::thread::Builder::new()
+                        .name(format!("gearframe-client-{lane}"))
+                        .spawn_scoped(self.scope, move || l.run())
+                        .expect("spawn a client lane thread");
+                }
+            }
+            self.inboxes[lane] = Some(tx);
+        }
+        if let Some(tx) = &self.inboxes[lane] {
+            let _ = tx.send(batch);
+        }
+    }
+
+    /// The next reports: waits up to a tick, or runs one turn of each busy
+    /// lane driven by the calling thread.
+    fn next(&mut self) -> std::result::Result<Vec<Report>, RecvTimeoutError> {
+        let Some(inline) = self.inline.as_mut() else {
+            return self.rep_rx.recv_timeout(TICK);
+        };
+        if let Ok(b) = self.rep_rx.try_recv() {
+            return Ok(b);
+        }
+        let mut busy = false;
+        for lane in inline.iter_mut().flatten() {
+            if lane.has_work() {
+                busy = true;
+                lane.step(false);
+            }
+        }
+        match self.rep_rx.try_recv() {
+            Ok(b) => Ok(b),
+            Err(_) => {
+                if !busy {
+                    std::thread::sleep(TICK);
+                }
+                Err(RecvTimeoutError::Timeout)
+            }
+        }
+    }
+
+    /// Closes the inboxes: lane threads finish; lanes driven by the calling
+    /// thread finish here.
+    fn close(mut self) {
+        self.inboxes.clear();
+        for lane in self.inline.take().into_iter().flatten().flatten() {
+            lane.finish();
+        }
+    }
+}
+
 fn itoa_buf() -> [u8; 20] {
     [0u8; 20]
 }
@@ -746,47 +856,25 @@ pub(crate) fn run(
     }
 
     let shared = Shared { set, slots, jobs, uniques: &uniques, done: &done };
+    let shared = &shared;
     std::thread::scope(|s| {
         let (rep_tx, rep_rx) = unbounded::<Vec<Report>>();
-        let mut lanes: Vec<Option<Sender<Vec<usize>>>> = vec![None; servers];
-        let shared = &shared;
-        let mut send = |lane: usize, batch: Vec<usize>| {
-            let tx = lanes[lane].get_or_insert_with(|| {
-                let (tx, rx) = unbounded();
-                let l = Lane {
-                    idx: lane,
-                    sh: shared,
-                    inbox: rx,
-                    out: rep_tx.clone(),
-                    conn: None,
-                    reused: false,
-                    got_reply: false,
-                    force_fresh: false,
-                    dirty: false,
-                    options: 0,
-                    pending: VecDeque::new(),
-                    awaiting: VecDeque::new(),
-                    running: HashMap::new(),
-                    running_jobs: 0,
-                    reports: Vec::new(),
-                    last_scan: Instant::now(),
-                };
-                std::thread::Builder::new()
-                    .name(format!("gearframe-client-{lane}"))
-                    .spawn_scoped(s, move || l.run())
-                    .expect("spawn a client lane thread");
-                tx
-            });
-            let _ = tx.send(batch);
+        let mut lanes = Lanes {
+            shared,
+            scope: s,
+            rep_tx,
+            rep_rx,
+            inboxes: vec![None; servers],
+            inline: (n == 1).then(|| (0..servers).map(|_| None).collect()),
         };
         for (lane, batch) in initial.into_iter().enumerate() {
             if !batch.is_empty() {
-                send(lane, batch);
+                lanes.send(lane, batch);
             }
         }
         let mut last_scan = Instant::now();
         while remaining > 0 {
-            match rep_rx.recv_timeout(TICK) {
+            match lanes.next() {
                 Ok(batch) => {
                     for r in batch {
                         match r {
@@ -855,7 +943,7 @@ pub(crate) fn run(
                                             batch.len(),
                                             slots[lane].addr
                                         );
-                                        send(lane, batch);
+                                        lanes.send(lane, batch);
                                     }
                                 }
                             }
@@ -888,7 +976,7 @@ pub(crate) fn run(
                 }
             }
         }
-        drop(lanes);
+        lanes.close();
     });
     results.into_iter().map(|r| r.unwrap_or(Err(Error::NoServers))).collect()
 }

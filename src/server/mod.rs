@@ -413,12 +413,13 @@ impl Drop for ServerHandle {
     }
 }
 
+/// Longest sleep of the timer thread without a deadline; it only bounds
+/// the wait, since every new deadline and the stop notify it.
+const TIMER_IDLE: Duration = Duration::from_secs(1);
+
 fn run_timer(shared: &Shared) {
     let mut st = shared.lock();
     loop {
-        if shared.timer_quit.load(Ordering::SeqCst) {
-            return;
-        }
         let now = Instant::now();
         st.run_timers(now);
         st.timers_changed = false;
@@ -429,16 +430,20 @@ fn run_timer(shared: &Shared) {
             shared.release(st);
             st = shared.lock();
         }
+        // Checked under the lock right before waiting: the stop sets the
+        // flag and then notifies under the lock, so it cannot be missed.
+        if shared.timer_quit.load(Ordering::SeqCst) {
+            return;
+        }
         // Timers may have been added while the lock was released.
         let next = st.timers.peek().map(|std::cmp::Reverse((at, _))| *at);
         st.timers_changed = false;
-        st = match next {
-            Some(at) => {
-                let wait = at.saturating_duration_since(Instant::now());
-                shared.timer_cv.wait_timeout(st, wait).unwrap_or_else(|e| e.into_inner()).0
-            }
-            None => shared.timer_cv.wait(st).unwrap_or_else(|e| e.into_inner()),
-        };
+        let wait = next.map_or(TIMER_IDLE, |at| at.saturating_duration_since(Instant::now()));
+        st = shared
+            .timer_cv
+            .wait_timeout(st, wait.min(TIMER_IDLE))
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
 

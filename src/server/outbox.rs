@@ -42,13 +42,13 @@ impl Inner {
     /// Takes the sendable bytes off the front of the buffer.
     fn take_sendable(&mut self) -> Vec<u8> {
         let n = self.sendable();
+        for h in &mut self.holds {
+            h.1 -= n;
+        }
         if n == self.buf.len() {
             return std::mem::take(&mut self.buf);
         }
         let rest = self.buf.split_off(n);
-        for h in &mut self.holds {
-            h.1 -= n;
-        }
         std::mem::replace(&mut self.buf, rest)
     }
 
@@ -342,5 +342,28 @@ impl Outbox {
             }
             g = self.wake_writer.wait(g).unwrap_or_else(|e| e.into_inner());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_keep_their_place_when_everything_before_them_is_taken() {
+        let mut i = Inner::default();
+        i.buf.extend_from_slice(b"abc");
+        i.holds.push_back((1, 3));
+        assert_eq!(i.take_sendable(), b"abc");
+        i.buf.extend_from_slice(b"held");
+        assert_eq!(i.sendable(), 0);
+        i.holds.push_back((2, 4));
+        i.buf.extend_from_slice(b"more");
+        i.holds.pop_front();
+        assert_eq!(i.take_sendable(), b"held");
+        i.put_back(b"ld");
+        assert_eq!(i.holds.front(), Some(&(2, 2)));
+        i.holds.pop_front();
+        assert_eq!(i.take_sendable(), b"ldmore");
     }
 }

@@ -130,8 +130,13 @@ impl Slot {
         let mut registered = false;
         loop {
             if !self.shared.set_idle(self.id, true) {
-                return End::Stop;
+                // The last job's result may still be buffered.
+                return match conn.flush() {
+                    Ok(()) => End::Stop,
+                    Err(e) => End::Lost(e),
+                };
             }
+            // Written together with the last job's result, when one is buffered.
             if let Err(e) = conn.send(&Packet::GrabJobUniq) {
                 return End::Lost(e);
             }
@@ -238,7 +243,9 @@ impl Slot {
         match &result {
             Ok(data) => {
                 log::debug!("slot={} job complete handle={handle} len={}", self.id, data.len());
-                conn.send(&Packet::WorkComplete { handle: h, data })?;
+                // Buffered: the next GRAB_JOB_UNIQ goes out in the same write.
+                conn.queue(&Packet::WorkComplete { handle: h, data })
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             }
             Err(e) => {
                 log::info!(

@@ -4,6 +4,8 @@
 mod admin;
 /// Malformed input against the embedded server.
 mod bad_input;
+/// `gearframe bench` runs every scenario and reports them as JSON.
+mod bench;
 /// `gearframe submit` and `gearframe send` as a user runs them.
 mod cli_client;
 /// The client library: both servers, failover, timeouts, batches.

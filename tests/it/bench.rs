@@ -1,0 +1,66 @@
+//! `gearframe bench` as a subprocess: it must finish, exit 0, and report
+//! every scenario in its JSON. No test here asserts a time.
+
+use std::process::Command;
+
+use crate::support::peer;
+
+fn bench(extra: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_gearframe"))
+        .args(["bench", "--mode", "all", "--jobs", "200", "--seq-jobs", "50", "--rounds", "1"])
+        .args(["--workers", "1,2", "--in-flight", "50", "--json"])
+        .args(extra)
+        .output()
+        .expect("run gearframe bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "gearframe bench failed: {}\n{stderr}", out.status);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("bad JSON ({e}): {}\n{stderr}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+/// Every scenario appears for `server`, with a rate above zero and one run.
+fn check_rows(doc: &serde_json::Value, server: &str) {
+    let rows = doc["rows"].as_array().expect("rows");
+    let want: [(&str, Option<u64>); 6] = [
+        ("bg", None),
+        ("drain", Some(1)),
+        ("drain", Some(2)),
+        ("fg", Some(1)),
+        ("fg", Some(2)),
+        ("seq", Some(1)),
+    ];
+    for (scenario, workers) in want {
+        let row = rows
+            .iter()
+            .find(|r| {
+                r["scenario"] == scenario
+                    && r["workers"].as_u64() == workers
+                    && r["server"] == server
+                    && r["generator"] == "gearframe"
+            })
+            .unwrap_or_else(|| panic!("no {scenario} {workers:?} row for {server}: {doc:#}"));
+        assert!(row["median"]["jobs_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{row:#}");
+        assert_eq!(row["runs"].as_array().map(Vec::len), Some(1), "{row:#}");
+        assert!(row["median"]["server_cpu_s"].is_number(), "server CPU not measured: {row:#}");
+    }
+}
+
+#[test]
+fn bench_all_scenarios_on_gearframe() {
+    let doc = bench(&[]);
+    check_rows(&doc, "gearframe");
+    assert!(doc["machine"]["nproc"].as_u64().unwrap_or(0) >= 1);
+}
+
+#[test]
+fn bench_against_gearmand() {
+    if peer("gearmand").is_none() {
+        return;
+    }
+    let doc = bench(&["--against-gearmand"]);
+    check_rows(&doc, "gearframe");
+    check_rows(&doc, "gearmand");
+    let ratios = doc["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.iter().filter(|r| r["kind"] == "server").count(), 6, "{doc:#}");
+}
