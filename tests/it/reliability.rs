@@ -22,7 +22,7 @@ use gearframe::proto::{Packet, PacketType, Priority, SubmitKind};
 use gearframe::server::ServerConfig;
 use gearframe::worker::{Job as WorkJob, JobContext, Worker};
 
-use crate::support::{Ours, eventually, free_port};
+use crate::support::{Ours, closed_by_peer, eventually, free_port};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -752,28 +752,6 @@ fn a_burst_of_connects_is_accepted_without_syn_retries() {
         }
     }
     assert!(stalls.is_empty(), "connects that waited for a SYN retry: {stalls:?}");
-}
-
-/// Reads until the peer closes; false if it stays open for `T`. Adds the
-/// bytes read to `received`.
-fn closed_by_peer(s: &mut TcpStream, received: &mut usize) -> bool {
-    s.set_read_timeout(Some(T)).unwrap();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(n) => *received += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false;
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The embedded server's lifecycle and its defences: signals, graceful
 //! shutdown, slow readers, connection limits.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -11,7 +11,9 @@ use gearframe::conn::Connection;
 use gearframe::proto::{Packet, PacketType, Priority, SubmitKind};
 use gearframe::server::ServerConfig;
 
-use crate::support::{ChildGuard, Opts, Ours, eventually, free_port, wait_listening};
+use crate::support::{
+    ChildGuard, Opts, Ours, closed_by_peer, eventually, free_port, wait_listening,
+};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -48,29 +50,6 @@ fn admin(addr: SocketAddr, line: &str) -> String {
     c.queue_bytes(format!("{line}\n").as_bytes());
     c.flush().unwrap();
     c.recv_line(deadline()).unwrap()
-}
-
-/// True when the peer closed (a read returns 0 bytes or a reset) within
-/// the test's limit; false when the connection was still open then.
-/// `received` counts the bytes read before the end.
-fn closed_by_peer(s: &mut TcpStream, received: &mut usize) -> bool {
-    s.set_read_timeout(Some(T)).unwrap();
-    let mut buf = [0u8; 65536];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(n) => *received += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                return false;
-            }
-            Err(_) => return true,
-        }
-    }
 }
 
 #[test]

@@ -577,3 +577,26 @@ impl RawConn {
         }
     }
 }
+
+/// True when the peer closed (a read returns 0 bytes or a reset) within
+/// 10 s; false when the connection was still open then.
+/// `received` counts the bytes read before the end.
+pub fn closed_by_peer(s: &mut std::net::TcpStream, received: &mut usize) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 65536];
+    loop {
+        match std::io::Read::read(s, &mut buf) {
+            Ok(0) => return true,
+            Ok(n) => *received += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
