@@ -252,40 +252,11 @@ impl Outbox {
             self.wake_writer.notify_all();
             self.writer.lock().unwrap_or_else(|e| e.into_inner()).take()
         };
-        if let Some(w) = writer {
-            let _ = w.join();
-            return;
-        }
-        let mut g = self.lock();
-        loop {
-            if g.dead {
-                return;
+        match writer {
+            Some(w) => {
+                let _ = w.join();
             }
-            if !g.writing && g.sendable() > 0 {
-                let chunk = g.take_sendable();
-                g.writing = true;
-                drop(g);
-                let r = stream.write_all(&chunk);
-                g = self.lock();
-                g.writing = false;
-                if r.is_err() {
-                    return;
-                }
-                continue;
-            }
-            if g.buf.is_empty() && !g.writing {
-                return;
-            }
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                log::debug!("output held past the limit is dropped with the connection");
-                return;
-            }
-            g = self
-                .wake_writer
-                .wait_timeout(g, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            None => self.write_blocking(stream, Some(deadline)),
         }
     }
 
@@ -313,8 +284,19 @@ impl Outbox {
     /// The writer thread: blocking writes for a peer whose socket buffer is
     /// full, and the last bytes once the connection closes.
     pub(crate) fn run_writer(&self, mut stream: TcpStream) {
+        self.write_blocking(&mut stream, None);
+    }
+
+    /// Writes with blocking writes whatever may be sent once the socket is
+    /// handed over or the outbox is closed, until the outbox is closed and
+    /// empty, the socket is dead, or `deadline` passes (bytes still held for
+    /// the store are dropped then).
+    fn write_blocking(&self, stream: &mut TcpStream, deadline: Option<std::time::Instant>) {
         let mut g = self.lock();
         loop {
+            if g.dead {
+                return;
+            }
             if !g.writing && g.sendable() > 0 && (g.handoff || g.closed) {
                 let chunk = g.take_sendable();
                 g.writing = true;
@@ -334,13 +316,23 @@ impl Outbox {
             }
             if g.sendable() == 0 {
                 g.handoff = false;
-                if g.closed && !g.writing && (g.buf.is_empty() || g.dead) {
+                if g.closed && !g.writing && g.buf.is_empty() {
                     drop(g);
                     let _ = stream.flush();
                     return;
                 }
             }
-            g = self.wake_writer.wait(g).unwrap_or_else(|e| e.into_inner());
+            g = match deadline {
+                None => self.wake_writer.wait(g).unwrap_or_else(|e| e.into_inner()),
+                Some(d) => {
+                    let now = std::time::Instant::now();
+                    if now >= d {
+                        log::debug!("output held past the limit is dropped with the connection");
+                        return;
+                    }
+                    self.wake_writer.wait_timeout(g, d - now).unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
         }
     }
 }
