@@ -472,15 +472,7 @@ fn failover(kill_first: impl FnOnce(), a: &str, b: &str) {
     let (c, _seen, _gate) = ctl();
     let workers: Vec<RawWorker> =
         [a, a, b, b].iter().map(|addr| RawWorker::start(addr, &["echo"], c.clone())).collect();
-    let cl = Client::builder()
-        .servers([a, b])
-        .connect_timeout(Duration::from_secs(1))
-        .ack_timeout(Duration::from_secs(3))
-        .job_timeout(Duration::from_secs(40))
-        .backoff(Duration::from_millis(50), Duration::from_millis(500))
-        .window(256)
-        .build()
-        .unwrap();
+    let cl = crate::support::failover_client(&[a, b]);
     let n = 10_000;
     let jobs: Vec<Job> = (0..n).map(|i| Job::new("echo", format!("f-{i}"))).collect();
     let completed = AtomicUsize::new(0);

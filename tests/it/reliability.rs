@@ -575,15 +575,7 @@ fn failover_between_two_persistent_servers_delivers_every_result() {
     let fg_runs = Counter::default();
     let bg_runs = Counter::default();
     let fg_worker = counting_worker(&servers, "echo", 2, &fg_runs);
-    let client = Client::builder()
-        .servers(&servers)
-        .connect_timeout(Duration::from_secs(1))
-        .ack_timeout(Duration::from_secs(3))
-        .job_timeout(Duration::from_secs(40))
-        .backoff(Duration::from_millis(50), Duration::from_millis(500))
-        .window(256)
-        .build()
-        .unwrap();
+    let client = crate::support::failover_client(&servers);
     let jobs: Vec<Job> = (0..JOBS)
         .map(|i| {
             if i % 2 == 0 {

@@ -600,3 +600,17 @@ pub fn closed_by_peer(s: &mut std::net::TcpStream, received: &mut usize) -> bool
         }
     }
 }
+
+/// A client for failover tests: short connect and ack limits and a quick
+/// backoff, so a killed server is left fast, and a 256-job window.
+pub fn failover_client<S: AsRef<str>>(servers: &[S]) -> gearframe::client::Client {
+    gearframe::client::Client::builder()
+        .servers(servers.iter().map(AsRef::as_ref))
+        .connect_timeout(Duration::from_secs(1))
+        .ack_timeout(Duration::from_secs(3))
+        .job_timeout(Duration::from_secs(40))
+        .backoff(Duration::from_millis(50), Duration::from_millis(500))
+        .window(256)
+        .build()
+        .unwrap()
+}
