@@ -209,6 +209,13 @@ fn priorities_are_served_in_order() {
         let got: Vec<Vec<u8>> =
             (0..6).map(|_| seen.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
         assert_eq!(got, expect, "{name} background");
+        // The worker reports a job before completing it: wait for the last
+        // completion, or the server requeues that job when the worker goes.
+        eventually(Duration::from_secs(10), "background jobs completed", || {
+            let mut a =
+                gearframe::admin::AdminClient::connect(addr, Duration::from_secs(5)).ok()?;
+            (a.function_status("record").ok()??.total == 0).then_some(())
+        });
         drop(w);
         // Foreground, as one batch that waits while the worker is absent.
         let jobs: Vec<Job> = order
