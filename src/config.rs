@@ -97,6 +97,9 @@ pub struct ServerSection {
     pub exceptions: bool,
     /// How long one write to a peer may block before it is disconnected.
     pub write_timeout: DurationStr,
+    /// How long a connection's reader polls for the next request before it
+    /// blocks (0: never).
+    pub busy_poll: DurationStr,
     /// Persistent queue for background jobs: `sqlite:PATH` (none: memory only).
     pub queue: Option<String>,
     /// Write the persistent queue only when the server stops.
@@ -137,6 +140,7 @@ impl Default for ServerSection {
             max_connections: d.max_connections,
             exceptions: d.exceptions,
             write_timeout: DurationStr(d.write_timeout),
+            busy_poll: DurationStr(d.busy_poll),
             queue: None,
             store_queue_on_shutdown: false,
             max_queue: d.max_queue,
@@ -173,6 +177,7 @@ impl ServerSection {
             max_connections: self.max_connections,
             exceptions: self.exceptions,
             write_timeout: self.write_timeout.0,
+            busy_poll: self.busy_poll.0,
             queue,
             durability: if self.store_queue_on_shutdown {
                 crate::server::Durability::OnShutdown
@@ -214,6 +219,8 @@ pub struct ClientSection {
     pub exceptions: bool,
     /// Connection name (SET_CLIENT_ID).
     pub client_id: Option<String>,
+    /// How long a connection polls for a reply before its read blocks (0: never).
+    pub busy_poll: DurationStr,
     /// The `client.send:` subsection (`gearframe send`).
     pub send: SendSection,
 }
@@ -231,6 +238,7 @@ impl Default for ClientSection {
             backoff_max: DurationStr(Duration::from_secs(5)),
             exceptions: false,
             client_id: None,
+            busy_poll: DurationStr(crate::busy_poll::DEFAULT_BUSY_POLL),
             send: SendSection::default(),
         }
     }
@@ -247,7 +255,8 @@ impl ClientSection {
             .job_timeout(self.job_timeout.0)
             .window(self.window)
             .backoff(self.backoff_min.0, self.backoff_max.0)
-            .exceptions(self.exceptions);
+            .exceptions(self.exceptions)
+            .busy_poll(self.busy_poll.0);
         if !self.servers.is_empty() {
             b = b.servers(&self.servers);
         }
@@ -328,10 +337,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let bad = || {
-        format!("invalid duration `{s}`: write a number with a unit, such as 500ms, 15s, 2m or 1h")
+        format!(
+            "invalid duration `{s}`: write a number with a unit, such as 100us, 500ms, 15s, 2m or 1h"
+        )
     };
     let n: f64 = num.parse().map_err(|_| bad())?;
     let secs = match unit.trim() {
+        "us" | "µs" => n / 1e6,
         "ms" => n / 1000.0,
         "s" => n,
         "m" | "min" => n * 60.0,
@@ -392,6 +404,8 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
+        assert_eq!(parse_duration("50µs"), Ok(Duration::from_micros(50)));
         assert!(parse_duration("15").is_err());
         assert!(parse_duration("fast").is_err());
     }
@@ -407,10 +421,11 @@ mod tests {
     #[test]
     fn server_section() {
         let c = Config::parse(
-            "server:\n  listen: 127.0.0.1:0\n  job_retries: 3\n  write_timeout: 2s\n",
+            "server:\n  listen: 127.0.0.1:0\n  job_retries: 3\n  write_timeout: 2s\n  busy_poll: 0\n",
         )
         .unwrap();
         let s = c.server.to_server_config().unwrap();
+        assert_eq!(s.busy_poll, Duration::ZERO);
         assert_eq!(s.listen, "127.0.0.1:0");
         assert_eq!(s.job_retries, 3);
         assert_eq!(s.write_timeout, Duration::from_secs(2));
@@ -442,6 +457,9 @@ mod tests {
         assert_eq!(c.client.ack_timeout, d.ack_timeout);
         assert_eq!(c.client.job_timeout, d.job_timeout);
         assert_eq!(c.client.window, d.window);
+        assert_eq!(c.client.busy_poll, d.busy_poll);
+        assert_eq!(c.worker.busy_poll, WorkerSection::default().busy_poll);
+        assert_eq!(c.server.busy_poll, ServerSection::default().busy_poll);
         assert_eq!(c.client.send.plan, d.send.plan);
         assert_eq!(c.client.send.reload, d.send.reload);
         let d = AdminSection::default();

@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use crate::busy_poll::{BusyPoll, DEFAULT_BUSY_POLL};
 use crate::proto::{Decoder, Frame, Magic, Packet, PacketType, ProtocolError};
 
 /// Default Gearman port.
@@ -64,6 +65,7 @@ pub struct Connection {
     rbuf: Box<[u8]>,
     wbuf: Vec<u8>,
     read_timeout: Option<Duration>,
+    busy: BusyPoll,
 }
 
 impl Connection {
@@ -99,6 +101,7 @@ impl Connection {
             rbuf: vec![0u8; 64 << 10].into_boxed_slice(),
             wbuf: Vec::with_capacity(4096),
             read_timeout: None,
+            busy: BusyPoll::new(DEFAULT_BUSY_POLL),
         })
     }
 
@@ -113,6 +116,13 @@ impl Connection {
     /// The socket cannot be duplicated.
     pub fn shutdown_handle(&self) -> io::Result<TcpStream> {
         self.stream.try_clone()
+    }
+
+    /// Sets how long a read polls for bytes before it blocks (zero: it
+    /// blocks at once); see [`crate::busy_poll`]. The default is
+    /// [`DEFAULT_BUSY_POLL`].
+    pub fn set_busy_poll(&mut self, window: Duration) {
+        self.busy = BusyPoll::new(window);
     }
 
     /// Sets the timeout of every write.
@@ -190,7 +200,10 @@ impl Connection {
     fn fill(&mut self, deadline: Option<Instant>) -> io::Result<()> {
         loop {
             self.set_read_deadline(deadline)?;
-            match self.stream.read(&mut self.rbuf) {
+            let started = self.busy.poll(&self.stream);
+            let r = self.stream.read(&mut self.rbuf);
+            self.busy.waited(started);
+            match r {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,

@@ -12,6 +12,7 @@
 //! The library logs through the `log` facade and never installs a logger.
 
 pub mod admin;
+pub mod busy_poll;
 pub mod client;
 pub mod config;
 pub mod conn;

@@ -39,6 +39,9 @@ pub(crate) struct ServerArgs {
     /// How long one write to a peer may block before it is disconnected (e.g. 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     write_timeout: Option<std::time::Duration>,
+    /// How long a connection's reader polls for the next request before it blocks (e.g. 50us; 0: never).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    busy_poll: Option<std::time::Duration>,
     /// Persistent queue for background jobs: sqlite:PATH.
     #[arg(long, value_name = "sqlite:PATH", value_parser = parse_queue)]
     queue: Option<std::path::PathBuf>,
@@ -84,6 +87,9 @@ pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure
     cfg.exceptions |= args.exceptions;
     if let Some(v) = args.write_timeout {
         cfg.write_timeout = v;
+    }
+    if let Some(v) = args.busy_poll {
+        cfg.busy_poll = v;
     }
     if let Some(v) = args.queue {
         cfg.queue = Some(v);

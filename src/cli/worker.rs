@@ -127,7 +127,8 @@ pub(crate) fn start(
         .servers(servers)
         .client_id(name.unwrap_or_else(|| section.name.clone()))
         .threads(threads.unwrap_or(section.threads))
-        .grace(grace.unwrap_or(section.grace.0));
+        .grace(grace.unwrap_or(section.grace.0))
+        .busy_poll(section.busy_poll.0);
     for (name, f) in functions {
         let (handler, options) = f.to_function();
         builder = builder.register_arc(name.clone(), handler, options);

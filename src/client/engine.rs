@@ -48,6 +48,7 @@ pub(crate) struct Settings {
     pub(crate) backoff_max: Duration,
     pub(crate) exceptions: bool,
     pub(crate) client_id: Option<String>,
+    pub(crate) busy_poll: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +117,7 @@ impl Slot {
             Error::Connection { phase: Phase::Connect, reason: io_reason(&e), context: self.ctx() }
         })?;
         self.record_ok();
+        c.set_busy_poll(set.busy_poll);
         let _ = c.set_write_timeout(Some(set.ack_timeout));
         if let Some(id) = &set.client_id {
             let _ = c.queue(&Packet::SetClientId { id: id.as_bytes() });

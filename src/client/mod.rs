@@ -144,6 +144,7 @@ impl Default for ClientBuilder {
                 backoff_max: Duration::from_secs(5),
                 exceptions: false,
                 client_id: None,
+                busy_poll: crate::busy_poll::DEFAULT_BUSY_POLL,
             },
         }
     }
@@ -192,6 +193,13 @@ impl ClientBuilder {
     /// outcome (default 1 h); [`Job::timeout`] overrides it per job.
     pub fn job_timeout(mut self, t: Duration) -> Self {
         self.set.job_timeout = t;
+        self
+    }
+
+    /// How long a connection polls for a reply before its read blocks
+    /// (default 100 µs; zero never polls); see [`crate::busy_poll`].
+    pub fn busy_poll(mut self, window: Duration) -> Self {
+        self.set.busy_poll = window;
         self
     }
 

@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 use outbox::Outbox;
 use state::{Control, Settings, State};
 
+use crate::busy_poll::BusyPoll;
 use crate::proto::{DEFAULT_MAX_LINE, Decoder};
 
 /// Server settings. Every field has a default that matches gearmand where
@@ -78,6 +79,9 @@ pub struct ServerConfig {
     pub max_outbox: usize,
     /// How long one write to a peer may block before it is disconnected.
     pub write_timeout: Duration,
+    /// How long a connection's reader polls for the next request before it
+    /// blocks (zero: never polls); see [`crate::busy_poll`].
+    pub busy_poll: Duration,
     /// SQLite file of the persistent queue for background jobs (none: memory only).
     pub queue: Option<std::path::PathBuf>,
     /// When the persistent queue is written.
@@ -152,6 +156,7 @@ impl Default for ServerConfig {
             exceptions: false,
             max_outbox: 256 << 20,
             write_timeout: Duration::from_secs(30),
+            busy_poll: crate::busy_poll::DEFAULT_BUSY_POLL,
             queue: None,
             durability: Durability::Sync,
             max_queue: 0,
@@ -560,8 +565,12 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
 fn read_loop(shared: &Shared, id: u64, stream: &mut TcpStream) {
     let mut dec = Decoder::new(shared.config.max_packet_size).with_max_line(DEFAULT_MAX_LINE);
     let mut buf = vec![0u8; 64 << 10];
+    let mut busy = BusyPoll::new(shared.config.busy_poll);
     loop {
-        let n = match stream.read(&mut buf) {
+        let started = busy.poll(stream);
+        let r = stream.read(&mut buf);
+        busy.waited(started);
+        let n = match r {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

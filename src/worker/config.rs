@@ -25,6 +25,8 @@ pub struct WorkerSection {
     pub servers: ServerList,
     /// How long running jobs may go on after Ctrl-C or SIGTERM.
     pub grace: DurationStr,
+    /// How long a slot polls for the server's reply before its read blocks (0: never).
+    pub busy_poll: DurationStr,
     /// The functions, by name.
     pub functions: BTreeMap<String, FunctionSection>,
 }
@@ -36,6 +38,7 @@ impl Default for WorkerSection {
             threads: super::DEFAULT_THREADS,
             servers: ServerList::default(),
             grace: DurationStr(Duration::from_secs(30)),
+            busy_poll: DurationStr(crate::busy_poll::DEFAULT_BUSY_POLL),
             functions: BTreeMap::new(),
         }
     }

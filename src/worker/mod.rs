@@ -168,6 +168,7 @@ pub struct WorkerBuilder {
     io_timeout: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
+    busy_poll: Duration,
     shutdown_jobs: bool,
 }
 
@@ -189,6 +190,7 @@ impl Default for WorkerBuilder {
             io_timeout: Duration::from_secs(30),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
+            busy_poll: crate::busy_poll::DEFAULT_BUSY_POLL,
             shutdown_jobs: true,
         }
     }
@@ -278,6 +280,13 @@ impl WorkerBuilder {
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min;
         self.backoff_max = max.max(min);
+        self
+    }
+
+    /// How long a slot polls for the server's reply before its read blocks
+    /// (default 100 µs; zero never polls); see [`crate::busy_poll`].
+    pub fn busy_poll(mut self, window: Duration) -> Self {
+        self.busy_poll = window;
         self
     }
 

@@ -67,6 +67,7 @@ impl Slot {
             if failures > 0 {
                 log::info!("slot={} server={}: connected", self.id, self.server);
             }
+            conn.set_busy_poll(self.settings.busy_poll);
             match conn.shutdown_handle() {
                 Ok(s) => {
                     self.shared

@@ -55,8 +55,10 @@ fn admin(addr: SocketAddr, line: &str) -> String {
 #[test]
 fn sigterm_stops_the_server_at_once_and_exits_zero() {
     let port = free_port();
+    // A polling window far longer than the test: readers still polling
+    // after the last request must not delay the stop either.
     let child = Command::new(env!("CARGO_BIN_EXE_gearframe"))
-        .args(["server", "-L", &format!("127.0.0.1:{port}")])
+        .args(["server", "-L", &format!("127.0.0.1:{port}"), "--busy-poll", "60s"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -76,6 +78,18 @@ fn sigterm_stops_the_server_at_once_and_exits_zero() {
     assert!(code.success(), "exit status {code:?}");
     assert!(started.elapsed() < Duration::from_secs(5), "stop took {:?}", started.elapsed());
     assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err());
+}
+
+#[test]
+fn a_bad_busy_poll_value_is_refused_naming_the_option() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gearframe"))
+        .args(["server", "-L", "127.0.0.1:0", "--busy-poll", "fast"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--busy-poll") && err.contains("invalid duration"), "{err}");
 }
 
 #[test]

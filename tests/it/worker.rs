@@ -747,3 +747,56 @@ if {exc}:
         w.join();
     }
 }
+
+/// Jobs run the same whether connections never poll before blocking or
+/// poll for far longer than any wait, and a long polling window does not
+/// hold up a stop: the server, the worker and the client each end while
+/// their readers are polling.
+#[test]
+fn busy_polling_off_or_long_changes_no_result_and_delays_no_stop() {
+    for window in [Duration::ZERO, Duration::from_secs(60)] {
+        let server =
+            Ours::with_config(ServerConfig { busy_poll: window, ..ServerConfig::default() });
+        let addr = server.addr().to_string();
+        let worker = Worker::builder()
+            .servers([&addr])
+            .threads(2)
+            .busy_poll(window)
+            .grace(Duration::from_secs(1))
+            .register("bp-echo", |job: &Job, _: &mut JobContext<'_>| Ok(job.payload().to_vec()))
+            .build()
+            .unwrap();
+        let client = gearframe::client::Client::builder()
+            .servers([&addr])
+            .busy_poll(window)
+            .job_timeout(LIMIT)
+            .build()
+            .unwrap();
+        let jobs: Vec<gearframe::client::Job> = (0..200)
+            .map(|i| gearframe::client::Job::new("bp-echo", format!("job-{i}").into_bytes()))
+            .collect();
+        let results = client.batch(&jobs).run();
+        for (i, r) in results.iter().enumerate() {
+            let out = r.as_ref().unwrap_or_else(|e| panic!("window {window:?}, job {i}: {e}"));
+            assert_eq!(out.name(), "complete", "window {window:?}, job {i}");
+            assert_eq!(out.data(), Some(format!("job-{i}").as_bytes()), "window {window:?}");
+        }
+        // One job after the connections sat idle for longer than twice the
+        // short window, so polling has turned itself off and on again.
+        std::thread::sleep(Duration::from_millis(50));
+        let out = client.submit("bp-echo", "job-7").unwrap();
+        assert_eq!(out.data(), Some(&b"job-7"[..]), "window {window:?}");
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(client);
+            worker.shutdown();
+            worker.join();
+            server.stop();
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(LIMIT).unwrap_or_else(|_| {
+            panic!("window {window:?}: client, worker and server did not stop")
+        });
+    }
+}
