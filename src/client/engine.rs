@@ -1,5 +1,6 @@
-//! The submission engine: one lane thread per server a call uses, and the
-//! calling thread as coordinator.
+//! The submission engine: one lane per server a call uses, and the calling
+//! thread as coordinator. A call to one server (or of one job) runs its lane
+//! on the calling thread; otherwise each lane has a thread.
 //!
 //! ```text
 //!  caller ──jobs──▶ coordinator ──Vec<job index>──▶ lane(server k) ──SUBMIT*──▶ server k
@@ -266,6 +267,8 @@ struct Lane<'a> {
     reused: bool,
     got_reply: bool,
     force_fresh: bool,
+    /// Driven by the calling thread, which must not sleep long in it.
+    inline: bool,
     dirty: bool,
     options: usize,
     pending: VecDeque<usize>,
@@ -380,6 +383,11 @@ impl<'a> Lane<'a> {
         if let Some(at) = self.slot().retry_at() {
             let now = Instant::now();
             if at > now {
+                if self.inline && at - now > TICK {
+                    // The caller checks job deadlines between turns.
+                    std::thread::sleep(TICK);
+                    return Ok(());
+                }
                 std::thread::sleep(at - now);
             }
         }
@@ -690,16 +698,18 @@ impl<'a> Lane<'a> {
     }
 }
 
-/// The lanes of one call. A call of one job drives its lanes on the
-/// calling thread (no thread to start, no hand-over between threads); a
-/// larger call gives each lane its own thread.
+/// The lanes of one call. A call of one job, or a call to one server,
+/// drives its lanes on the calling thread (no thread to start, no hand-over
+/// between threads); a larger call to several servers gives each lane its
+/// own thread, so that one slow server does not hold up the others.
 struct Lanes<'sh, 'scope, 'env> {
     shared: &'sh Shared<'sh>,
     scope: &'scope std::thread::Scope<'scope, 'env>,
     rep_tx: Sender<Vec<Report>>,
     rep_rx: Receiver<Vec<Report>>,
     inboxes: Vec<Option<Sender<Vec<usize>>>>,
-    /// The lanes driven by the calling thread, when the call has one job.
+    /// The lanes driven by the calling thread, when the call has one job or
+    /// one server.
     inline: Option<Vec<Option<Lane<'sh>>>>,
 }
 
@@ -716,6 +726,7 @@ impl<'sh: 'scope, 'scope, 'env> Lanes<'sh, 'scope, 'env> {
                 reused: false,
                 got_reply: false,
                 force_fresh: false,
+                inline: self.inline.is_some(),
                 dirty: false,
                 options: 0,
                 pending: VecDeque::new(),
@@ -867,7 +878,7 @@ pub(crate) fn run(
             rep_tx,
             rep_rx,
             inboxes: vec![None; servers],
-            inline: (n == 1).then(|| (0..servers).map(|_| None).collect()),
+            inline: (n == 1 || servers == 1).then(|| (0..servers).map(|_| None).collect()),
         };
         for (lane, batch) in initial.into_iter().enumerate() {
             if !batch.is_empty() {
