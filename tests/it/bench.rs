@@ -64,3 +64,30 @@ fn bench_against_gearmand() {
     let ratios = doc["ratios"].as_array().expect("ratios");
     assert_eq!(ratios.iter().filter(|r| r["kind"] == "server").count(), 6, "{doc:#}");
 }
+
+#[test]
+fn bench_with_the_php_peer_on_both_servers() {
+    if peer("gearmand").is_none() || peer("php").is_none() {
+        return;
+    }
+    let doc = bench(&["--peer", "php"]);
+    check_rows(&doc, "gearframe");
+    check_rows(&doc, "gearmand");
+    let rows = doc["rows"].as_array().expect("rows");
+    for server in ["gearframe", "gearmand"] {
+        let php = rows.iter().filter(|r| r["server"] == server && r["generator"] == "php");
+        assert_eq!(php.clone().count(), 6, "php rows on {server}: {doc:#}");
+        for r in php {
+            assert!(r["median"]["jobs_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{r:#}");
+        }
+    }
+    let ratios = doc["ratios"].as_array().expect("ratios");
+    let client = |server: &str| {
+        ratios
+            .iter()
+            .filter(|r| r["kind"] == "client" && r["what"].as_str().unwrap_or("").contains(server))
+            .count()
+    };
+    assert_eq!((client("on gearframe"), client("on gearmand")), (6, 6), "{doc:#}");
+    assert_eq!(ratios.iter().filter(|r| r["kind"] == "latency").count(), 1, "{doc:#}");
+}
