@@ -14,6 +14,10 @@
 // A worker echoes every job and stops after the job whose payload is STOP.
 // It then prints count, first (start of its first job), last (end of its
 // last job) and cpu_s.
+//
+// Either then keeps its connection open until its stdin is closed, so that
+// the server's per-connection threads are still there when the bench reads
+// the server's CPU time.
 
 function cpu_s() {
     $r = getrusage();
@@ -60,6 +64,8 @@ if ($role === 'worker') {
         }
     }
     echo json_encode(['count' => $count, 'first' => $first, 'last' => $last, 'cpu_s' => cpu_s()]), "\n";
+    fflush(STDOUT);
+    stream_get_contents(STDIN);
     exit(0);
 }
 
@@ -132,3 +138,5 @@ if ($ok !== $jobs) {
     fail("$ok of $jobs jobs succeeded");
 }
 echo json_encode(['start' => $start, 'end' => $end, 'lat_us' => $lat, 'cpu_s' => cpu_s(), 'ok' => $ok]), "\n";
+fflush(STDOUT);
+stream_get_contents(STDIN);

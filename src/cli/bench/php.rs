@@ -1,7 +1,7 @@
 //! The libgearman peer: the same scenarios driven by PHP's gearman
 //! extension (benches/peers/php_bench.php, built into this program).
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,41 +27,112 @@ impl Drop for Php {
     }
 }
 
-/// A finished PHP process's JSON line. Its output is read while it runs,
-/// so a large report cannot fill the pipe and stall it.
-fn finish(mut child: Child, what: &str) -> Result<serde_json::Value, String> {
-    fn drain<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<String> {
-        std::thread::spawn(move || {
+/// A running PHP process. It prints one JSON line when its part is done,
+/// then keeps its connection open until its stdin is closed, so that the
+/// server's threads for it are still there when the server's CPU time and
+/// context switches are read.
+struct Running {
+    child: Child,
+    what: String,
+    first_line: std::sync::mpsc::Receiver<String>,
+    stdout: std::thread::JoinHandle<()>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Running {
+    fn new(mut child: Child, what: &str) -> Running {
+        let (tx, first_line) = std::sync::mpsc::channel();
+        let out = child.stdout.take();
+        // Output is read while the process runs, so that a large report
+        // cannot fill the pipe and stall it.
+        let stdout = std::thread::spawn(move || {
+            let Some(out) = out else { return };
+            let mut lines = std::io::BufReader::new(out).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            lines.for_each(drop);
+        });
+        let err = child.stderr.take();
+        let stderr = std::thread::spawn(move || {
             let mut s = String::new();
-            if let Some(mut r) = r {
+            if let Some(mut r) = err {
                 let _ = r.read_to_string(&mut s);
             }
             s
-        })
+        });
+        Running { child, what: what.to_string(), first_line, stdout, stderr }
     }
-    let out = drain(child.stdout.take());
-    let err = drain(child.stderr.take());
-    let deadline = Instant::now() + LIMIT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break Err(format!("php {what} still running after {LIMIT:?}"));
+
+    /// The process's JSON report, once its part is done.
+    fn report(&mut self) -> Result<serde_json::Value, String> {
+        match self.first_line.recv_timeout(LIMIT) {
+            Ok(line) => serde_json::from_str(line.trim())
+                .map_err(|e| format!("php {}: bad output ({e}): {:.200}", self.what, line.trim())),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = self.child.kill();
+                Err(format!("php {} still running after {LIMIT:?}", self.what))
             }
-            Err(e) => break Err(format!("php {what}: {e}")),
+            // It ended without a report: release() says why.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                Err(format!("php {} ended without a report", self.what))
+            }
         }
-    };
-    let out = out.join().unwrap_or_default();
-    let err = err.join().unwrap_or_default();
-    let status = status?;
-    if !status.success() {
-        return Err(format!("php {what} failed ({status}): {}", err.trim()));
     }
-    serde_json::from_str(out.trim())
-        .map_err(|e| format!("php {what}: bad output ({e}): {:.200}", out.trim()))
+
+    /// Closes its stdin and waits for it to exit.
+    fn release(mut self) -> Result<(), String> {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(None) => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break Err(format!("php {} did not exit once released", self.what));
+                }
+                Err(e) => break Err(format!("php {}: {e}", self.what)),
+            }
+        };
+        let _ = self.stdout.join();
+        let err = self.stderr.join().unwrap_or_default();
+        let status = status?;
+        if !status.success() {
+            return Err(format!("php {} failed ({status}): {}", self.what, err.trim()));
+        }
+        Ok(())
+    }
+}
+
+/// The reports of `procs`; on an error every process is released and the
+/// first failure (a non-zero exit names the cause best) returned.
+fn reports(procs: &mut [Running]) -> Result<Vec<serde_json::Value>, String> {
+    procs.iter_mut().map(Running::report).collect()
+}
+
+/// Releases every process; the first failure, if any.
+fn release_all(procs: Vec<Running>) -> Result<(), String> {
+    let mut first = Ok(());
+    for p in procs {
+        let r = p.release();
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
+}
+
+/// Releases `procs` after a failed report, preferring the process's own
+/// error (its exit status and stderr) to the report's.
+fn fail_all(procs: Vec<Running>, report_error: String) -> String {
+    match release_all(procs) {
+        Err(e) => e,
+        Ok(()) => report_error,
+    }
 }
 
 fn num(v: &serde_json::Value, key: &str) -> f64 {
@@ -92,14 +163,15 @@ impl Php {
         &self.script
     }
 
-    fn spawn(&self, args: &[String]) -> Result<Child, String> {
+    fn spawn(&self, args: &[String], what: &str) -> Result<Running, String> {
         Command::new("php")
             .arg(self.script())
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
+            .map(|c| Running::new(c, what))
             .map_err(|e| format!("cannot start php: {e}"))
     }
 
@@ -109,7 +181,7 @@ impl Php {
         addr: &str,
         function: &str,
         load: &Load,
-    ) -> Result<(f64, Vec<f64>, f64), String> {
+    ) -> Result<(f64, Vec<f64>, f64, Vec<Running>), String> {
         let clients = load.clients.max(1);
         let (host, port) = host_port(addr);
         let mut children = Vec::new();
@@ -126,68 +198,77 @@ impl Php {
                 &load.payload.to_string(),
             ]
             .map(String::from);
-            children.push(self.spawn(&args)?);
-        }
-        let (mut start, mut end, mut lat, mut cpu) = (f64::MAX, 0f64, Vec::new(), 0.0);
-        let mut first_err = None;
-        for child in children {
-            match finish(child, &format!("client {mode}")) {
-                Ok(v) => {
-                    start = start.min(num(&v, "start"));
-                    end = end.max(num(&v, "end"));
-                    cpu += num(&v, "cpu_s");
-                    if let Some(l) = v.get("lat_us").and_then(|l| l.as_array()) {
-                        lat.extend(l.iter().filter_map(serde_json::Value::as_f64));
-                    }
-                }
-                Err(e) => first_err = first_err.or(Some(e)),
+            match self.spawn(&args, &format!("client {mode}")) {
+                Ok(r) => children.push(r),
+                Err(e) => return Err(fail_all(children, e)),
             }
         }
-        if let Some(e) = first_err {
-            return Err(e);
+        let got = match reports(&mut children) {
+            Ok(v) => v,
+            Err(e) => return Err(fail_all(children, e)),
+        };
+        let (mut start, mut end, mut lat, mut cpu) = (f64::MAX, 0f64, Vec::new(), 0.0);
+        for v in got {
+            start = start.min(num(&v, "start"));
+            end = end.max(num(&v, "end"));
+            cpu += num(&v, "cpu_s");
+            if let Some(l) = v.get("lat_us").and_then(|l| l.as_array()) {
+                lat.extend(l.iter().filter_map(serde_json::Value::as_f64));
+            }
         }
-        Ok(((end - start).max(0.0), lat, cpu))
+        Ok(((end - start).max(0.0), lat, cpu, children))
     }
 
-    fn workers(&self, addr: &str, function: &str, n: usize) -> Result<Vec<Child>, String> {
+    fn workers(&self, addr: &str, function: &str, n: usize) -> Result<Vec<Running>, String> {
         let (host, port) = host_port(addr);
-        (0..n).map(|_| self.spawn(&["worker", host, port, function].map(String::from))).collect()
+        let mut out = Vec::new();
+        for _ in 0..n {
+            match self.spawn(&["worker", host, port, function].map(String::from), "worker") {
+                Ok(r) => out.push(r),
+                Err(e) => return Err(fail_all(out, e)),
+            }
+        }
+        Ok(out)
     }
 
     /// Stops `workers` with one STOP job each; returns (jobs, first, last,
-    /// CPU seconds) over all of them.
+    /// CPU seconds) over all of them, and the workers, still connected
+    /// until released.
     fn stop(
         &self,
         addr: &str,
         function: &str,
-        workers: Vec<Child>,
-    ) -> Result<(u64, f64, f64, f64), String> {
+        mut workers: Vec<Running>,
+    ) -> Result<((u64, f64, f64, f64), Vec<Running>), String> {
         let stops: Vec<Job> =
             (0..workers.len()).map(|_| Job::new(function, "STOP").background(true)).collect();
-        let client = Client::builder().servers([addr]).build().map_err(|e| e.to_string())?;
-        for r in client.batch(&stops).run() {
-            r.map_err(|e| format!("STOP job: {e}"))?;
+        let sent = Client::builder().servers([addr]).build().map_err(|e| e.to_string()).and_then(
+            |client| {
+                client
+                    .batch(&stops)
+                    .run()
+                    .into_iter()
+                    .try_for_each(|r| r.map(drop).map_err(|e| format!("STOP job: {e}")))
+            },
+        );
+        if let Err(e) = sent {
+            return Err(fail_all(workers, e));
         }
+        let got = match reports(&mut workers) {
+            Ok(v) => v,
+            Err(e) => return Err(fail_all(workers, e)),
+        };
         let (mut count, mut first, mut last, mut cpu) = (0u64, f64::MAX, 0f64, 0.0);
-        let mut first_err = None;
-        for w in workers {
-            match finish(w, "worker") {
-                Ok(v) => {
-                    let c = num(&v, "count") as u64;
-                    count += c;
-                    if c > 0 {
-                        first = first.min(num(&v, "first"));
-                        last = last.max(num(&v, "last"));
-                    }
-                    cpu += num(&v, "cpu_s");
-                }
-                Err(e) => first_err = first_err.or(Some(e)),
+        for v in got {
+            let c = num(&v, "count") as u64;
+            count += c;
+            if c > 0 {
+                first = first.min(num(&v, "first"));
+                last = last.max(num(&v, "last"));
             }
+            cpu += num(&v, "cpu_s");
         }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok((count, first, last, cpu)),
-        }
+        Ok(((count, first, last, cpu), workers))
     }
 
     /// Background submissions; leaves `load.jobs` jobs queued.
@@ -199,8 +280,9 @@ impl Php {
         meter: &Meter,
     ) -> Result<Sample, String> {
         let before = meter.snap();
-        let (wall, lat, cpu) = self.clients("bg", addr, function, load)?;
+        let (wall, lat, cpu, clients) = self.clients("bg", addr, function, load)?;
         let after = meter.snap();
+        release_all(clients)?;
         let (total, _, _) = status(addr, function)?;
         if total != load.jobs as u64 {
             return Err(format!("{total} jobs queued after {} background submissions", load.jobs));
@@ -221,8 +303,9 @@ impl Php {
         // The STOP jobs go behind the queued ones, so each worker takes its
         // STOP only once every real job was handed out.
         let ws = self.workers(addr, function, workers)?;
-        let (count, first, last, cpu) = self.stop(addr, function, ws)?;
+        let ((count, first, last, cpu), ws) = self.stop(addr, function, ws)?;
         let after = meter.snap();
+        release_all(ws)?;
         if count != jobs as u64 {
             return Err(format!("php workers ran {count} of {jobs} jobs"));
         }
@@ -261,7 +344,10 @@ impl Php {
         let before = meter.snap();
         let run = ready.and_then(|()| self.clients(mode, addr, function, load));
         let after = meter.snap();
-        let stopped = self.stop(addr, function, ws);
+        let run = run.and_then(|(wall, lat, cpu, clients)| {
+            release_all(clients).map(|()| (wall, lat, cpu))
+        });
+        let stopped = self.stop(addr, function, ws).and_then(|(r, ws)| release_all(ws).map(|()| r));
         let (wall, lat, cpu) = run?;
         let (_, _, _, wcpu) = stopped?;
         Ok(Sample::new(load.jobs, wall, lat, before, after).with_generator_cpu(cpu + wcpu))
