@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 /// Default polling window before a read blocks.
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
 
-/// A yield that took this long let another thread run.
-const YIELDED: Duration = Duration::from_micros(10);
+/// A yield that took this long let another thread run for a while (not
+/// just another poller for a peek).
+const YIELDED: Duration = Duration::from_micros(50);
 
 /// Threads of this process polling right now.
 static POLLING: AtomicUsize = AtomicUsize::new(0);
@@ -85,7 +86,7 @@ impl BusyPoll {
             std::thread::yield_now();
             if before_yield.elapsed() >= YIELDED {
                 // Another thread ran: this CPU has other work and will not
-                // go to sleep, so blocking costs nothing more than polling.
+                // go to sleep, so blocking costs no more than polling.
                 break;
             }
         }
