@@ -405,8 +405,13 @@ impl<'a> Lane<'a> {
         let window = self.sh.set.window;
         let now = Instant::now();
         let Some(conn) = self.conn.as_mut() else { return Ok(()) };
+        // Refill a large window in large steps: submissions then go out in
+        // few big writes, and the server's reader wakes once per step
+        // rather than once per finished job.
+        let free = window.saturating_sub(self.awaiting.len() + self.running_jobs);
+        let refill = free >= (window / 8).max(1) || free >= self.pending.len();
         let mut epoch_buf = itoa_buf();
-        while self.awaiting.len() + self.running_jobs < window {
+        while refill && self.awaiting.len() + self.running_jobs < window {
             let Some(j) = self.pending.pop_front() else { break };
             if self.sh.done[j].load(Ordering::Relaxed) {
                 continue;
