@@ -89,6 +89,10 @@ pub(crate) struct BenchArgs {
     /// The gearmand program [default: found in PATH or /usr/sbin].
     #[arg(long, value_name = "PATH")]
     gearmand: Option<PathBuf>,
+    /// Polling window of gearframe's server, client and worker before a read
+    /// blocks (e.g. 0 to turn polling off) [default: their defaults].
+    #[arg(long, value_name = "DURATION", value_parser = gearframe::config::parse_duration)]
+    busy_poll: Option<std::time::Duration>,
     /// Print the results as one JSON document.
     #[arg(long)]
     json: bool,
@@ -101,6 +105,8 @@ pub(super) struct Load {
     pub(super) clients: usize,
     pub(super) payload: usize,
     pub(super) in_flight: usize,
+    /// gearframe's client and worker polling window (none: the default).
+    pub(super) busy_poll: Option<std::time::Duration>,
 }
 
 /// The payload of job `i`: its number, padded with dots to `bytes`.
@@ -332,8 +338,13 @@ impl Ctx<'_> {
         step: Step,
     ) -> Result<Vec<Recorded>, String> {
         let a = self.args;
-        let load =
-            Load { jobs: a.jobs, clients: a.clients, payload: a.payload, in_flight: a.in_flight };
+        let load = Load {
+            jobs: a.jobs,
+            clients: a.clients,
+            payload: a.payload,
+            in_flight: a.in_flight,
+            busy_poll: a.busy_poll,
+        };
         let addr = target.addr.as_str();
         let meter = Meter { pid: target.pid };
         let php_peer = self.php;
@@ -348,7 +359,7 @@ impl Ctx<'_> {
                 }
                 .map_err(|e| format!("bg: {e}"))?;
                 let drain = match generator {
-                    Generator::Gearframe => ours::drain(addr, &f, a.jobs, workers, &meter),
+                    Generator::Gearframe => ours::drain(addr, &f, &load, workers, &meter),
                     Generator::Php => php()?.drain(addr, &f, a.jobs, workers, &meter),
                 }
                 .map_err(|e| format!("drain ({workers} workers): {e}"))?;
@@ -371,7 +382,10 @@ impl Ctx<'_> {
             Step::Seq => {
                 let f = self.function("seq");
                 let s = match generator {
-                    Generator::Gearframe => ours::seq(addr, &f, self.seq_jobs, a.payload, &meter),
+                    Generator::Gearframe => {
+                        let seq = Load { jobs: self.seq_jobs, ..load };
+                        ours::seq(addr, &f, &seq, &meter)
+                    }
                     Generator::Php => php()?.seq(addr, &f, self.seq_jobs, a.payload, &meter),
                 }
                 .map_err(|e| format!("seq: {e}"))?;
@@ -526,7 +540,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, Failure> {
     };
     let mut targets = vec![match &args.server {
         Some(s) => Target::external(s)?,
-        None => Target::gearframe()?,
+        None => Target::gearframe(args.busy_poll)?,
     }];
     if args.against_gearmand || php.is_some() {
         targets.push(Target::gearmand(args.gearmand.as_deref())?);
@@ -608,6 +622,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode, Failure> {
                 "payload": args.payload,
                 "in_flight": args.in_flight,
                 "rounds": args.rounds,
+                "busy_poll_us": args.busy_poll.map(|d| d.as_micros()),
             },
             "rows": rows,
             "ratios": ratios,

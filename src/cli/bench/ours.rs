@@ -13,9 +13,12 @@ use super::{Load, Sample, payload, payload_index};
 /// How long any one scenario may take before it is declared failed.
 const LIMIT: Duration = Duration::from_secs(300);
 
-fn client(addr: &str, window: usize) -> Result<Client, String> {
-    Client::builder()
-        .servers([addr])
+fn client(addr: &str, window: usize, load: &Load) -> Result<Client, String> {
+    let mut b = Client::builder();
+    if let Some(d) = load.busy_poll {
+        b = b.busy_poll(d);
+    }
+    b.servers([addr])
         .window(window)
         .job_timeout(LIMIT)
         .ack_timeout(Duration::from_secs(60))
@@ -24,8 +27,12 @@ fn client(addr: &str, window: usize) -> Result<Client, String> {
 }
 
 /// A worker pool that echoes every job, once the server lists its slots.
-fn echo_workers(addr: &str, function: &str, threads: usize) -> Result<Worker, String> {
-    let w = Worker::builder()
+fn echo_workers(addr: &str, function: &str, threads: usize, load: &Load) -> Result<Worker, String> {
+    let mut b = Worker::builder();
+    if let Some(d) = load.busy_poll {
+        b = b.busy_poll(d);
+    }
+    let w = b
         .servers([addr])
         .client_id("gearframe-bench")
         .threads(threads)
@@ -75,7 +82,7 @@ fn pipelined(
             // server's thread for it) lives until the CPU time is read.
             handles.push(s.spawn(move || -> Result<(Instant, Vec<Instant>, Client), String> {
                 let prepared = (|| {
-                    let client = client(addr, window)?;
+                    let client = client(addr, window, load)?;
                     // Opens the connection before the clock starts.
                     client.echo(b"warm-up").map_err(|e| e.to_string())?;
                     let jobs: Vec<Job> = (c..load.jobs)
@@ -148,15 +155,16 @@ pub(super) fn bg(addr: &str, function: &str, load: &Load, meter: &Meter) -> Resu
     Ok(s)
 }
 
-/// `workers` worker slots drain the `jobs` queued under `function` by
+/// `workers` worker slots drain the `load.jobs` queued under `function` by
 /// [`bg`]; each job must run exactly once.
 pub(super) fn drain(
     addr: &str,
     function: &str,
-    jobs: usize,
+    load: &Load,
     workers: usize,
     meter: &Meter,
 ) -> Result<Sample, String> {
+    let jobs = load.jobs;
     struct Seen {
         runs: Vec<AtomicU8>,
         count: AtomicUsize,
@@ -176,7 +184,11 @@ pub(super) fn drain(
     });
     let before = meter.snap();
     let s2 = Arc::clone(&seen);
-    let worker = Worker::builder()
+    let mut builder = Worker::builder();
+    if let Some(d) = load.busy_poll {
+        builder = builder.busy_poll(d);
+    }
+    let worker = builder
         .servers([addr])
         .client_id("gearframe-bench")
         .threads(workers)
@@ -230,24 +242,25 @@ pub(super) fn fg(
     workers: usize,
     meter: &Meter,
 ) -> Result<Sample, String> {
-    let w = echo_workers(addr, function, workers)?;
+    let w = echo_workers(addr, function, workers, load)?;
     let r = pipelined(addr, function, load, false, meter);
     w.shutdown();
     w.join();
     r
 }
 
-/// One client, one worker slot, one job at a time.
+/// One client, one worker slot, one job at a time (`load.jobs` of
+/// `load.payload` bytes).
 pub(super) fn seq(
     addr: &str,
     function: &str,
-    jobs: usize,
-    bytes: usize,
+    load: &Load,
     meter: &Meter,
 ) -> Result<Sample, String> {
-    let w = echo_workers(addr, function, 1)?;
+    let (jobs, bytes) = (load.jobs, load.payload);
+    let w = echo_workers(addr, function, 1, load)?;
     let r = (|| {
-        let client = client(addr, 1)?;
+        let client = client(addr, 1, load)?;
         let check = |i: usize| -> Result<(), String> {
             let p = payload(i, bytes);
             match client.submit(function, p.clone()) {

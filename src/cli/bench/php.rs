@@ -344,9 +344,8 @@ impl Php {
         let before = meter.snap();
         let run = ready.and_then(|()| self.clients(mode, addr, function, load));
         let after = meter.snap();
-        let run = run.and_then(|(wall, lat, cpu, clients)| {
-            release_all(clients).map(|()| (wall, lat, cpu))
-        });
+        let run = run
+            .and_then(|(wall, lat, cpu, clients)| release_all(clients).map(|()| (wall, lat, cpu)));
         let stopped = self.stop(addr, function, ws).and_then(|(r, ws)| release_all(ws).map(|()| r));
         let (wall, lat, cpu) = run?;
         let (_, _, _, wcpu) = stopped?;
@@ -362,7 +361,7 @@ impl Php {
         bytes: usize,
         meter: &Meter,
     ) -> Result<Sample, String> {
-        let load = Load { jobs, clients: 1, payload: bytes, in_flight: 1 };
+        let load = Load { jobs, clients: 1, payload: bytes, in_flight: 1, busy_poll: None };
         self.foreground("seq", addr, function, &load, 1, meter).map(|mut s| {
             s.wall_s = s.lat_us.iter().sum::<f64>() / 1e6;
             s

@@ -44,14 +44,16 @@ impl Drop for Target {
 
 impl Target {
     /// `gearframe server` from this executable, as a child process.
-    pub(super) fn gearframe() -> Result<Target, String> {
+    pub(super) fn gearframe(busy_poll: Option<std::time::Duration>) -> Result<Target, String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
         start("gearframe", || {
             let port = free_port()?;
             let mut cmd = Command::new(&exe);
-            cmd.args(["-q", "server", "-L", &format!("127.0.0.1:{port}")])
-                .env_remove("GEARFRAME_CONFIG")
-                .current_dir(std::env::temp_dir());
+            cmd.args(["-q", "server", "-L", &format!("127.0.0.1:{port}")]);
+            if let Some(d) = busy_poll {
+                cmd.arg("--busy-poll").arg(format!("{}us", d.as_micros()));
+            }
+            cmd.env_remove("GEARFRAME_CONFIG").current_dir(std::env::temp_dir());
             Ok((cmd, port))
         })
     }
