@@ -135,6 +135,17 @@ fn fail_all(procs: Vec<Running>, report_error: String) -> String {
     }
 }
 
+/// What the workers of one run reported, over all of them.
+struct WorkerReports {
+    /// Jobs run.
+    count: u64,
+    /// Start of the first job and end of the last (seconds, wall clock).
+    first: f64,
+    last: f64,
+    /// CPU seconds.
+    cpu: f64,
+}
+
 fn num(v: &serde_json::Value, key: &str) -> f64 {
     v.get(key).and_then(serde_json::Value::as_f64).unwrap_or(0.0)
 }
@@ -231,15 +242,14 @@ impl Php {
         Ok(out)
     }
 
-    /// Stops `workers` with one STOP job each; returns (jobs, first, last,
-    /// CPU seconds) over all of them, and the workers, still connected
-    /// until released.
+    /// Stops `workers` with one STOP job each; returns what they reported,
+    /// and the workers, still connected until released.
     fn stop(
         &self,
         addr: &str,
         function: &str,
         mut workers: Vec<Running>,
-    ) -> Result<((u64, f64, f64, f64), Vec<Running>), String> {
+    ) -> Result<(WorkerReports, Vec<Running>), String> {
         let stops: Vec<Job> =
             (0..workers.len()).map(|_| Job::new(function, "STOP").background(true)).collect();
         let sent = Client::builder().servers([addr]).build().map_err(|e| e.to_string()).and_then(
@@ -268,7 +278,7 @@ impl Php {
             }
             cpu += num(&v, "cpu_s");
         }
-        Ok(((count, first, last, cpu), workers))
+        Ok((WorkerReports { count, first, last, cpu }, workers))
     }
 
     /// Background submissions; leaves `load.jobs` jobs queued.
@@ -303,7 +313,7 @@ impl Php {
         // The STOP jobs go behind the queued ones, so each worker takes its
         // STOP only once every real job was handed out.
         let ws = self.workers(addr, function, workers)?;
-        let ((count, first, last, cpu), ws) = self.stop(addr, function, ws)?;
+        let (WorkerReports { count, first, last, cpu }, ws) = self.stop(addr, function, ws)?;
         let after = meter.snap();
         release_all(ws)?;
         if count != jobs as u64 {
@@ -348,7 +358,7 @@ impl Php {
             .and_then(|(wall, lat, cpu, clients)| release_all(clients).map(|()| (wall, lat, cpu)));
         let stopped = self.stop(addr, function, ws).and_then(|(r, ws)| release_all(ws).map(|()| r));
         let (wall, lat, cpu) = run?;
-        let (_, _, _, wcpu) = stopped?;
+        let wcpu = stopped?.cpu;
         Ok(Sample::new(load.jobs, wall, lat, before, after).with_generator_cpu(cpu + wcpu))
     }
 
