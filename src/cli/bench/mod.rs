@@ -142,7 +142,11 @@ impl Sample {
             wall_s,
             lat_us,
             server_cpu_s: target::server_cpu_between(&a, &b),
-            server_switches: a.server_switches.zip(b.server_switches).map(|(a, b)| b - a.min(b)),
+            server_switches: a
+                .server_switches
+                .as_ref()
+                .zip(b.server_switches.as_ref())
+                .map(|(a, b)| target::growth(a, b)),
             generator_cpu_s: a.own_cpu.zip(b.own_cpu).map(|(a, b)| b - a),
         }
     }

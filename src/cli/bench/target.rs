@@ -211,42 +211,58 @@ pub(super) fn cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) as f64 / USER_HZ)
 }
 
-/// Voluntary plus involuntary context switches of a process's living
-/// threads.
-pub(super) fn context_switches(pid: &str) -> Option<u64> {
+/// Voluntary plus involuntary context switches of each of a process's
+/// living threads, by thread id.
+pub(super) fn thread_switches(pid: &str) -> Option<TaskCounts> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0;
+    let mut counts = TaskCounts::new();
     for task in dir.flatten() {
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(s) = std::fs::read_to_string(task.path().join("status")) else { continue };
-        for line in s.lines() {
-            if let Some(v) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                total += v.trim().parse::<u64>().unwrap_or(0);
-            }
+        let n = s
+            .lines()
+            .filter_map(|line| {
+                line.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .map(|v| v.trim().parse::<u64>().unwrap_or(0))
+            .sum();
+        counts.insert(tid, n);
+    }
+    Some(counts)
+}
+
+/// A counter of each living thread, by thread id.
+pub(crate) type TaskCounts = std::collections::HashMap<u32, u64>;
+
+/// How much the counters of the threads living at `b` grew since `a` (a
+/// thread not in `a` started in between and counts whole).
+pub(super) fn growth(a: &TaskCounts, b: &TaskCounts) -> u64 {
+    b.iter().map(|(tid, &n)| n.saturating_sub(a.get(tid).copied().unwrap_or(0))).sum()
+}
+
+/// CPU time run by each of a process's living threads, in nanoseconds
+/// (`/proc/<pid>/task/*/schedstat`). Threads that ended are missing: see
+/// [`server_cpu_between`].
+pub(super) fn thread_cpu_ns(pid: &str) -> Option<TaskCounts> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut times = TaskCounts::new();
+    for task in dir.flatten() {
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
+        if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
+            times.insert(tid, ns);
         }
     }
-    Some(total)
+    Some(times)
 }
 
-/// CPU seconds run by a process's living threads, in nanoseconds
-/// precision (`/proc/<pid>/task/*/schedstat`). Threads that ended are
-/// missing: see [`server_cpu_between`].
-pub(super) fn cpu_seconds_precise(pid: &str) -> Option<f64> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut ns: u64 = 0;
-    for task in dir.flatten() {
-        let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
-        ns += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    }
-    Some(ns as f64 / 1e9)
-}
-
-/// The server CPU seconds between two readings: the precise count, unless
-/// threads ended in between and the coarse count shows more.
+/// The server CPU seconds between two readings: the precise count of the
+/// threads living at the second, unless threads ended in between and the
+/// coarse count shows more.
 pub(super) fn server_cpu_between(a: &Snap, b: &Snap) -> Option<f64> {
-    let precise = a.server_cpu.zip(b.server_cpu).map(|(a, b)| (b - a).max(0.0));
+    let precise =
+        a.server_cpu.as_ref().zip(b.server_cpu.as_ref()).map(|(a, b)| growth(a, b) as f64 / 1e9);
     let ticks = a.server_cpu_ticks.zip(b.server_cpu_ticks).map(|(a, b)| b - a);
     match (precise, ticks) {
         (Some(p), Some(t)) if t > p + 2.0 / USER_HZ => Some(t),
@@ -255,13 +271,14 @@ pub(super) fn server_cpu_between(a: &Snap, b: &Snap) -> Option<f64> {
 }
 
 /// A reading of the clocks and counters that a scenario reports.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Snap {
     pub(super) at: Instant,
-    pub(super) server_cpu: Option<f64>,
+    /// CPU nanoseconds of each living server thread.
+    pub(super) server_cpu: Option<TaskCounts>,
     /// The same in 10 ms ticks, counting ended threads too.
     pub(super) server_cpu_ticks: Option<f64>,
-    pub(super) server_switches: Option<u64>,
+    pub(super) server_switches: Option<TaskCounts>,
     pub(super) own_cpu: Option<f64>,
 }
 
@@ -276,9 +293,9 @@ impl Meter {
         let pid = self.pid.map(|p| p.to_string());
         Snap {
             at: Instant::now(),
-            server_cpu: pid.as_deref().and_then(cpu_seconds_precise),
+            server_cpu: pid.as_deref().and_then(thread_cpu_ns),
             server_cpu_ticks: pid.as_deref().and_then(cpu_seconds),
-            server_switches: pid.as_deref().and_then(context_switches),
+            server_switches: pid.as_deref().and_then(thread_switches),
             own_cpu: cpu_seconds("self"),
         }
     }
