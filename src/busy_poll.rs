@@ -13,8 +13,11 @@
 //! recent waits were short enough for polling to have paid off, so a
 //! connection that waits long (an idle worker, a client between jobs) blocks
 //! at once and costs nothing. Polling yields the CPU between checks, so a
-//! busy machine runs other threads meanwhile, and at most as many threads of
-//! a process poll at once as it has CPUs.
+//! busy machine runs other threads meanwhile, and a poll ends as soon as a
+//! yield lost the CPU for a while: then the CPU has real work, will not go
+//! to sleep, and blocking costs no more than polling. That also keeps many
+//! pollers in check (each yield waits for all the others); a cap of 16 per
+//! CPU bounds the rest.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -33,9 +36,10 @@ const YIELDED: Duration = Duration::from_micros(50);
 /// Threads of this process polling right now.
 static POLLING: AtomicUsize = AtomicUsize::new(0);
 
+/// Most threads of this process that poll at once.
 fn max_pollers() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
-    *MAX.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
+    *MAX.get_or_init(|| 16 * std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 /// The polling state of one connection's reads.
