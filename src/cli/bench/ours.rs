@@ -5,7 +5,7 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use gearframe::client::{Client, Job, JobOutcome};
-use gearframe::worker::{Job as WorkerJob, JobContext, JobResult, Worker};
+use gearframe::worker::{Job as WorkerJob, JobContext, JobResult, Worker, WorkerBuilder};
 
 use super::target::{Meter, Snap, status, wait_for};
 use super::{Load, Sample, payload, payload_index};
@@ -26,18 +26,23 @@ fn client(addr: &str, window: usize, load: &Load) -> Result<Client, String> {
         .map_err(|e| e.to_string())
 }
 
-/// A worker pool that echoes every job, once the server lists its slots.
-fn echo_workers(addr: &str, function: &str, threads: usize, load: &Load) -> Result<Worker, String> {
-    let mut b = Worker::builder();
-    if let Some(d) = load.busy_poll {
-        b = b.busy_poll(d);
-    }
-    let w = b
+/// The settings every bench worker pool shares: `threads` slots on `addr`.
+fn worker_builder(addr: &str, threads: usize, load: &Load) -> WorkerBuilder {
+    let mut b = Worker::builder()
         .servers([addr])
         .client_id("gearframe-bench")
         .threads(threads)
         .shutdown_jobs(false)
-        .grace(Duration::from_secs(1))
+        .grace(Duration::from_secs(1));
+    if let Some(d) = load.busy_poll {
+        b = b.busy_poll(d);
+    }
+    b
+}
+
+/// A worker pool that echoes every job, once the server lists its slots.
+fn echo_workers(addr: &str, function: &str, threads: usize, load: &Load) -> Result<Worker, String> {
+    let w = worker_builder(addr, threads, load)
         .register(function, |job: &WorkerJob, _: &mut JobContext<'_>| -> JobResult {
             Ok(job.payload().to_vec())
         })
@@ -184,16 +189,7 @@ pub(super) fn drain(
     });
     let before = meter.snap();
     let s2 = Arc::clone(&seen);
-    let mut builder = Worker::builder();
-    if let Some(d) = load.busy_poll {
-        builder = builder.busy_poll(d);
-    }
-    let worker = builder
-        .servers([addr])
-        .client_id("gearframe-bench")
-        .threads(workers)
-        .shutdown_jobs(false)
-        .grace(Duration::from_secs(1))
+    let worker = worker_builder(addr, workers, load)
         .register(function, move |job: &WorkerJob, _: &mut JobContext<'_>| -> JobResult {
             let now = Instant::now();
             let s = &s2;

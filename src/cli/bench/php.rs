@@ -108,8 +108,8 @@ impl Running {
     }
 }
 
-/// The reports of `procs`; on an error every process is released and the
-/// first failure (a non-zero exit names the cause best) returned.
+/// The reports of `procs`, or the first process's failure to report (see
+/// [`fail_all`] for releasing them then).
 fn reports(procs: &mut [Running]) -> Result<Vec<serde_json::Value>, String> {
     procs.iter_mut().map(Running::report).collect()
 }
