@@ -19,5 +19,15 @@ pub use packet::{
     ArgList, HEADER_LEN, Magic, Packet, PacketType, Priority, SubmitKind, encode_raw,
 };
 
+/// The `OPTION_REQ` name a worker sends to have gearframe's server assign
+/// it jobs directly. Once the server has answered `OPTION_RES`, a PRE_SLEEP
+/// on that connection is answered with a JOB_ASSIGN_UNIQ as soon as a job is
+/// there (at once when one is waiting) instead of a NOOP that the worker
+/// would answer with a grab: two fewer trips per job for a worker that
+/// sleeps between jobs. Such a worker must not grab again while it sleeps.
+/// Other servers answer ERROR `UNKNOWN_OPTION` (gearmand) or nothing, and
+/// the worker keeps to NOOP and grabs.
+pub const PUSH_OPTION: &str = "gearframe-push";
+
 #[cfg(test)]
 mod tests;

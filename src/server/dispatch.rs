@@ -122,9 +122,12 @@ impl State {
                 }
             }
             Packet::OptionReq { option } => {
-                if option.eq_ignore_ascii_case(b"exceptions") {
+                let exceptions = option.eq_ignore_ascii_case(b"exceptions");
+                let push = option.eq_ignore_ascii_case(crate::proto::PUSH_OPTION.as_bytes());
+                if exceptions || push {
                     if let Some(c) = self.conns.get_mut(&conn) {
-                        c.exceptions = true;
+                        c.exceptions |= exceptions;
+                        c.push |= push;
                     }
                     self.send(conn, T::OptionRes, &[option]);
                 } else {

@@ -164,6 +164,9 @@ pub(crate) struct Conn {
     pub(crate) loopback: bool,
     pub(crate) client_id: Box<[u8]>,
     pub(crate) exceptions: bool,
+    /// The `gearframe-push` option: a sleeping worker is assigned a job
+    /// directly instead of being sent NOOP.
+    pub(crate) push: bool,
     pub(crate) sleeping: bool,
     pub(crate) noop_sent: bool,
     /// Newest registration first.
@@ -279,6 +282,7 @@ impl State {
                 loopback,
                 client_id: b"-"[..].into(),
                 exceptions,
+                push: false,
                 sleeping: false,
                 noop_sent: false,
                 abilities: Vec::new(),
@@ -587,35 +591,50 @@ impl State {
         job_id
     }
 
-    /// Sends NOOP to sleeping workers of a function that has work.
+    /// Sends NOOP to sleeping workers of a function that has work; a
+    /// sleeping worker with the `gearframe-push` option is assigned a job
+    /// at once instead.
     fn wake(&mut self, fid: FuncId) {
-        let f = &mut self.functions[fid];
-        let n = f.workers.len();
+        let n = self.functions[fid].workers.len();
         if n == 0 {
             return;
         }
         let limit = self.settings.worker_wakeup as usize;
         let mut sent = 0;
-        let start = f.wake_cursor % n;
+        let start = self.functions[fid].wake_cursor % n;
         let mut i = 0;
         while i < n {
-            let conn_id = f.workers[(start + i) % n];
+            let conn_id = self.functions[fid].workers[(start + i) % n];
             i += 1;
-            if let Some(c) = self.conns.get_mut(&conn_id)
-                && c.sleeping
-                && !c.noop_sent
-            {
+            let Some(c) = self.conns.get_mut(&conn_id) else { continue };
+            if !c.sleeping || c.noop_sent {
+                continue;
+            }
+            if c.push {
+                c.sleeping = false;
+                if !self.assign(conn_id, PacketType::GrabJobUniq) {
+                    // Nothing left that it can do: it sleeps on.
+                    if let Some(c) = self.conns.get_mut(&conn_id) {
+                        c.sleeping = true;
+                    }
+                    continue;
+                }
+                sent += 1;
+                if self.functions[fid].queues.iter().all(|q| q.is_empty()) {
+                    break;
+                }
+            } else {
                 c.noop_sent = true;
                 if c.out.push_with(|b| encode_raw(Magic::Res, PacketType::Noop, &[], b)) {
                     self.dirty.push(Arc::clone(&c.out));
                 }
                 sent += 1;
-                if limit > 0 && sent >= limit {
-                    break;
-                }
+            }
+            if limit > 0 && sent >= limit {
+                break;
             }
         }
-        f.wake_cursor = (start + i) % n;
+        self.functions[fid].wake_cursor = (start + i) % n;
     }
 
     // ----- workers -----------------------------------------------------
@@ -764,9 +783,16 @@ impl State {
             c.sleeping = false;
             c.noop_sent = false;
         }
-        let Some((job_id, idx)) = self.find_job(conn, true) else {
+        if !self.assign(conn, kind) {
             self.send(conn, PacketType::NoJob, &[]);
-            return;
+        }
+    }
+
+    /// Assigns the next job the worker can do, answering as to a grab of
+    /// `kind`; false when there is none.
+    fn assign(&mut self, conn: ConnId, kind: PacketType) -> bool {
+        let Some((job_id, idx)) = self.find_job(conn, true) else {
+            return false;
         };
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -807,14 +833,23 @@ impl State {
         if let Some(t) = ability.timeout {
             self.add_timer(Instant::now() + t, TimerKind::CanDoTimeout { job: job_id, seq });
         }
+        true
     }
 
-    /// PRE_SLEEP: NOOP at once when work is waiting, else sleep until woken.
+    /// PRE_SLEEP: NOOP at once when work is waiting (with `gearframe-push`,
+    /// the job itself), else sleep until woken.
     pub(crate) fn pre_sleep(&mut self, conn: ConnId) {
-        if self.find_job(conn, false).is_some() {
+        let push = self.conns.get(&conn).is_some_and(|c| c.push);
+        let ready = if push {
+            self.assign(conn, PacketType::GrabJobUniq)
+        } else if self.find_job(conn, false).is_some() {
             self.send(conn, PacketType::Noop, &[]);
-        } else if let Some(c) = self.conns.get_mut(&conn) {
-            c.sleeping = true;
+            true
+        } else {
+            false
+        };
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.sleeping = !ready;
             c.noop_sent = false;
         }
     }
@@ -1170,6 +1205,52 @@ mod tests {
             ["JOB_ASSIGN H:t:2,f,high", "JOB_ASSIGN_UNIQ H:t:1,f,,low", "NO_JOB"]
         );
         sent(&client);
+    }
+
+    #[test]
+    fn push_workers_are_assigned_jobs_instead_of_noop() {
+        let mut st = state();
+        let client = conn(&mut st, 1);
+        let pusher = conn(&mut st, 2);
+        let other = conn(&mut st, 3);
+        let waker = conn(&mut st, 4);
+        apply(&mut st, 2, Packet::OptionReq { option: b"GEARFRAME-PUSH" });
+        assert_eq!(sent(&pusher), ["OPTION_RES GEARFRAME-PUSH"]);
+        for w in [2, 3, 4] {
+            apply(&mut st, w, Packet::CanDo { function: b"f" });
+        }
+        apply(&mut st, 3, Packet::OptionReq { option: b"gearframe-push" });
+        sent(&other);
+        for w in [2, 3, 4] {
+            apply(&mut st, w, Packet::PreSleep);
+        }
+        // One job: the first pushing sleeper gets it, nobody else is disturbed.
+        apply(&mut st, 1, submit(b"f", b"u1", b"one", Priority::Normal, false));
+        assert_eq!(sent(&pusher), ["JOB_ASSIGN_UNIQ H:t:1,f,u1,one"]);
+        assert_eq!(sent(&other), Vec::<String>::new());
+        assert_eq!(sent(&waker), Vec::<String>::new());
+        // The next goes to the other pushing sleeper; then the one that
+        // wants NOOP is woken, once, and grabs.
+        apply(&mut st, 1, submit(b"f", b"u2", b"two", Priority::Normal, false));
+        assert_eq!(sent(&other), ["JOB_ASSIGN_UNIQ H:t:2,f,u2,two"]);
+        apply(&mut st, 1, submit(b"f", b"u3", b"three", Priority::Normal, false));
+        apply(&mut st, 1, submit(b"f", b"u4", b"four", Priority::Normal, false));
+        assert_eq!(sent(&waker), ["NOOP"]);
+        assert_eq!(sent(&pusher), Vec::<String>::new(), "a busy worker gets nothing more");
+        // Result and PRE_SLEEP in one go: the waiting job comes at once.
+        apply(&mut st, 2, Packet::WorkComplete { handle: b"H:t:1", data: b"r" });
+        apply(&mut st, 2, Packet::PreSleep);
+        assert_eq!(sent(&pusher), ["JOB_ASSIGN_UNIQ H:t:3,f,u3,three"]);
+        apply(&mut st, 4, Packet::GrabJobUniq);
+        assert_eq!(sent(&waker), ["JOB_ASSIGN_UNIQ H:t:4,f,u4,four"]);
+        assert_eq!(st.functions[0].job_running, 3);
+        // A pushed job of a worker that goes away is queued for the next.
+        apply(&mut st, 3, Packet::WorkComplete { handle: b"H:t:2", data: b"r" });
+        apply(&mut st, 3, Packet::PreSleep);
+        st.remove_conn(2);
+        assert_eq!(sent(&other), ["JOB_ASSIGN_UNIQ H:t:3,f,u3,three"]);
+        let to_client = sent(&client);
+        assert!(to_client.contains(&"WORK_COMPLETE H:t:1,r".to_string()), "{to_client:?}");
     }
 
     #[test]
