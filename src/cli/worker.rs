@@ -128,7 +128,8 @@ pub(crate) fn start(
         .client_id(name.unwrap_or_else(|| section.name.clone()))
         .threads(threads.unwrap_or(section.threads))
         .grace(grace.unwrap_or(section.grace.0))
-        .busy_poll(section.busy_poll.0);
+        .busy_poll(section.busy_poll.0)
+        .push(section.push);
     for (name, f) in functions {
         let (handler, options) = f.to_function();
         builder = builder.register_arc(name.clone(), handler, options);

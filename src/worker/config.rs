@@ -27,6 +27,8 @@ pub struct WorkerSection {
     pub grace: DurationStr,
     /// How long a slot polls for the server's reply before its read blocks (0: never).
     pub busy_poll: DurationStr,
+    /// Ask gearframe's server to assign jobs directly instead of NOOP and a grab.
+    pub push: bool,
     /// The functions, by name.
     pub functions: BTreeMap<String, FunctionSection>,
 }
@@ -39,6 +41,7 @@ impl Default for WorkerSection {
             servers: ServerList::default(),
             grace: DurationStr(Duration::from_secs(30)),
             busy_poll: DurationStr(crate::busy_poll::DEFAULT_BUSY_POLL),
+            push: true,
             functions: BTreeMap::new(),
         }
     }

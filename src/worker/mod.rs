@@ -169,6 +169,7 @@ pub struct WorkerBuilder {
     backoff_min: Duration,
     backoff_max: Duration,
     busy_poll: Duration,
+    push: bool,
     shutdown_jobs: bool,
 }
 
@@ -191,6 +192,7 @@ impl Default for WorkerBuilder {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             busy_poll: crate::busy_poll::DEFAULT_BUSY_POLL,
+            push: true,
             shutdown_jobs: true,
         }
     }
@@ -287,6 +289,15 @@ impl WorkerBuilder {
     /// (default 100 µs; zero never polls); see [`crate::busy_poll`].
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.busy_poll = window;
+        self
+    }
+
+    /// Whether slots ask the server to assign them jobs directly (the
+    /// [`PUSH_OPTION`](crate::proto::PUSH_OPTION)) instead of waking them
+    /// with NOOP to grab; default true. Only gearframe's server offers it;
+    /// with other servers the slots keep to NOOP and grabs either way.
+    pub fn push(mut self, on: bool) -> Self {
+        self.push = on;
         self
     }
 

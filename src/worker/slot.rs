@@ -13,6 +13,18 @@ use super::{Function, Shared, WorkerBuilder, is_shutdown_payload, random_u64};
 use crate::conn::{Connection, OwnedPacket};
 use crate::proto::{Packet, PacketType, Priority, SubmitKind};
 
+/// Whether the server assigns this connection jobs without a grab (see
+/// [`crate::proto::PUSH_OPTION`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Push {
+    /// Not asked for.
+    Off,
+    /// Asked for; no answer yet.
+    Asked,
+    /// The server answered OPTION_RES.
+    On,
+}
+
 /// Why [`Slot::serve`] returned.
 enum End {
     /// The worker stops, or a shutdown job stopped this slot.
@@ -121,6 +133,10 @@ impl Slot {
                 None => conn.queue(&Packet::CanDo { function: f.name.as_bytes() }).map_err(bad)?,
             }
         }
+        if self.settings.push {
+            conn.queue(&Packet::OptionReq { option: crate::proto::PUSH_OPTION.as_bytes() })
+                .map_err(bad)?;
+        }
         conn.flush()
     }
 
@@ -129,6 +145,7 @@ impl Slot {
             return End::Lost(e);
         }
         let mut registered = false;
+        let mut push = if self.settings.push { Push::Asked } else { Push::Off };
         loop {
             if !self.shared.set_idle(self.id, true) {
                 // The last job's result may still be buffered.
@@ -138,10 +155,13 @@ impl Slot {
                 };
             }
             // Written together with the last job's result, when one is buffered.
-            if let Err(e) = conn.send(&Packet::GrabJobUniq) {
-                return End::Lost(e);
-            }
-            let reply = match self.await_grab_reply(conn) {
+            let reply = if push == Push::On {
+                conn.send(&Packet::PreSleep).and_then(|()| self.await_push(conn, &mut push))
+            } else {
+                conn.send(&Packet::GrabJobUniq)
+                    .and_then(|()| self.await_grab_reply(conn, &mut push))
+            };
+            let reply = match reply {
                 Ok(r) => r,
                 Err(e) => return self.lost_or_stop(e),
             };
@@ -153,6 +173,8 @@ impl Slot {
             }
             let job = match reply {
                 Some(job) => job,
+                // Asleep until the server assigns a job: PRE_SLEEP next round.
+                None if push == Push::On => continue,
                 None => {
                     if let Err(e) = self.sleep(conn) {
                         return self.lost_or_stop(e);
@@ -177,8 +199,9 @@ impl Slot {
         if self.shared.is_stopping() { End::Stop } else { End::Lost(e) }
     }
 
-    /// Waits for NO_JOB (`None`) or a job.
-    fn await_grab_reply(&self, conn: &mut Connection) -> io::Result<Option<Job>> {
+    /// Waits for NO_JOB (`None`) or a job; learns on the way whether the
+    /// server took the push option.
+    fn await_grab_reply(&self, conn: &mut Connection, push: &mut Push) -> io::Result<Option<Job>> {
         let deadline = Instant::now() + self.settings.io_timeout;
         loop {
             let p = conn.recv(Some(deadline))?;
@@ -187,9 +210,51 @@ impl Slot {
                 PacketType::JobAssignUniq | PacketType::JobAssign | PacketType::JobAssignAll => {
                     return parse_assign(&p).map(Some);
                 }
+                PacketType::OptionRes if *push == Push::Asked => {
+                    if let Ok(Packet::OptionRes { option }) = p.packet()
+                        && option.eq_ignore_ascii_case(crate::proto::PUSH_OPTION.as_bytes())
+                    {
+                        log::debug!("slot={}: the server assigns jobs without grabs", self.id);
+                        *push = Push::On;
+                    }
+                }
+                PacketType::Error if *push == Push::Asked && is_unknown_option(&p) => {
+                    log::debug!("slot={}: the server has no push option; grabbing", self.id);
+                    *push = Push::Off;
+                }
                 PacketType::Noop | PacketType::OptionRes | PacketType::EchoRes => {}
                 PacketType::Error => log_error(self.id, &p),
                 other => log::debug!("slot={}: ignoring {other} while grabbing", self.id),
+            }
+        }
+    }
+
+    /// After PRE_SLEEP with the push option on: waits for the job the
+    /// server assigns. The server never sends this connection NOOP; if one
+    /// comes anyway, it is answered with a grab as usual. Every
+    /// `sleep_timeout` an ECHO_REQ checks that the connection still works
+    /// (a grab here could be answered with a second job).
+    fn await_push(&self, conn: &mut Connection, push: &mut Push) -> io::Result<Option<Job>> {
+        loop {
+            let deadline = Instant::now() + self.settings.sleep_timeout;
+            match conn.recv(Some(deadline)) {
+                Ok(p) => match p.kind {
+                    PacketType::JobAssignUniq
+                    | PacketType::JobAssign
+                    | PacketType::JobAssignAll => {
+                        return parse_assign(&p).map(Some);
+                    }
+                    PacketType::Noop => {
+                        conn.send(&Packet::GrabJobUniq)?;
+                        return self.await_grab_reply(conn, push);
+                    }
+                    PacketType::Error => log_error(self.id, &p),
+                    other => log::debug!("slot={}: ignoring {other} while asleep", self.id),
+                },
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    conn.send(&Packet::EchoReq { data: b"" })?;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -385,6 +450,10 @@ fn parse_assign(p: &OwnedPacket) -> io::Result<Job> {
         payload: data.to_vec(),
         attempt: 1,
     })
+}
+
+fn is_unknown_option(p: &OwnedPacket) -> bool {
+    matches!(p.packet(), Ok(Packet::Error { code, .. }) if code == b"UNKNOWN_OPTION")
 }
 
 fn log_error(slot: usize, p: &OwnedPacket) {

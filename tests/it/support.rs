@@ -363,7 +363,7 @@ impl RawConn {
         RawConn::from_stream(stream, name)
     }
 
-    fn from_stream(stream: TcpStream, name: &str) -> RawConn {
+    pub fn from_stream(stream: TcpStream, name: &str) -> RawConn {
         stream.set_nodelay(true).ok();
         stream.set_write_timeout(Some(Duration::from_secs(5))).ok();
         RawConn { stream, name: name.to_string(), buf: Vec::new(), eof: false }

@@ -800,3 +800,161 @@ fn busy_polling_off_or_long_changes_no_result_and_delays_no_stop() {
         });
     }
 }
+
+/// Accepts one connection on `l` within the limit.
+fn accept_within(l: &std::net::TcpListener, limit: Duration) -> std::net::TcpStream {
+    l.set_nonblocking(true).unwrap();
+    let end = Instant::now() + limit;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("the worker did not connect: {e}"),
+        }
+    }
+}
+
+/// Reads the worker's next packet and checks its type and arguments.
+fn expect_req(c: &mut support::RawConn, kind: PacketType, args: &[&[u8]]) {
+    let p = c.recv_packet_within(Duration::from_secs(5));
+    assert_eq!(p.kind, kind, "{p:?}");
+    let got: Vec<&[u8]> = p.args.iter().map(Vec::as_slice).collect();
+    assert_eq!(got, args, "{kind}");
+}
+
+fn res(kind: PacketType, args: &[&[u8]]) -> Vec<u8> {
+    support::raw_packet(b"\0RES", kind as u32, &args.join(&0u8))
+}
+
+/// What a slot says on the wire, with a server that takes the push option
+/// and with one that refuses it (as gearmand does): with push it sends its
+/// result and PRE_SLEEP together, never grabs while asleep (a grab there
+/// could be answered with a second job) and checks the idle connection with
+/// ECHO_REQ; without, it waits for NOOP and grabs.
+#[test]
+fn a_push_slot_sleeps_without_grabbing_and_keeps_to_noop_where_push_is_refused() {
+    for takes_push in [true, false] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let w = Worker::builder()
+            .servers([listener.local_addr().unwrap().to_string()])
+            .client_id("pusher")
+            .threads(1)
+            .sleep_timeout(Duration::from_millis(200))
+            .register("f", |job: &Job, _: &mut JobContext<'_>| Ok(job.payload().to_vec()))
+            .build()
+            .unwrap();
+        let mut s = support::RawConn::from_stream(accept_within(&listener, LIMIT), "slot");
+        expect_req(&mut s, PacketType::SetClientId, &[b"pusher"]);
+        expect_req(&mut s, PacketType::CanDo, &[b"f"]);
+        expect_req(&mut s, PacketType::OptionReq, &[b"gearframe-push"]);
+        expect_req(&mut s, PacketType::GrabJobUniq, &[]);
+        if takes_push {
+            s.send_bytes(&res(PacketType::OptionRes, &[b"gearframe-push"]));
+        } else {
+            s.send_bytes(&res(
+                PacketType::Error,
+                &[b"UNKNOWN_OPTION", b"Server does not recognize given option"],
+            ));
+        }
+        s.send_bytes(&res(PacketType::NoJob, &[]));
+        expect_req(&mut s, PacketType::PreSleep, &[]);
+        let assign = res(PacketType::JobAssignUniq, &[b"H:x:1", b"f", b"u1", b"hello"]);
+        if takes_push {
+            // Past the sleep timeout: a check, not a grab.
+            expect_req(&mut s, PacketType::EchoReq, &[b""]);
+            s.send_bytes(&res(PacketType::EchoRes, &[b""]));
+            s.send_bytes(&assign);
+            expect_req(&mut s, PacketType::WorkComplete, &[b"H:x:1", b"hello"]);
+            expect_req(&mut s, PacketType::PreSleep, &[]);
+        } else {
+            s.send_bytes(&res(PacketType::Noop, &[]));
+            expect_req(&mut s, PacketType::GrabJobUniq, &[]);
+            s.send_bytes(&assign);
+            expect_req(&mut s, PacketType::WorkComplete, &[b"H:x:1", b"hello"]);
+            expect_req(&mut s, PacketType::GrabJobUniq, &[]);
+        }
+        w.shutdown();
+        w.join();
+    }
+}
+
+/// gearmand refuses the push option with ERROR and keeps serving the
+/// connection, which the slots' fallback relies on; gearframe's server
+/// takes it and hands a sleeping worker its job instead of a NOOP.
+#[test]
+fn the_push_option_skips_noop_on_our_server_and_is_refused_harmlessly_by_gearmand() {
+    for srv in servers() {
+        let mut w = support::RawConn::connect(srv.addr(), "worker");
+        w.send(Packet::OptionReq { option: b"gearframe-push" });
+        let reply = w.recv_packet();
+        w.send(Packet::CanDo { function: b"pushed" });
+        w.send(Packet::PreSleep);
+        let mut c = connect(srv.addr());
+        let handle = submit_on(&mut c, "pushed", b"payload", false);
+        let got = w.recv_packet();
+        match srv {
+            Srv::Ours(_) => {
+                assert_eq!(reply.kind, PacketType::OptionRes);
+                assert_eq!(got.kind, PacketType::JobAssignUniq, "{got:?}");
+                assert_eq!(got.arg_str(0), handle);
+            }
+            Srv::Gearmand(_) => {
+                assert_eq!(reply.kind, PacketType::Error);
+                assert_eq!(reply.arg_str(0), "UNKNOWN_OPTION");
+                assert_eq!(got.kind, PacketType::Noop, "{got:?}");
+                w.send(Packet::GrabJobUniq);
+                let got = w.recv_packet();
+                assert_eq!(got.kind, PacketType::JobAssignUniq, "{got:?}");
+                assert_eq!(got.arg_str(0), handle);
+            }
+        }
+        w.send(Packet::WorkComplete { handle: handle.as_bytes(), data: b"done" });
+        let p = c.recv(Some(Instant::now() + LIMIT)).unwrap();
+        assert_eq!(p.kind, PacketType::WorkComplete, "{}: {p:?}", srv.name());
+    }
+}
+
+/// Slots that take jobs pushed by gearframe's server and slots that grab
+/// them serve the same jobs with the same results, on both servers, also
+/// after idling past their sleep timeout.
+#[test]
+fn push_and_grabbing_slots_serve_the_same_jobs_on_both_servers() {
+    for srv in servers() {
+        for push in [true, false] {
+            let w = Worker::builder()
+                .servers([srv.addr().to_string()])
+                .threads(2)
+                .push(push)
+                .sleep_timeout(Duration::from_millis(100))
+                .register("pp-echo", |job: &Job, _: &mut JobContext<'_>| Ok(job.payload().to_vec()))
+                .build()
+                .unwrap();
+            let what = format!("{} push={push}", srv.name());
+            support::eventually(LIMIT, "two slots registered", || {
+                let (_, _, workers) = status(srv.addr(), "pp-echo");
+                (workers == 2).then_some(())
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            for i in 0..20 {
+                let payload = format!("{what} {i}");
+                let evs = run_fg(srv.addr(), "pp-echo", payload.as_bytes(), false);
+                assert_eq!(evs, [Ev::Complete(payload.into_bytes())], "{what}");
+            }
+            let mut c = connect(srv.addr());
+            for i in 0..50 {
+                submit_on(&mut c, "pp-echo", format!("bg {i}").as_bytes(), true);
+            }
+            support::eventually(LIMIT, "background jobs drained", || {
+                let (queued, running, _) = status(srv.addr(), "pp-echo");
+                (queued == 0 && running == 0).then_some(())
+            });
+            w.shutdown();
+            w.join();
+        }
+    }
+}
