@@ -54,6 +54,14 @@
 //! ([`WorkerBuilder::sleep_timeout`], 30 s): a lost NOOP costs at most that
 //! long, never a stuck worker.
 //!
+//! With gearframe's server a slot asks for pushed jobs
+//! ([`WorkerBuilder::push`], the [`PUSH_OPTION`](crate::proto::PUSH_OPTION)):
+//! after the server's OPTION_RES it writes each result together with
+//! PRE_SLEEP and waits for the JOB_ASSIGN_UNIQ that the server sends as
+//! soon as there is a job, skipping the NOOP and the grab. Such a slot never
+//! grabs while asleep; at each `sleep_timeout` it sends ECHO_REQ instead, so
+//! a dead connection is still noticed.
+//!
 //! # Stopping
 //!
 //! [`Stopper::shutdown`] stops the grabbing at once: idle slots are woken
