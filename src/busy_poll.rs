@@ -19,18 +19,20 @@
 //! pollers in check (each yield waits for all the others); a cap of 16 per
 //! CPU bounds the rest.
 
-use std::io;
-use std::mem::MaybeUninit;
 use std::net::TcpStream;
+use std::os::fd::AsFd;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 /// Default polling window before a read blocks.
 pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(100);
 
 /// A yield that took this long let another thread run for a while (not
-/// just another poller for a peek).
+/// just another poller for a check).
 const YIELDED: Duration = Duration::from_micros(50);
 
 /// Threads of this process polling right now.
@@ -70,18 +72,9 @@ impl BusyPoll {
             POLLING.fetch_sub(1, Ordering::Relaxed);
             return started;
         }
-        let sock = socket2::SockRef::from(stream);
-        // Peeked bytes are never looked at: only whether a read would block.
-        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
         loop {
-            match sock.recv_with_flags(&mut probe, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                    ) => {}
-                // Bytes, end of stream or an error: the read will tell.
-                _ => break,
+            if readable(stream) {
+                break;
             }
             let before_yield = Instant::now();
             if before_yield.duration_since(started) >= self.window {
@@ -106,6 +99,19 @@ impl BusyPoll {
             // window still counts as one that polling would have caught.
             self.worth_it = started.elapsed() <= self.window * 2;
         }
+    }
+}
+
+/// Whether a read of `stream` would return at once: bytes, end of stream
+/// or an error (the read will tell which). poll(2) with a zero timeout
+/// checks this without taking the socket's lock, which a peek would take,
+/// stalling a thread that sends on the same socket meanwhile.
+fn readable(stream: &TcpStream) -> bool {
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) => n > 0,
+        Err(Errno::EINTR) => false,
+        Err(_) => true,
     }
 }
 
