@@ -232,7 +232,11 @@ impl Shared {
         let lifecycle = st.lifecycle;
         let dirty = std::mem::take(&mut st.dirty);
         drop(st);
-        for out in &dirty {
+        // Newest first: a batch's last replies are usually to workers (the
+        // job a PRE_SLEEP or a submission brought, a NOOP), its first ones to
+        // clients (a result, JOB_CREATED). A worker that starts sooner
+        // finishes sooner; each connection's own order is unchanged.
+        for out in dirty.iter().rev() {
             out.flush();
         }
         if lifecycle.graceful && !self.graceful.swap(true, Ordering::SeqCst) {

@@ -94,10 +94,9 @@ mod slot;
 
 pub mod config;
 
-use std::collections::HashMap;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -342,7 +341,7 @@ impl WorkerBuilder {
             cancel: CancelToken::default(),
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx,
-            wakers: Mutex::new(HashMap::new()),
+            wakers: (0..self.servers.len() * self.threads).map(|_| Waker::default()).collect(),
             running: AtomicUsize::new(0),
             live_slots: AtomicUsize::new(0),
         });
@@ -420,6 +419,12 @@ fn supervise(shared: &Shared, done: &Receiver<()>, grace: Duration) {
     }
 }
 
+/// One slot's entry of [`Shared::wakers`], on a cache line of its own:
+/// each slot updates it twice per job.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Waker(Mutex<Option<(TcpStream, bool)>>);
+
 /// State shared by the handle, the slots and the supervisor.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -428,8 +433,8 @@ pub(crate) struct Shared {
     stop_tx: Mutex<Option<Sender<()>>>,
     pub(crate) stop_rx: Receiver<()>,
     /// Socket clones of the slots, with whether the slot is idle (grabbing
-    /// or sleeping). Shutdown closes the idle ones to wake them.
-    pub(crate) wakers: Mutex<HashMap<usize, (TcpStream, bool)>>,
+    /// or sleeping), by slot id. Shutdown closes the idle ones to wake them.
+    wakers: Vec<Waker>,
     pub(crate) running: AtomicUsize,
     pub(crate) live_slots: AtomicUsize,
 }
@@ -441,22 +446,24 @@ impl Shared {
         }
         log::info!("worker stopping: no more jobs are taken");
         drop(self.stop_tx.lock().unwrap_or_else(|e| e.into_inner()).take());
-        let wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        for (stream, idle) in wakers.values() {
-            if *idle {
+        for slot in 0..self.wakers.len() {
+            if let Some((stream, true)) = &*self.waker(slot) {
                 let _ = stream.shutdown(std::net::Shutdown::Both);
             }
         }
     }
 
+    /// The socket clone of a slot's connection, with whether it is idle.
+    pub(crate) fn waker(&self, slot: usize) -> MutexGuard<'_, Option<(TcpStream, bool)>> {
+        self.wakers[slot].0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Marks a slot idle or busy; false when the worker is stopping (the
     /// slot must not take a job).
     pub(crate) fn set_idle(&self, slot: usize, idle: bool) -> bool {
-        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = wakers.get_mut(&slot) {
+        if let Some(entry) = &mut *self.waker(slot) {
             entry.1 = idle;
         }
-        drop(wakers);
         !self.stopping.load(Ordering::SeqCst)
     }
 

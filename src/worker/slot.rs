@@ -81,17 +81,11 @@ impl Slot {
             }
             conn.set_busy_poll(self.settings.busy_poll);
             match conn.shutdown_handle() {
-                Ok(s) => {
-                    self.shared
-                        .wakers
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(self.id, (s, true));
-                }
+                Ok(s) => *self.shared.waker(self.id) = Some((s, true)),
                 Err(e) => log::warn!("slot={}: cannot clone the socket: {e}", self.id),
             }
             let end = self.serve(&mut conn, &mut backoff, &mut failures);
-            self.shared.wakers.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+            *self.shared.waker(self.id) = None;
             conn.close();
             match end {
                 End::Stop => break,
