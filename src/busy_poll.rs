@@ -2,8 +2,9 @@
 //! for a short window, whether bytes arrive, yielding its CPU between
 //! checks.
 //!
-//! A Gearman job crosses the network six times (submit, wake-up, grab,
-//! assign, complete, result) and each crossing wakes a blocked thread. On
+//! A Gearman job crosses the network four to six times (submit, assign,
+//! complete, result, and a wake-up and a grab for a worker that waits for
+//! NOOP) and each crossing wakes a blocked thread. On
 //! an idle machine, and on virtual machines above all, waking a thread
 //! whose CPU has gone to sleep costs far more than the work the thread then
 //! does (tens of microseconds against a few). A thread that is still
