@@ -24,7 +24,9 @@ pub use packet::{
 /// on that connection is answered with a JOB_ASSIGN_UNIQ as soon as a job is
 /// there (at once when one is waiting) instead of a NOOP that the worker
 /// would answer with a grab: two fewer trips per job for a worker that
-/// sleeps between jobs. Such a worker must not grab again while it sleeps.
+/// sleeps between jobs. PRE_SLEEP then means "ready for one more job": such
+/// a worker sends it only when it can take one, and does not grab while it
+/// sleeps (the grab could bring a second job).
 /// Other servers answer ERROR `UNKNOWN_OPTION` (gearmand) or nothing, and
 /// the worker keeps to NOOP and grabs.
 pub const PUSH_OPTION: &str = "gearframe-push";
