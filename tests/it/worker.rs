@@ -1,6 +1,7 @@
 //! The worker pool against the embedded server and gearmand: concurrency,
 //! no over-grabbing, panics, reconnects, shutdown jobs, SIGTERM, retries,
-//! dead letters, and interop with the `gearman` CLI and pygearman.
+//! dead letters, pushed jobs, and interop with the `gearman` CLI, pygearman
+//! and gear's server.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -957,4 +958,53 @@ fn push_and_grabbing_slots_serve_the_same_jobs_on_both_servers() {
             w.join();
         }
     }
+}
+
+/// OpenDev's gear server neither takes nor refuses the push option (it logs
+/// the packet and answers nothing): the slots keep to NOOP and grabs, serve
+/// jobs from the start and after idling past their sleep timeout, and stop
+/// promptly.
+#[test]
+fn our_worker_serves_jobs_through_gears_server_which_ignores_the_push_option() {
+    let Some(geard) = support::peer("geard") else { return };
+    let port = support::free_port();
+    let child = Command::new(geard)
+        .args(["-d", "-p", &port.to_string(), "--listen-address", "127.0.0.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _geard = ChildGuard(child);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    support::wait_listening(addr, support::START_TIMEOUT);
+    let w = Worker::builder()
+        .servers([addr.to_string()])
+        .threads(2)
+        .sleep_timeout(Duration::from_millis(200))
+        .register("gear-echo", |job: &Job, _: &mut JobContext<'_>| Ok(job.payload().to_vec()))
+        .build()
+        .unwrap();
+    let client = gearframe::client::Client::builder()
+        .servers([addr.to_string()])
+        .job_timeout(LIMIT)
+        .build()
+        .unwrap();
+    for round in 0..2 {
+        for i in 0..10 {
+            let payload = format!("round {round} job {i}");
+            let out = client.submit("gear-echo", payload.as_bytes()).unwrap();
+            assert_eq!(out.data(), Some(payload.as_bytes()), "{out:?}");
+        }
+        // Idle past the sleep timeout: the slots wake by themselves and grab.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let started = Instant::now();
+    w.shutdown();
+    w.join();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the worker took {:?} to stop",
+        started.elapsed()
+    );
 }
