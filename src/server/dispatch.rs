@@ -130,6 +130,9 @@ impl State {
                         c.push |= push;
                     }
                     self.send(conn, T::OptionRes, &[option]);
+                    if push {
+                        self.offer(conn);
+                    }
                 } else {
                     self.send_error(
                         conn,

@@ -241,6 +241,23 @@ fn check(st: &State) {
         }
     }
     assert_eq!(st.func_index.len(), st.functions.len(), "function index size");
+    // With every sleeper woken for each job, none that takes pushed jobs
+    // sleeps while a job it can do waits.
+    if st.settings.worker_wakeup == 0 {
+        for (&cid, c) in &st.conns {
+            if !(c.push && c.sleeping && !c.noop_sent) {
+                continue;
+            }
+            for a in &c.abilities {
+                let waiting = st.functions[a.func]
+                    .queues
+                    .iter()
+                    .flatten()
+                    .any(|j| st.jobs.get(j).is_some_and(|job| !job.ignore));
+                assert!(!waiting, "connection {cid} sleeps with pushed jobs on while one waits");
+            }
+        }
+    }
     for (&cid, c) in &st.conns {
         for &j in &c.running {
             assert!(

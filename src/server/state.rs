@@ -644,6 +644,23 @@ impl State {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.abilities.insert(0, Ability { func: fid, timeout });
         self.functions[fid].workers.push(conn);
+        self.offer(conn);
+    }
+
+    /// Assigns a job to a sleeping connection with the push option, when
+    /// one is waiting that it can do (after it registered a function or
+    /// turned the option on while asleep).
+    pub(crate) fn offer(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if !c.push || !c.sleeping || c.noop_sent {
+            return;
+        }
+        c.sleeping = false;
+        if !self.assign(conn, PacketType::GrabJobUniq)
+            && let Some(c) = self.conns.get_mut(&conn)
+        {
+            c.sleeping = true;
+        }
     }
 
     /// Drops a connection's registrations (all, or those of one function),
@@ -1251,6 +1268,29 @@ mod tests {
         assert_eq!(sent(&other), ["JOB_ASSIGN_UNIQ H:t:3,f,u3,three"]);
         let to_client = sent(&client);
         assert!(to_client.contains(&"WORK_COMPLETE H:t:1,r".to_string()), "{to_client:?}");
+    }
+
+    #[test]
+    fn a_sleeping_pusher_gets_waiting_work_once_it_can_do_it() {
+        let mut st = state();
+        let client = conn(&mut st, 1);
+        let late = conn(&mut st, 2);
+        let turned = conn(&mut st, 3);
+        apply(&mut st, 1, submit(b"f", b"u1", b"one", Priority::Normal, true));
+        apply(&mut st, 1, submit(b"f", b"u2", b"two", Priority::Normal, true));
+        sent(&client);
+        // Push on and asleep before registering: CAN_DO brings the job.
+        apply(&mut st, 2, Packet::OptionReq { option: b"gearframe-push" });
+        apply(&mut st, 2, Packet::PreSleep);
+        apply(&mut st, 2, Packet::CanDo { function: b"f" });
+        assert_eq!(sent(&late), ["OPTION_RES gearframe-push", "JOB_ASSIGN_UNIQ H:t:1,f,u1,one"]);
+        // Registered and asleep before turning push on: the option brings it.
+        apply(&mut st, 3, Packet::CanDo { function: b"g" });
+        apply(&mut st, 3, Packet::PreSleep);
+        apply(&mut st, 3, Packet::CanDo { function: b"f" });
+        assert_eq!(sent(&turned), Vec::<String>::new(), "without push, CAN_DO wakes nobody");
+        apply(&mut st, 3, Packet::OptionReq { option: b"gearframe-push" });
+        assert_eq!(sent(&turned), ["OPTION_RES gearframe-push", "JOB_ASSIGN_UNIQ H:t:2,f,u2,two"]);
     }
 
     #[test]

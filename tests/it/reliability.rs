@@ -1161,6 +1161,7 @@ mod fuzz_loop {
             2 => (0u64..3).prop_map(|n| n.to_string().into_bytes()),
             1 => Just(b"99999999999".to_vec()),
             1 => Just(b"exceptions".to_vec()),
+            2 => Just(b"gearframe-push".to_vec()),
             1 => proptest::collection::vec(any::<u8>(), 0..8),
         ]
     }
@@ -1172,6 +1173,8 @@ mod fuzz_loop {
             4 => prop_oneof![Just(7), Just(18), Just(21), Just(32), Just(33), Just(34), Just(36), Just(37), Just(38)],
             // CAN_DO, CANT_DO, RESET_ABILITIES, PRE_SLEEP, CAN_DO_TIMEOUT, GRAB_JOB*
             4 => prop_oneof![Just(1), Just(2), Just(3), Just(4), Just(23), Just(9), Just(30), Just(39)],
+            // OPTION_REQ
+            1 => Just(26),
             // WORK_*
             4 => prop_oneof![Just(12), Just(13), Just(14), Just(25), Just(28), Just(29)],
             2 => 1u32..=42,
