@@ -214,22 +214,17 @@ pub(super) fn cpu_seconds(pid: &str) -> Option<f64> {
 /// Voluntary plus involuntary context switches of each of a process's
 /// living threads, by thread id.
 pub(super) fn thread_switches(pid: &str) -> Option<TaskCounts> {
-    let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut counts = TaskCounts::new();
-    for task in dir.flatten() {
-        let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(s) = std::fs::read_to_string(task.path().join("status")) else { continue };
-        let n = s
-            .lines()
-            .filter_map(|line| {
-                line.strip_prefix("voluntary_ctxt_switches:")
-                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            })
-            .map(|v| v.trim().parse::<u64>().unwrap_or(0))
-            .sum();
-        counts.insert(tid, n);
-    }
-    Some(counts)
+    per_thread(pid, "status", |s| {
+        Some(
+            s.lines()
+                .filter_map(|line| {
+                    line.strip_prefix("voluntary_ctxt_switches:")
+                        .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+                })
+                .map(|v| v.trim().parse::<u64>().unwrap_or(0))
+                .sum(),
+        )
+    })
 }
 
 /// A counter of each living thread, by thread id.
@@ -245,16 +240,22 @@ pub(super) fn growth(a: &TaskCounts, b: &TaskCounts) -> u64 {
 /// (`/proc/<pid>/task/*/schedstat`). Threads that ended are missing: see
 /// [`server_cpu_between`].
 pub(super) fn thread_cpu_ns(pid: &str) -> Option<TaskCounts> {
+    per_thread(pid, "schedstat", |s| s.split_whitespace().next()?.parse().ok())
+}
+
+/// `parse` of `/proc/<pid>/task/<tid>/<file>` for each living thread that
+/// has it, by thread id.
+fn per_thread(pid: &str, file: &str, parse: impl Fn(&str) -> Option<u64>) -> Option<TaskCounts> {
     let dir = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut times = TaskCounts::new();
+    let mut counts = TaskCounts::new();
     for task in dir.flatten() {
         let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) else { continue };
-        if let Some(ns) = s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()) {
-            times.insert(tid, ns);
+        let Ok(s) = std::fs::read_to_string(task.path().join(file)) else { continue };
+        if let Some(n) = parse(&s) {
+            counts.insert(tid, n);
         }
     }
-    Some(times)
+    Some(counts)
 }
 
 /// The server CPU seconds between two readings: the precise count of the
