@@ -3,8 +3,8 @@
 //! when they choose how to submit.
 //!
 //! * `foreground/sequential`: one `Client::submit` at a time with one echo
-//!   worker slot: the round trip (submit, wake the worker, grab, run,
-//!   complete, result) of a single job.
+//!   worker slot: the round trip (submit, the job pushed to the sleeping
+//!   worker, run, complete, result) of a single job.
 //! * `foreground/batch/CxW`: 1000 echo jobs per iteration, pipelined by C
 //!   client threads (one connection each), run by W worker slots.
 //! * `background/single`: one `Client::submit_background` at a time (until
@@ -17,7 +17,10 @@
 
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use gearframe::client::{Client, Job, JobOutcome};
 use gearframe::server::{Server, ServerConfig, ServerHandle};
 use gearframe::worker::{Echo, Worker};
@@ -68,6 +71,22 @@ fn batch(clients: &[Client], function: &str, background: bool) -> Duration {
     start.elapsed()
 }
 
+/// `batch/1x1` and `batch/4x4`: `BATCH` jobs per iteration, with fresh
+/// workers of a function of their own.
+fn batches(g: &mut BenchmarkGroup<'_, WallTime>, addr: &str, background: bool) {
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let prefix = if background { "bg" } else { "fg" };
+    for (nc, nw) in [(1, 1), (4, 4)] {
+        let function = format!("{prefix}-{nc}x{nw}");
+        let w = workers(addr, &function, nw);
+        let clients: Vec<Client> = (0..nc).map(|_| client(addr)).collect();
+        g.bench_function(BenchmarkId::new("batch", format!("{nc}x{nw}")), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| batch(&clients, &function, background)).sum())
+        });
+        drop(w);
+    }
+}
+
 fn foreground(c: &mut Criterion) {
     let server = server();
     let addr = server.local_addr().to_string();
@@ -87,16 +106,7 @@ fn foreground(c: &mut Criterion) {
     });
     drop(w);
 
-    g.throughput(Throughput::Elements(BATCH as u64));
-    for (nc, nw) in [(1, 1), (4, 4)] {
-        let function = format!("fg-{nc}x{nw}");
-        let w = workers(&addr, &function, nw);
-        let clients: Vec<Client> = (0..nc).map(|_| client(&addr)).collect();
-        g.bench_function(BenchmarkId::new("batch", format!("{nc}x{nw}")), |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| batch(&clients, &function, false)).sum())
-        });
-        drop(w);
-    }
+    batches(&mut g, &addr, false);
     g.finish();
     server.shutdown();
     server.join();
@@ -118,16 +128,7 @@ fn background(c: &mut Criterion) {
     });
     drop(w);
 
-    g.throughput(Throughput::Elements(BATCH as u64));
-    for (nc, nw) in [(1, 1), (4, 4)] {
-        let function = format!("bg-{nc}x{nw}");
-        let w = workers(&addr, &function, nw);
-        let clients: Vec<Client> = (0..nc).map(|_| client(&addr)).collect();
-        g.bench_function(BenchmarkId::new("batch", format!("{nc}x{nw}")), |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| batch(&clients, &function, true)).sum())
-        });
-        drop(w);
-    }
+    batches(&mut g, &addr, true);
     g.finish();
     server.shutdown();
     server.join();
