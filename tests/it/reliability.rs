@@ -22,7 +22,7 @@ use gearframe::proto::{Packet, PacketType, Priority, SubmitKind};
 use gearframe::server::ServerConfig;
 use gearframe::worker::{Job as WorkJob, JobContext, Worker};
 
-use crate::support::{Ours, closed_by_peer, eventually, free_port};
+use crate::support::{Ours, bg, closed_by_peer, eventually, fg, free_port};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -189,15 +189,6 @@ impl Drop for Proc {
 
 fn connect(addr: &str) -> Connection {
     Connection::connect(addr, T).unwrap()
-}
-
-fn bg<'a>(function: &'a [u8], unique: &'a [u8], data: &'a [u8]) -> Packet<'a> {
-    Packet::Submit {
-        kind: SubmitKind { priority: Priority::Normal, background: true },
-        function,
-        unique,
-        data,
-    }
 }
 
 /// Submits and returns the JOB_CREATED handle; panics on anything else.
@@ -784,15 +775,7 @@ fn a_peer_that_never_reads_is_cut_off_and_memory_stays_bounded() {
 
     // 2. 200 MiB of WORK_DATA for a foreground client that never reads.
     let mut slow = connect(&addr);
-    let handle = submit_ok(
-        &mut slow,
-        &Packet::Submit {
-            kind: SubmitKind { priority: Priority::Normal, background: false },
-            function: b"stream",
-            unique: b"",
-            data: b"",
-        },
-    );
+    let handle = submit_ok(&mut slow, &fg(b"stream", b"", b""));
     let mut worker = connect(&addr);
     worker.send(&Packet::CanDo { function: b"stream" }).unwrap();
     assert!(grab(&mut worker).is_some());
@@ -1263,25 +1246,15 @@ mod fuzz_loop {
 fn a_client_joining_an_abandoned_job_gets_its_result() {
     let server = Ours::with_config(ServerConfig::default());
     let addr = server.addr().to_string();
-    let fg = |c: &mut Connection| {
-        submit_ok(
-            c,
-            &Packet::Submit {
-                kind: SubmitKind { priority: Priority::Normal, background: false },
-                function: b"j",
-                unique: b"same",
-                data: b"x",
-            },
-        )
-    };
+    let submit_same = |c: &mut Connection| submit_ok(c, &fg(b"j", b"same", b"x"));
     let mut first = connect(&addr);
-    fg(&mut first);
+    submit_same(&mut first);
     drop(first);
     eventually(T, "the first client gone", || {
         (admin(&addr, "workers", true).len() == 2).then_some(())
     });
     let mut second = connect(&addr);
-    let handle = fg(&mut second);
+    let handle = submit_same(&mut second);
     let mut w = raw_worker(&addr, b"j");
     let got = grab(&mut w);
     assert!(got.is_some(), "the job the second client waits for was dropped, not run");
