@@ -611,12 +611,8 @@ impl State {
                 continue;
             }
             if c.push {
-                c.sleeping = false;
-                if !self.assign(conn_id, PacketType::GrabJobUniq) {
+                if !self.offer(conn_id) {
                     // Nothing left that it can do: it sleeps on.
-                    if let Some(c) = self.conns.get_mut(&conn_id) {
-                        c.sleeping = true;
-                    }
                     continue;
                 }
                 sent += 1;
@@ -648,19 +644,22 @@ impl State {
     }
 
     /// Assigns a job to a sleeping connection with the push option, when
-    /// one is waiting that it can do (after it registered a function or
-    /// turned the option on while asleep).
-    pub(crate) fn offer(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+    /// one is waiting that it can do; true when it did. Called when a job
+    /// arrives, when the worker goes to sleep, registers a function or turns
+    /// the option on while asleep.
+    pub(crate) fn offer(&mut self, conn: ConnId) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else { return false };
         if !c.push || !c.sleeping || c.noop_sent {
-            return;
+            return false;
         }
         c.sleeping = false;
-        if !self.assign(conn, PacketType::GrabJobUniq)
-            && let Some(c) = self.conns.get_mut(&conn)
-        {
+        if self.assign(conn, PacketType::GrabJobUniq) {
+            return true;
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
             c.sleeping = true;
         }
+        false
     }
 
     /// Drops a connection's registrations (all, or those of one function),
@@ -856,18 +855,16 @@ impl State {
     /// PRE_SLEEP: NOOP at once when work is waiting (with `gearframe-push`,
     /// the job itself), else sleep until woken.
     pub(crate) fn pre_sleep(&mut self, conn: ConnId) {
-        let push = self.conns.get(&conn).is_some_and(|c| c.push);
-        let ready = if push {
-            self.assign(conn, PacketType::GrabJobUniq)
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.sleeping = true;
+        c.noop_sent = false;
+        if c.push {
+            self.offer(conn);
         } else if self.find_job(conn, false).is_some() {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.sleeping = false;
+            }
             self.send(conn, PacketType::Noop, &[]);
-            true
-        } else {
-            false
-        };
-        if let Some(c) = self.conns.get_mut(&conn) {
-            c.sleeping = !ready;
-            c.noop_sent = false;
         }
     }
 
