@@ -60,6 +60,9 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// open (held by a process that left the group).
 const FINAL_DRAIN: Duration = Duration::from_millis(500);
 
+/// Serializes [`Popen::create`] across threads (see its use).
+static SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Default cap on captured stdout (16 MiB).
 pub const DEFAULT_MAX_STDOUT: usize = 16 << 20;
 /// Default cap on the kept stderr tail (64 KiB).
@@ -348,7 +351,15 @@ impl ShellCommand {
             ..Default::default()
         };
         let start = Instant::now();
-        let mut child = Popen::create(&argv, config).map_err(|e| {
+        // One start at a time in this process: the subprocess crate opens
+        // the child's pipes without close-on-exec and marks them afterwards,
+        // so a command forked by another thread meanwhile would inherit
+        // them and hold this one's output (or its exec report) open for as
+        // long as it runs.
+        let spawning = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+        let child = Popen::create(&argv, config);
+        drop(spawning);
+        let mut child = child.map_err(|e| {
             let io = match e {
                 subprocess::PopenError::IoError(io) => io,
                 other => std::io::Error::other(other.to_string()),

@@ -223,3 +223,28 @@ fn tty_mode_runs_without_capturing() {
     assert!(out.success());
     assert!(out.stdout.is_empty());
 }
+
+/// Commands started from several threads at once inherit none of each
+/// other's pipes: each holds only its stdin, stdout and stderr. (A command
+/// that inherits another's pipe keeps that one waiting for its output's end,
+/// or for its exec report, until it exits itself.)
+#[test]
+fn concurrent_starts_do_not_leak_pipes_into_other_commands() {
+    // `ls` lists its own descriptors: 0, 1, 2 and the one it reads the
+    // directory with, when nothing leaked.
+    let fds = || {
+        let out = ShellCommand::argv(["ls", "/proc/self/fd"]).run(b"").unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().count()
+    };
+    let alone = fds();
+    let leaks: Vec<usize> = (0..4)
+        .into_par_iter()
+        .flat_map_iter(|_| (0..150).map(|_| fds()).filter(|&n| n != alone))
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "{} of 600 commands held more descriptors than the {alone} of one started alone: {:?}",
+        leaks.len(),
+        &leaks[..leaks.len().min(5)]
+    );
+}
