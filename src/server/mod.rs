@@ -541,12 +541,15 @@ fn run_acceptor(
     log::info!("server stopped");
 }
 
-fn serve_connection(shared: &Shared, mut stream: TcpStream) {
+fn serve_connection(shared: &Shared, stream: TcpStream) {
     let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
     let _ = stream.set_write_timeout(Some(shared.config.write_timeout));
-    let out = Arc::new(Outbox::new(stream.try_clone().ok(), shared.config.max_outbox));
+    // One descriptor per connection: the outbox writes to the socket this
+    // thread reads from.
+    let stream = Arc::new(stream);
+    let out = Arc::new(Outbox::new(Some(Arc::clone(&stream)), shared.config.max_outbox));
     {
         let mut st = shared.lock();
         if shared.stop.load(Ordering::SeqCst) {
@@ -555,18 +558,18 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
         st.add_conn(id, i64::from(stream.as_raw_fd()), peer.map(|p| p.ip()), Arc::clone(&out));
     }
     log::debug!("conn={id} connected peer={peer:?}");
-    read_loop(shared, id, &mut stream);
+    read_loop(shared, id, &stream);
     {
         let mut st = shared.lock();
         st.remove_conn(id);
         shared.release(st);
     }
-    out.finish(&mut stream, shared.config.write_timeout);
+    out.finish(&stream, shared.config.write_timeout);
     let _ = stream.shutdown(Shutdown::Both);
     log::debug!("conn={id} closed");
 }
 
-fn read_loop(shared: &Shared, id: u64, stream: &mut TcpStream) {
+fn read_loop(shared: &Shared, id: u64, mut stream: &TcpStream) {
     let mut dec = Decoder::new(shared.config.max_packet_size).with_max_line(DEFAULT_MAX_LINE);
     let mut buf = vec![0u8; 64 << 10];
     let mut busy = BusyPoll::new(shared.config.busy_poll);

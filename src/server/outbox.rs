@@ -10,6 +10,15 @@
 //!
 //! The outbox is bounded: a peer that stops reading is disconnected once its
 //! pending bytes pass the limit, instead of growing the server's memory.
+//!
+//! The reader, the outbox and the writer thread share one socket (one file
+//! descriptor per connection): `&TcpStream` reads and writes.
+//!
+//! Lock order: `writer` before `inner`. [`Outbox::ensure_writer`] checks
+//! `closed` under the writer lock and starts no thread once it is set;
+//! [`Outbox::finish`] sets `closed` first and only then, without holding
+//! `inner`, takes the writer to join it, so a writer is either started
+//! before `finish` looks (and joined) or not started at all.
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
@@ -73,8 +82,9 @@ pub(crate) struct Outbox {
     inner: Mutex<Inner>,
     wake_writer: Condvar,
     limit: usize,
-    /// The socket; sent to without blocking here, blocking in the writer.
-    stream: Option<TcpStream>,
+    /// The socket (shared with the connection's reader); sent to without
+    /// blocking here, blocking in the writer.
+    stream: Option<Arc<TcpStream>>,
     /// The writer thread, started the first time the socket is full; the
     /// connection's reader joins it when the connection ends.
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -88,7 +98,7 @@ enum Sent {
 }
 
 impl Outbox {
-    pub(crate) fn new(stream: Option<TcpStream>, limit: usize) -> Outbox {
+    pub(crate) fn new(stream: Option<Arc<TcpStream>>, limit: usize) -> Outbox {
         Outbox {
             inner: Mutex::new(Inner::default()),
             wake_writer: Condvar::new(),
@@ -195,7 +205,7 @@ impl Outbox {
 
     fn send_nonblocking(&self, mut data: &[u8]) -> Sent {
         let Some(stream) = &self.stream else { return Sent::All };
-        let sock = socket2::SockRef::from(stream);
+        let sock = socket2::SockRef::from(&**stream);
         let mut sent = 0;
         while !data.is_empty() {
             match sock.send_with_flags(data, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
@@ -215,13 +225,14 @@ impl Outbox {
         Sent::All
     }
 
-    /// Starts the writer thread unless it runs already.
+    /// Starts the writer thread unless it runs already or the outbox is
+    /// closed (then the connection's reader writes what is left).
     fn ensure_writer(self: &Arc<Self>) {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if w.is_some() {
+        if w.is_some() || self.lock().closed {
             return;
         }
-        let Some(stream) = self.stream.as_ref().and_then(|s| s.try_clone().ok()) else {
+        let Some(stream) = self.stream.clone() else {
             self.shutdown_socket();
             return;
         };
@@ -244,14 +255,14 @@ impl Outbox {
     /// pending (held bytes once the store releases them, for at most
     /// `limit`) is written with blocking writes, and the writer thread, if
     /// one was started, is joined. Called by the connection's reader.
-    pub(crate) fn finish(&self, stream: &mut TcpStream, limit: std::time::Duration) {
+    pub(crate) fn finish(&self, stream: &TcpStream, limit: std::time::Duration) {
         let deadline = std::time::Instant::now() + limit;
-        let writer = {
+        {
             let mut g = self.lock();
             g.closed = true;
             self.wake_writer.notify_all();
-            self.writer.lock().unwrap_or_else(|e| e.into_inner()).take()
-        };
+        }
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         match writer {
             Some(w) => {
                 let _ = w.join();
@@ -283,15 +294,15 @@ impl Outbox {
 
     /// The writer thread: blocking writes for a peer whose socket buffer is
     /// full, and the last bytes once the connection closes.
-    pub(crate) fn run_writer(&self, mut stream: TcpStream) {
-        self.write_blocking(&mut stream, None);
+    pub(crate) fn run_writer(&self, stream: Arc<TcpStream>) {
+        self.write_blocking(&stream, None);
     }
 
     /// Writes with blocking writes whatever may be sent once the socket is
     /// handed over or the outbox is closed, until the outbox is closed and
     /// empty, the socket is dead, or `deadline` passes (bytes still held for
     /// the store are dropped then).
-    fn write_blocking(&self, stream: &mut TcpStream, deadline: Option<std::time::Instant>) {
+    fn write_blocking(&self, mut stream: &TcpStream, deadline: Option<std::time::Instant>) {
         let mut g = self.lock();
         loop {
             if g.dead {
