@@ -91,7 +91,8 @@ pub struct ServerSection {
     pub job_handle_prefix: Option<String>,
     /// Largest packet body accepted, in bytes.
     pub max_packet_size: u32,
-    /// Most connections served at once.
+    /// Most connections served at once (0: the file descriptor limit minus
+    /// [`FD_RESERVE`](crate::server::FD_RESERVE)).
     pub max_connections: usize,
     /// Every connection starts with the `exceptions` option on.
     pub exceptions: bool,

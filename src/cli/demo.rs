@@ -148,6 +148,7 @@ fn rate(n: usize, d: Duration) -> String {
 }
 
 pub(crate) fn run(args: DemoArgs, config: &Config) -> Result<ExitCode, Failure> {
+    super::raise_fd_limit();
     let server =
         Server::bind(ServerConfig { listen: "127.0.0.1:0".into(), ..ServerConfig::default() })?;
     let addr = server.local_addr().to_string();

@@ -136,6 +136,14 @@ fn init_logging(
         .map_err(|e| Failure(format!("cannot install the logger: {e}")))
 }
 
+/// Raises the soft file descriptor limit to the hard one before a command
+/// starts a server; a failure only leaves the limit as it was.
+pub(crate) fn raise_fd_limit() {
+    if let Err(e) = gearframe::server::raise_fd_limit() {
+        log::warn!("{e}; serving within the current limit (raise it with ulimit -n)");
+    }
+}
+
 /// Loads the config file named with `-c`, or ./config.yaml when present.
 fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
     match path {

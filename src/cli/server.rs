@@ -30,7 +30,7 @@ pub(crate) struct ServerArgs {
     /// Largest packet body accepted, in bytes.
     #[arg(long, value_name = "BYTES")]
     max_packet_size: Option<u32>,
-    /// Most connections served at once.
+    /// Most connections served at once [default: 0 = the file descriptor limit minus 32].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// Every connection starts with the `exceptions` option on.
@@ -109,6 +109,7 @@ pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure
     if !args.admin_allow.is_empty() {
         cfg.admin_allow = args.admin_allow;
     }
+    super::raise_fd_limit();
     let server = Server::bind(cfg)?;
     let stopper = server.stopper();
     ctrlc::set_handler(move || {
@@ -116,7 +117,7 @@ pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure
         stopper.shutdown();
     })
     .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;
-    eprintln!("gearframe server listening on {}", server.local_addr());
+    eprintln!("gearframe server listening on {} ({})", server.local_addr(), server.capacity());
     server.join();
     Ok(ExitCode::SUCCESS)
 }

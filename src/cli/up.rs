@@ -43,6 +43,7 @@ pub(crate) fn run(args: UpArgs, config: &Config) -> Result<ExitCode, Failure> {
     }
     let configured = config.worker.servers.to_vec();
     let server = if wants_embedded(&configured, &server_cfg.listen) {
+        super::raise_fd_limit();
         Some(Server::bind(server_cfg)?)
     } else {
         None
@@ -59,7 +60,9 @@ pub(crate) fn run(args: UpArgs, config: &Config) -> Result<ExitCode, Failure> {
     })
     .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;
     match &server {
-        Some(s) => println!("gearframe up: job server listening on {}", s.local_addr()),
+        Some(s) => {
+            println!("gearframe up: job server listening on {} ({})", s.local_addr(), s.capacity());
+        }
         None => println!("gearframe up: using job servers {}", servers.join(",")),
     }
     println!(

@@ -30,12 +30,14 @@
 
 mod admin;
 mod dispatch;
+mod fds;
 #[cfg(feature = "fuzzing")]
 pub mod fuzz;
 mod outbox;
 mod state;
 mod store;
 
+pub use fds::{FD_RESERVE, connections_for, fd_limit, raise_fd_limit};
 pub use store::Durability;
 
 use std::io::{self, Read};
@@ -71,6 +73,9 @@ pub struct ServerConfig {
     /// its header with `ARGUMENT_TOO_LARGE` and the connection is closed.
     pub max_packet_size: u32,
     /// Most connections served at once; further ones are closed on accept.
+    /// 0 derives it from the soft file descriptor limit at
+    /// [`Server::bind`]: the limit minus [`FD_RESERVE`] (see
+    /// [`connections_for`]).
     pub max_connections: usize,
     /// Every connection starts with the `exceptions` option on.
     pub exceptions: bool,
@@ -152,7 +157,7 @@ impl Default for ServerConfig {
             round_robin: false,
             job_handle_prefix: None,
             max_packet_size: crate::proto::DEFAULT_MAX_BODY,
-            max_connections: 10_000,
+            max_connections: 0,
             exceptions: false,
             max_outbox: 256 << 20,
             write_timeout: Duration::from_secs(30),
@@ -211,6 +216,10 @@ struct Shared {
     timer_quit: AtomicBool,
     wake_addr: SocketAddr,
     config: ServerConfig,
+    /// `config.max_connections`, or the one derived from `fd_limit`.
+    max_connections: usize,
+    /// The soft file descriptor limit at bind (None: unknown).
+    fd_limit: Option<u64>,
     active: AtomicUsize,
     next_conn: AtomicU64,
 }
@@ -271,7 +280,27 @@ impl Server {
         let listener = listen(&config.listen).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.listen))
         })?;
+        // accept() wakes up this often to look at the stop flag and the
+        // refusal counts, even when the stop's wake-up connection cannot be
+        // made (no descriptor left).
+        socket2::SockRef::from(&listener).set_read_timeout(Some(ACCEPT_TICK))?;
         let addr = listener.local_addr()?;
+        let fd_limit = fds::fd_limit().ok().map(|(soft, _)| soft);
+        let fitting = fd_limit.map_or(usize::MAX, fds::connections_for);
+        let max_connections = match config.max_connections {
+            0 => fitting,
+            n => {
+                if n > fitting {
+                    log::warn!(
+                        "max_connections {n} is more than the file descriptor limit {} leaves \
+                         room for ({fitting}); past that new connections are closed at once: \
+                         raise the limit (ulimit -n, LimitNOFILE=) or lower max_connections",
+                        fd_limit.unwrap_or_default()
+                    );
+                }
+                n
+            }
+        };
         let wake_ip = match addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
             IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -322,6 +351,8 @@ impl Server {
             timer_quit: AtomicBool::new(false),
             wake_addr: SocketAddr::new(wake_ip, addr.port()),
             config,
+            max_connections,
+            fd_limit,
             active: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
         });
@@ -337,8 +368,9 @@ impl Server {
                 .name("gearframe-accept".into())
                 .spawn(move || run_acceptor(&shared, listener, timer, store_thread))?
         };
-        log::info!("listening on {addr}");
-        Ok(ServerHandle { addr, shared, acceptor: Some(acceptor) })
+        let handle = ServerHandle { addr, shared, acceptor: Some(acceptor) };
+        log::info!("listening on {addr} ({})", handle.capacity());
+        Ok(handle)
     }
 }
 
@@ -379,6 +411,24 @@ impl ServerHandle {
     /// The bound address (with the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Most connections served at once (`max_connections`, or the number
+    /// derived from the file descriptor limit).
+    pub fn max_connections(&self) -> usize {
+        self.shared.max_connections
+    }
+
+    /// The soft file descriptor limit the server started with (None when
+    /// it could not be read).
+    pub fn fd_limit(&self) -> Option<u64> {
+        self.shared.fd_limit
+    }
+
+    /// `file descriptor limit N, at most M connections`, for start-up lines.
+    pub fn capacity(&self) -> String {
+        let limit = self.fd_limit().map_or_else(|| "unknown".into(), |n| n.to_string());
+        format!("file descriptor limit {limit}, at most {} connections", self.max_connections())
     }
 
     /// A handle that can stop the server from elsewhere.
@@ -456,6 +506,14 @@ fn run_timer(shared: &Shared) {
     }
 }
 
+/// Longest time `accept` blocks before the acceptor looks at the stop flag
+/// and logs pending refusal counts (SO_RCVTIMEO, which Linux applies to
+/// `accept`).
+const ACCEPT_TICK: Duration = Duration::from_secs(1);
+
+/// Pause after an `accept` error that a retry at once would repeat.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+
 fn run_acceptor(
     shared: &Arc<Shared>,
     listener: TcpListener,
@@ -463,26 +521,55 @@ fn run_acceptor(
     store_thread: Option<store::StoreThread>,
 ) {
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
-    for stream in listener.incoming() {
+    let mut spare = fds::Spare::open();
+    let mut over_limit = fds::Refusals::new(format!(
+        "{} connections already open; raise max_connections to serve more",
+        shared.max_connections
+    ));
+    let mut no_descriptor = fds::Refusals::new(format!(
+        "no file descriptor left (limit {}); raise the limit (ulimit -n, LimitNOFILE=) or lower \
+         max_connections",
+        shared.fd_limit.map_or_else(|| "unknown".into(), |n| n.to_string())
+    ));
+    loop {
         if shared.stop.load(Ordering::SeqCst) || shared.graceful.load(Ordering::SeqCst) {
             break;
         }
-        let stream = match stream {
-            Ok(s) => s,
+        let accepted = listener.accept();
+        let now = Instant::now();
+        over_limit.flush(now);
+        no_descriptor.flush(now);
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) if fds::out_of_descriptors(&e) => {
+                match spare.refuse_waiting(&listener) {
+                    Some(n) if n > 0 => no_descriptor.add(n, now),
+                    // Nothing could be accepted even so: wait for a
+                    // descriptor to be freed.
+                    _ => thread::sleep(ACCEPT_BACKOFF),
+                }
+                continue;
+            }
             Err(e) => {
-                log::warn!("accept failed: {e}");
-                // Out of file descriptors and similar: back off briefly.
-                thread::sleep(Duration::from_millis(20));
+                log::warn!("accept failed: {e}; retrying");
+                thread::sleep(ACCEPT_BACKOFF);
                 continue;
             }
         };
         conns.retain(|h| !h.is_finished());
-        if shared.active.load(Ordering::SeqCst) >= shared.config.max_connections {
-            log::warn!(
-                "connection refused: {} connections already open",
-                shared.config.max_connections
-            );
+        if shared.active.load(Ordering::SeqCst) >= shared.max_connections {
             let _ = stream.shutdown(Shutdown::Both);
+            over_limit.add(1, now);
             continue;
         }
         shared.active.fetch_add(1, Ordering::SeqCst);
@@ -545,6 +632,9 @@ fn serve_connection(shared: &Shared, stream: TcpStream) {
     let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
+    // The accepted socket inherits the listener's accept tick as its read
+    // timeout; reads block until the peer sends or the stop shuts it down.
+    let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(Some(shared.config.write_timeout));
     // One descriptor per connection: the outbox writes to the socket this
     // thread reads from.
