@@ -8,12 +8,19 @@
 //! the spare, accepts and closes at once every waiting connection, and opens
 //! the spare again, so clients see their connection closed and the open
 //! ones keep being served.
+//!
+//! Linux reports EMFILE from `accept` whether or not a connection waits, so
+//! after one the acceptor first waits for the listener to be readable
+//! ([`wait_readable`]) and tries a plain `accept` again: a connection that
+//! arrives once descriptors are free again is served, not refused.
 
 use std::fs::File;
 use std::io;
 use std::net::{Shutdown, TcpListener};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
 
 /// Descriptors the default `max_connections` leaves for everything that is
@@ -72,6 +79,14 @@ pub fn connections_for(fd_limit: u64) -> usize {
 /// Whether `accept` failed for want of a descriptor.
 pub(crate) fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Waits up to `limit` for a connection to wait on `listener` (poll(2)
+/// needs no descriptor). True when one does.
+pub(crate) fn wait_readable(listener: &TcpListener, limit: Duration) -> bool {
+    let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0)
 }
 
 /// Most connections refused in one go when out of descriptors (the

@@ -531,6 +531,10 @@ fn run_acceptor(
          max_connections",
         shared.fd_limit.map_or_else(|| "unknown".into(), |n| n.to_string())
     ));
+    // The last accept found no descriptor and poll then saw a connection
+    // waiting: if the next accept finds none either, that connection is
+    // refused.
+    let mut waiting = false;
     loop {
         if shared.stop.load(Ordering::SeqCst) || shared.graceful.load(Ordering::SeqCst) {
             break;
@@ -540,7 +544,10 @@ fn run_acceptor(
         over_limit.flush(now);
         no_descriptor.flush(now);
         let stream = match accepted {
-            Ok((s, _)) => s,
+            Ok((s, _)) => {
+                waiting = false;
+                s
+            }
             Err(e)
                 if matches!(
                     e.kind(),
@@ -552,11 +559,14 @@ fn run_acceptor(
                 continue;
             }
             Err(e) if fds::out_of_descriptors(&e) => {
-                match spare.refuse_waiting(&listener) {
-                    Some(n) if n > 0 => no_descriptor.add(n, now),
-                    // Nothing could be accepted even so: wait for a
-                    // descriptor to be freed.
-                    _ => thread::sleep(ACCEPT_BACKOFF),
+                if std::mem::take(&mut waiting) {
+                    match spare.refuse_waiting(&listener) {
+                        Some(n) => no_descriptor.add(n, now),
+                        // No spare: wait for a descriptor to be freed.
+                        None => thread::sleep(ACCEPT_BACKOFF),
+                    }
+                } else {
+                    waiting = fds::wait_readable(&listener, ACCEPT_TICK);
                 }
                 continue;
             }
