@@ -89,6 +89,26 @@ pub(crate) fn wait_readable(listener: &TcpListener, limit: Duration) -> bool {
     matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0)
 }
 
+/// Whether `accept` failed for a connection that ended (or failed) while
+/// it waited: nothing to wait for, the next one may be accepted at once.
+pub(crate) fn gone_before_accept(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENETUNREACH
+                | libc::EHOSTDOWN
+                | libc::EHOSTUNREACH
+                | libc::ENONET
+                | libc::ENOPROTOOPT
+                | libc::EOPNOTSUPP
+        )
+    )
+}
+
 /// Most connections refused in one go when out of descriptors (the
 /// listener's backlog).
 const MAX_REFUSED_AT_ONCE: u64 = 4096;
@@ -166,6 +186,13 @@ impl Refusals {
         log::warn!("{n} new connection{s} closed at once: {}", self.reason);
         self.unlogged = 0;
         self.last_line = Some(now);
+    }
+
+    /// Logs the count not logged yet, however recent the last line (the
+    /// acceptor stops).
+    pub(crate) fn finish(&mut self) {
+        self.last_line = None;
+        self.flush(Instant::now());
     }
 
     #[cfg(test)]

@@ -535,6 +535,12 @@ fn run_acceptor(
     // waiting: if the next accept finds none either, that connection is
     // refused.
     let mut waiting = false;
+    let mut last_accept_error: Option<Instant> = None;
+    let mut no_thread = fds::Refusals::new(
+        "no thread could be started for them; lower max_connections or raise the thread limit \
+         (ulimit -u)"
+            .into(),
+    );
     loop {
         if shared.stop.load(Ordering::SeqCst) || shared.graceful.load(Ordering::SeqCst) {
             break;
@@ -543,6 +549,7 @@ fn run_acceptor(
         let now = Instant::now();
         over_limit.flush(now);
         no_descriptor.flush(now);
+        no_thread.flush(now);
         let stream = match accepted {
             Ok((s, _)) => {
                 waiting = false;
@@ -570,8 +577,17 @@ fn run_acceptor(
                 }
                 continue;
             }
+            Err(e) if fds::gone_before_accept(&e) => {
+                log::debug!("a connection ended before it was accepted: {e}");
+                continue;
+            }
             Err(e) => {
-                log::warn!("accept failed: {e}; retrying");
+                // Short of memory or buffers: back off, and say so at most
+                // once a second.
+                if last_accept_error.is_none_or(|t| now.duration_since(t) >= ACCEPT_TICK) {
+                    log::warn!("accept failed: {e}; retrying (check the system's memory)");
+                    last_accept_error = Some(now);
+                }
                 thread::sleep(ACCEPT_BACKOFF);
                 continue;
             }
@@ -594,12 +610,17 @@ fn run_acceptor(
         match spawned {
             Ok(h) => conns.push(h),
             Err(e) => {
+                // The connection was moved into the closure and is closed.
                 shared.active.fetch_sub(1, Ordering::SeqCst);
-                log::error!("cannot start a connection thread: {e}");
+                log::debug!("cannot start a connection thread: {e}");
+                no_thread.add(1, now);
             }
         }
     }
     drop(listener);
+    for r in [&mut over_limit, &mut no_descriptor, &mut no_thread] {
+        r.finish();
+    }
     // Graceful: keep serving until the last job is gone.
     {
         let mut st = shared.lock();
