@@ -237,3 +237,14 @@ fn connections_over_the_limit_are_closed_on_accept() {
         echo(c, b"still in");
     }
 }
+
+#[test]
+fn a_connection_idle_longer_than_the_accept_tick_is_still_served() {
+    // The listener wakes accept() every second; its accepted sockets must
+    // not keep that as their read timeout.
+    let server = Ours::start(&Opts::default());
+    let mut c = connect(server.addr());
+    echo(&mut c, b"before");
+    std::thread::sleep(Duration::from_millis(2500));
+    echo(&mut c, b"after an idle while");
+}
