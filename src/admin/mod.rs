@@ -585,7 +585,9 @@ impl AdminClient {
     ///
     /// # Errors
     /// The server refuses (workers registered or jobs running; gearframe's
-    /// server also while jobs are queued), I/O or timeout.
+    /// server also while jobs are queued), or has no function of that name
+    /// (gearframe's server matches it exactly, gearmand ignores case), I/O
+    /// or timeout.
     pub fn drop_function(&mut self, name: &str) -> Result<()> {
         let f = word("function name", name)?;
         self.command(&format!("drop function {f}")).map(drop)
