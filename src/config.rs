@@ -113,7 +113,8 @@ pub struct ServerSection {
     pub max_payload_bytes: usize,
     /// Bytes waiting for one peer before it is disconnected.
     pub max_outbox: usize,
-    /// Addresses or networks allowed to run admin commands that change state.
+    /// Addresses or networks allowed to run admin commands that change state
+    /// or list jobs and connections.
     pub admin_allow: Vec<String>,
 }
 

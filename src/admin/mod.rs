@@ -37,6 +37,23 @@
 //! (gearmand cuts the last character of `create function NAME` off a bare
 //! `\n` line).
 //!
+//! # Forged listings
+//!
+//! gearmand stores function names and client ids with line breaks and tabs,
+//! and prints them as they are: a name like `evil\n.\nfake\t9\t9\t9` adds
+//! rows to `status` and `workers`, and its `.` line ends the listing early,
+//! the rest of it arriving before the reply to the next command. So:
+//!
+//! - a line that does not read as a row of its listing (a `status` row has
+//!   exactly four columns, the last three numbers; a forged row always gets
+//!   the real columns appended) is skipped with a warning in the log naming
+//!   the server and the line, and the listing goes on;
+//! - every list command uses its own connection, closed after the `.`
+//!   line, so what a forged `.` left unread is never read as the next reply.
+//!
+//! Rows forged whole in the middle of a name cannot be told from real ones;
+//! gearframe's server refuses such names in the first place.
+//!
 //! # Timeouts
 //!
 //! Every connect, write and reply wait is bounded by the client's timeout.
@@ -62,6 +79,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::conn::{Connection, with_default_port};
+use crate::proto::admin::is_listable_name;
 use crate::proto::{Packet, PacketType};
 
 pub use cluster::{Cluster, PerServer, sum_priority, sum_status};
@@ -302,14 +320,15 @@ pub struct AdminClient {
     conn: Option<Connection>,
 }
 
-/// Checks a word sent on an admin line: not empty, no space or line break.
+/// Checks a word sent on an admin line: not empty, no space, no control
+/// character (line breaks, tabs, NUL: see [`is_listable_name`]).
 fn word<'a>(what: &str, w: &'a str) -> Result<&'a str> {
     if w.is_empty() {
         return Err(AdminError::InvalidArgument(format!("the {what} is empty")));
     }
-    if w.chars().any(|c| c == ' ' || c == '\r' || c == '\n' || c == '\0') {
+    if w.contains(' ') || !is_listable_name(w.as_bytes()) {
         return Err(AdminError::InvalidArgument(format!(
-            "the {what} {w:?} contains a space or a line break, which the admin protocol cannot send"
+            "the {what} {w:?} contains a space or a control character (line break, tab, NUL), which the admin protocol cannot send"
         )));
     }
     Ok(w)
@@ -394,9 +413,22 @@ impl AdminClient {
 
     /// Sends a list command and returns the lines before the `.` line.
     ///
+    /// The connection is closed afterwards, so the next call connects
+    /// again: the `.` may have been forged by a name holding a line break
+    /// (see the module docs), and the rest of the listing must not be read
+    /// as the next reply.
+    ///
     /// # Errors
     /// I/O, timeout, or an `ERR` reply.
     pub fn list(&mut self, command: &str) -> Result<Vec<String>> {
+        let r = self.read_list(command);
+        if let Some(c) = self.conn.take() {
+            c.close();
+        }
+        r
+    }
+
+    fn read_list(&mut self, command: &str) -> Result<Vec<String>> {
         let deadline = self.send_line(command)?;
         let mut lines = Vec::new();
         loop {
@@ -409,6 +441,28 @@ impl AdminClient {
             }
             lines.push(l);
         }
+    }
+
+    /// A list command's rows as `parse` reads them; a line it cannot read
+    /// is skipped with a warning (see the module docs).
+    fn rows<T>(
+        &mut self,
+        command: &str,
+        row: &str,
+        parse: fn(&str) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        let lines = self.list(command)?;
+        let mut rows = Vec::with_capacity(lines.len());
+        for l in &lines {
+            match parse(l) {
+                Some(r) => rows.push(r),
+                None => log::warn!(
+                    "{}: skipped {l:?} in the reply to `{command}`: not {row} (a function name or client id on that server holds a line break or tab; find the connection that registered it)",
+                    self.server
+                ),
+            }
+        }
+        Ok(rows)
     }
 
     /// Sends a one-line command and returns what follows `OK` (trimmed;
@@ -436,13 +490,10 @@ impl AdminClient {
     /// `status`: per function total, running and workers.
     ///
     /// # Errors
-    /// I/O, timeout, an `ERR` reply, or a line that is not a status line.
+    /// I/O, timeout or an `ERR` reply. A line that is not a status line is
+    /// skipped with a warning (see the module docs).
     pub fn status(&mut self) -> Result<Vec<FunctionStatus>> {
-        let lines = self.list("status")?;
-        lines
-            .iter()
-            .map(|l| parse::status_line(l).ok_or_else(|| self.parse_err("a status line", l)))
-            .collect()
+        self.rows("status", "a status line", parse::status_line)
     }
 
     /// `prioritystatus` (gearmand and gearframe): queued jobs per priority.
@@ -450,13 +501,7 @@ impl AdminClient {
     /// # Errors
     /// As [`AdminClient::status`].
     pub fn priority_status(&mut self) -> Result<Vec<PriorityStatus>> {
-        let lines = self.list("prioritystatus")?;
-        lines
-            .iter()
-            .map(|l| {
-                parse::priority_line(l).ok_or_else(|| self.parse_err("a prioritystatus line", l))
-            })
-            .collect()
+        self.rows("prioritystatus", "a prioritystatus line", parse::priority_line)
     }
 
     /// `workers`: every connection (workers, clients, admin sessions).
@@ -464,11 +509,7 @@ impl AdminClient {
     /// # Errors
     /// As [`AdminClient::status`].
     pub fn workers(&mut self) -> Result<Vec<WorkerInfo>> {
-        let lines = self.list("workers")?;
-        lines
-            .iter()
-            .map(|l| parse::workers_line(l).ok_or_else(|| self.parse_err("a workers line", l)))
-            .collect()
+        self.rows("workers", "a workers line", parse::workers_line)
     }
 
     /// `show jobs`: every job the server holds.
@@ -476,11 +517,7 @@ impl AdminClient {
     /// # Errors
     /// As [`AdminClient::status`].
     pub fn show_jobs(&mut self) -> Result<Vec<JobInfo>> {
-        let lines = self.list("show jobs")?;
-        lines
-            .iter()
-            .map(|l| parse::job_line(l).ok_or_else(|| self.parse_err("a show jobs line", l)))
-            .collect()
+        self.rows("show jobs", "a show jobs line", parse::job_line)
     }
 
     /// `show unique jobs`: the unique id of every job (may be empty).
@@ -548,7 +585,9 @@ impl AdminClient {
     ///
     /// # Errors
     /// The server refuses (workers registered or jobs running; gearframe's
-    /// server also while jobs are queued), I/O or timeout.
+    /// server also while jobs are queued), or has no function of that name
+    /// (gearframe's server matches it exactly, gearmand ignores case), I/O
+    /// or timeout.
     pub fn drop_function(&mut self, name: &str) -> Result<()> {
         let f = word("function name", name)?;
         self.command(&format!("drop function {f}")).map(drop)

@@ -1,4 +1,8 @@
 //! Parsers for admin reply lines (without their line ending).
+//!
+//! Rows must have exactly their listing's columns: a row with more is the
+//! tail of a function name holding a line break (the forged row's columns
+//! followed by the real ones), see the module docs of [`super`].
 
 use super::{FunctionStatus, JobInfo, PriorityStatus, WorkerInfo};
 
@@ -9,7 +13,7 @@ fn num(s: &str) -> Option<u64> {
 /// `function\ttotal\trunning\tworkers`.
 pub(super) fn status_line(l: &str) -> Option<FunctionStatus> {
     let f: Vec<&str> = l.split('\t').collect();
-    if f.len() < 4 {
+    if f.len() != 4 {
         return None;
     }
     Some(FunctionStatus {
@@ -23,7 +27,7 @@ pub(super) fn status_line(l: &str) -> Option<FunctionStatus> {
 /// `function\thigh\tnormal\tlow\tworkers`.
 pub(super) fn priority_line(l: &str) -> Option<PriorityStatus> {
     let f: Vec<&str> = l.split('\t').collect();
-    if f.len() < 5 {
+    if f.len() != 5 {
         return None;
     }
     Some(PriorityStatus {
@@ -60,7 +64,7 @@ pub(super) fn workers_line(l: &str) -> Option<WorkerInfo> {
 /// `handle\tretries\tignore\tqueued`.
 pub(super) fn job_line(l: &str) -> Option<JobInfo> {
     let f: Vec<&str> = l.split('\t').collect();
-    if f.len() < 4 {
+    if f.len() != 4 {
         return None;
     }
     Some(JobInfo {
@@ -128,6 +132,10 @@ mod tests {
         assert_eq!(s.queued(), 2);
         assert!(status_line("rev\t3\t1").is_none());
         assert!(status_line("rev\tx\t1\t2").is_none());
+        // The rows a name like `evil\n.\nfake\t9\t9\t9` makes gearmand print.
+        assert!(status_line("evil").is_none());
+        assert!(status_line("fake\t9\t9\t9\t0\t0\t1").is_none());
+        assert!(priority_line("fake\t9\t9\t9\t0\t0\t0\t1").is_none());
         let p = priority_line("mq2\t1\t2\t1\t0").unwrap();
         assert_eq!((p.high, p.normal, p.low, p.workers), (1, 2, 1, 0));
     }
@@ -146,6 +154,8 @@ mod tests {
         let w = workers_line("7 10.0.0.1 name with spaces :").unwrap();
         assert_eq!(w.client_id, "name with spaces");
         assert!(workers_line("garbage").is_none());
+        // A client id holding `\n.\n`, as gearmand prints it.
+        assert!(workers_line("38 127.0.0.1 evil").is_none());
     }
 
     #[test]
@@ -155,6 +165,7 @@ mod tests {
             (j.handle.as_str(), j.retries, j.ignored, j.persisted),
             ("H:vm:4", 1, false, true)
         );
+        assert!(job_line("H:vm:4\t1\t0\t1\t0").is_none());
     }
 
     #[test]

@@ -57,8 +57,8 @@ pub(crate) struct ServerArgs {
     /// Most payload bytes held in total (0 = unlimited).
     #[arg(long, value_name = "BYTES")]
     max_payload_bytes: Option<usize>,
-    /// Allow admin commands that change state only from this address or
-    /// network (repeatable; default: every peer).
+    /// Allow admin commands that change state or list jobs and connections
+    /// only from this address or network (repeatable; default: every peer).
     #[arg(long, value_name = "ADDR[/PREFIX]")]
     admin_allow: Vec<AddrRule>,
 }

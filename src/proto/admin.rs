@@ -46,7 +46,7 @@ pub enum AdminRequest<'a> {
     },
     /// `drop function NAME`.
     DropFunction {
-        /// Function name, matched case-insensitively.
+        /// Function name, matched exactly (gearmand ignores case).
         name: &'a [u8],
     },
     /// `clear function NAME` (gearframe's own): removes the function's jobs
@@ -64,6 +64,31 @@ pub enum AdminRequest<'a> {
     Invalid(Vec<u8>),
     /// Too many tokens: the connection is closed without a reply.
     TooManyTokens,
+}
+
+impl<'a> AdminRequest<'a> {
+    /// The function name the request names, if it names one.
+    pub fn function(&self) -> Option<&'a [u8]> {
+        match self {
+            AdminRequest::MaxQueue { function: name, .. }
+            | AdminRequest::CreateFunction { name }
+            | AdminRequest::DropFunction { name }
+            | AdminRequest::ClearFunction { name } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a function name or client id can be shown in an admin listing
+/// without forging it: it holds no control character (no byte below 0x20,
+/// such as tab, line feed, carriage return or NUL, and no DEL, 0x7f).
+///
+/// `status` separates its columns with tabs and every listing its rows with
+/// line feeds, and a `.` line ends a listing; a name holding these bytes
+/// would add rows or end the listing early in every dashboard that reads it.
+/// Spaces and bytes above 0x7f (UTF-8) are allowed.
+pub fn is_listable_name(name: &[u8]) -> bool {
+    !name.iter().any(|&b| b < 0x20 || b == 0x7f)
 }
 
 /// Splits an admin line into tokens (see the module docs).

@@ -4,7 +4,18 @@
 use std::io::Write;
 
 use super::state::{ConnId, Control, State};
-use crate::proto::admin::{AdminRequest, parse_request};
+use crate::proto::admin::{AdminRequest, is_listable_name, parse_request};
+
+/// Refusal of a command that changes state, from a peer outside `admin_allow`.
+const DENIED_CHANGE: &[u8] =
+    b"ERR PERMISSION_DENIED this+address+may+not+change+the+server+state\r\n";
+/// Refusal of a listing of jobs or connections, from a peer outside `admin_allow`.
+const DENIED_LISTING: &[u8] =
+    b"ERR PERMISSION_DENIED this+address+may+not+list+jobs+or+connections\r\n";
+/// Refusal of a function name holding a control character (see
+/// [`is_listable_name`]); gearmand accepts such names.
+const INVALID_FUNCTION_NAME_LINE: &[u8] =
+    b"ERR INVALID_FUNCTION_NAME Function+name+holds+a+control+character;+use+printable+characters\r\n";
 
 impl State {
     /// Applies one admin line and queues its reply.
@@ -12,21 +23,13 @@ impl State {
         let req = parse_request(line);
         log::debug!("conn={conn} admin {:?}", String::from_utf8_lossy(line));
         let mut out = Vec::new();
-        let changes_state = matches!(
-            req,
-            AdminRequest::MaxQueue { .. }
-                | AdminRequest::CancelJob { .. }
-                | AdminRequest::CreateFunction { .. }
-                | AdminRequest::DropFunction { .. }
-                | AdminRequest::ClearFunction { .. }
-                | AdminRequest::Shutdown { .. }
-        );
-        if changes_state && !self.admin_allowed(conn) {
+        if let Some(denied) = self.admin_denied(conn, &req) {
             log::warn!("conn={conn} admin command refused by admin_allow");
-            self.send_raw(
-                conn,
-                b"ERR PERMISSION_DENIED this+address+may+not+change+the+server+state\r\n",
-            );
+            self.send_raw(conn, denied);
+            return Control::Continue;
+        }
+        if req.function().is_some_and(|name| !is_listable_name(name)) {
+            self.send_raw(conn, INVALID_FUNCTION_NAME_LINE);
             return Control::Continue;
         }
         match req {
@@ -95,7 +98,32 @@ impl State {
         Control::Continue
     }
 
-    /// Whether a connection may run admin commands that change state.
+    /// The refusal of a request that `admin_allow` keeps from this peer.
+    ///
+    /// A peer outside a non-empty `admin_allow` may not change state
+    /// (`maxqueue`, `cancel job`, `create function`, `drop function`,
+    /// `clear function`, `shutdown`) nor list jobs or connections (`show
+    /// jobs`, `show unique jobs`, `workers`): a unique id read there lets a
+    /// peer join another client's job and read its result. `status`,
+    /// `prioritystatus`, `version`, `getpid` and `verbose` stay open to
+    /// every peer, for dashboards and health checks.
+    fn admin_denied(&self, conn: ConnId, req: &AdminRequest<'_>) -> Option<&'static [u8]> {
+        let denied = match req {
+            AdminRequest::MaxQueue { .. }
+            | AdminRequest::CancelJob { .. }
+            | AdminRequest::CreateFunction { .. }
+            | AdminRequest::DropFunction { .. }
+            | AdminRequest::ClearFunction { .. }
+            | AdminRequest::Shutdown { .. } => DENIED_CHANGE,
+            AdminRequest::ShowJobs | AdminRequest::ShowUniqueJobs | AdminRequest::Workers => {
+                DENIED_LISTING
+            }
+            _ => return None,
+        };
+        (!self.admin_allowed(conn)).then_some(denied)
+    }
+
+    /// Whether a connection is inside `admin_allow` (or the list is empty).
     fn admin_allowed(&self, conn: ConnId) -> bool {
         let rules = &self.settings.admin_allow;
         rules.is_empty()

@@ -3,7 +3,43 @@
 use std::time::Duration;
 
 use super::state::{ConnId, Control, State, atoi};
+use crate::proto::admin::is_listable_name;
 use crate::proto::{Frame, Magic, Packet, PacketType, ProtocolError};
+
+/// Code of the ERROR for a function name holding a control character.
+pub(crate) const INVALID_FUNCTION_NAME: &str = "INVALID_FUNCTION_NAME";
+/// Code of the ERROR for a client id holding a control character.
+pub(crate) const INVALID_CLIENT_ID: &str = "INVALID_CLIENT_ID";
+
+/// The ERROR code and text for a packet whose function name or client id
+/// holds a control character (see [`is_listable_name`]); `None` for every
+/// other packet.
+///
+/// gearmand stores such names, and a name like `evil\n.\nfake\t9\t9\t9`
+/// then forges rows of `status` and `workers` and ends them early. The
+/// packet itself is well formed, so the connection stays open: the request
+/// is refused as a full queue is, and nothing of it is applied.
+fn invalid_name(p: &Packet<'_>) -> Option<(&'static str, &'static str)> {
+    let (name, code, text) = match p {
+        Packet::Submit { function, .. }
+        | Packet::SubmitJobEpoch { function, .. }
+        | Packet::SubmitReduceJob { function, .. }
+        | Packet::CanDo { function }
+        | Packet::CanDoTimeout { function, .. }
+        | Packet::CantDo { function } => (
+            function,
+            INVALID_FUNCTION_NAME,
+            "Function name holds a control character (tab, line break, NUL, DEL); use printable characters",
+        ),
+        Packet::SetClientId { id } => (
+            id,
+            INVALID_CLIENT_ID,
+            "Client id holds a control character (tab, line break, NUL, DEL); use printable characters",
+        ),
+        _ => return None,
+    };
+    (!is_listable_name(name)).then_some((code, text))
+}
 
 impl State {
     /// Applies a frame; replies go to the outboxes.
@@ -48,6 +84,11 @@ impl State {
 
     fn handle_packet(&mut self, conn: ConnId, p: Packet<'_>) -> Control {
         use PacketType as T;
+        if let Some((code, text)) = invalid_name(&p) {
+            log::info!("conn={conn} {}: refused with {code}", p.kind());
+            self.send_error(conn, code, text);
+            return Control::Continue;
+        }
         match p {
             Packet::Submit { kind, function, unique, data } => self.submit(
                 conn,

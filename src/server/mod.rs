@@ -27,6 +27,21 @@
 //! server.join();
 //! # Ok::<(), std::io::Error>(())
 //! ```
+//!
+//! # Names in admin listings
+//!
+//! Function names and client ids are printed by `status` and `workers`,
+//! whose columns are split by tabs and rows by line feeds, up to a `.` line.
+//! Unlike gearmand, which stores any bytes, the server refuses a name with a
+//! control character (any byte below 0x20, DEL 0x7f) so that no peer can
+//! forge or cut those listings: such a CAN_DO, CAN_DO_TIMEOUT, CANT_DO,
+//! SUBMIT_JOB* or SET_CLIENT_ID gets an ERROR packet (`INVALID_FUNCTION_NAME`
+//! or `INVALID_CLIENT_ID`) and changes nothing, and the connection stays open
+//! since the packet is well formed (a malformed packet is answered with an
+//! ERROR and closed). The text commands `maxqueue`, `create function`, `drop
+//! function` and `clear function` answer `ERR INVALID_FUNCTION_NAME`. Spaces
+//! and UTF-8 stay allowed. `drop function` matches the name exactly (gearmand
+//! ignores case).
 
 mod admin;
 mod dispatch;
@@ -97,8 +112,13 @@ pub struct ServerConfig {
     pub max_jobs: usize,
     /// Most payload bytes held in total (0 = unlimited); more get `QUEUE_ERROR`.
     pub max_payload_bytes: usize,
-    /// Peers allowed to run the admin commands that change state (cancel,
-    /// create, drop, maxqueue, shutdown); empty allows every peer.
+    /// Peers allowed to run the admin commands that change state (`cancel
+    /// job`, `create function`, `drop function`, `clear function`,
+    /// `maxqueue`, `shutdown`) or list jobs and connections (`show jobs`,
+    /// `show unique jobs`, `workers`: a unique id read there lets a peer join
+    /// another client's job and read its result); empty allows every peer.
+    /// `status`, `prioritystatus`, `version`, `getpid` and `verbose` are
+    /// open to every peer. Others get `ERR PERMISSION_DENIED`.
     pub admin_allow: Vec<AddrRule>,
 }
 

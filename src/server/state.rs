@@ -58,7 +58,8 @@ pub(crate) struct Settings {
     pub(crate) max_jobs: usize,
     /// Most payload bytes held in total (0 = unlimited).
     pub(crate) max_payload_bytes: usize,
-    /// Peers allowed to run admin commands that change state (empty: all).
+    /// Peers allowed to run admin commands that change state or list jobs
+    /// and connections (empty: all).
     pub(crate) admin_allow: Vec<crate::server::AddrRule>,
 }
 
@@ -1088,9 +1089,11 @@ impl State {
     }
 
     /// `drop function`: refused while workers, queued or running jobs exist.
+    /// The name is matched exactly, byte for byte, as every other command
+    /// matches it (gearmand ignores case here, so `drop function foo` drops
+    /// an idle `Foo`).
     pub(crate) fn drop_function(&mut self, name: &[u8]) -> Result<(), &'static str> {
-        let Some(fid) = self.functions.iter().position(|f| f.name.eq_ignore_ascii_case(name))
-        else {
+        let Some(&fid) = self.func_index.get(name) else {
             return Err("ERR function not found\r\n");
         };
         let f = &self.functions[fid];
@@ -1328,5 +1331,144 @@ mod tests {
         assert_eq!(local.take_now(), b"OK\r\n");
         assert!(st.lifecycle.graceful);
         assert!(st.lifecycle.stop, "no job is left, so a graceful stop is immediate");
+    }
+
+    /// The ERROR codes a connection was sent, in order.
+    fn error_codes(out: &Outbox) -> Vec<String> {
+        sent(out)
+            .iter()
+            .map(|l| match l.strip_prefix("ERROR ") {
+                Some(rest) => rest.split(',').next().unwrap_or_default().to_string(),
+                None => l.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn names_with_control_characters_are_refused_and_the_connection_kept() {
+        let mut st = state();
+        let c = conn(&mut st, 1);
+        for bad in [&b"evil\n.\nfake\t9\t9\t9"[..], b"a\rb", b"a\tb", b"\x1b[2J", b"del\x7f"] {
+            apply(&mut st, 1, Packet::CanDo { function: bad });
+            apply(&mut st, 1, Packet::CanDoTimeout { function: bad, timeout: b"5" });
+            apply(&mut st, 1, Packet::CantDo { function: bad });
+            apply(&mut st, 1, submit(bad, b"", b"x", Priority::Normal, false));
+            apply(&mut st, 1, submit(bad, b"u", b"x", Priority::High, true));
+            apply(
+                &mut st,
+                1,
+                Packet::SubmitJobEpoch { function: bad, unique: b"", epoch: b"1", data: b"x" },
+            );
+            apply(
+                &mut st,
+                1,
+                Packet::SubmitReduceJob {
+                    background: true,
+                    function: bad,
+                    unique: b"",
+                    reducer: b"r",
+                    aggregator: b"",
+                    data: b"x",
+                },
+            );
+            apply(&mut st, 1, Packet::SetClientId { id: bad });
+            let f = "INVALID_FUNCTION_NAME";
+            assert_eq!(error_codes(&c), [f, f, f, f, f, f, f, "INVALID_CLIENT_ID"], "{bad:?}");
+        }
+        // NUL separates arguments: only a last argument can hold one.
+        apply(&mut st, 1, Packet::CanDo { function: b"a\0b" });
+        apply(&mut st, 1, Packet::CantDo { function: b"a\0b" });
+        apply(&mut st, 1, Packet::SetClientId { id: b"a\0b" });
+        let f = "INVALID_FUNCTION_NAME";
+        assert_eq!(error_codes(&c), [f, f, "INVALID_CLIENT_ID"]);
+        assert!(st.functions.is_empty() && st.jobs.is_empty());
+        assert_eq!(&*st.conns[&1].client_id, b"-");
+        assert!(st.conns[&1].abilities.is_empty());
+        // Printable names, spaces and UTF-8 included, still work on the same connection.
+        apply(&mut st, 1, Packet::SetClientId { id: "wörker 1".as_bytes() });
+        apply(&mut st, 1, Packet::CanDo { function: "ünï code".as_bytes() });
+        apply(&mut st, 1, submit(b"f g", b"", b"x", Priority::Normal, true));
+        assert_eq!(sent(&c), ["JOB_CREATED H:t:1"]);
+        assert_eq!(&*st.conns[&1].client_id, "wörker 1".as_bytes());
+        assert_eq!(st.functions.len(), 2);
+    }
+
+    #[test]
+    fn admin_commands_refuse_function_names_with_control_characters() {
+        let mut st = state();
+        let c = conn(&mut st, 1);
+        let refused: &[u8] = b"ERR INVALID_FUNCTION_NAME Function+name+holds+a+control+character;+use+printable+characters\r\n";
+        for line in [
+            &b"create function a\tb"[..],
+            b"maxqueue a\0b 5",
+            b"drop function a\x01b",
+            b"clear function a\x7fb",
+        ] {
+            st.admin(1, line);
+            assert_eq!(c.take_now(), refused, "{:?}", String::from_utf8_lossy(line));
+        }
+        assert!(st.functions.is_empty());
+        st.admin(1, b"create function a");
+        st.admin(1, b"status");
+        assert_eq!(c.take_now(), b"OK\r\na\t0\t0\t0\n.\n");
+    }
+
+    #[test]
+    fn drop_function_matches_the_exact_name() {
+        let mut st = state();
+        let c = conn(&mut st, 1);
+        st.admin(1, b"create function Foo");
+        st.admin(1, b"drop function foo");
+        st.admin(1, b"drop function FOO");
+        st.admin(1, b"status");
+        assert_eq!(
+            c.take_now(),
+            &b"OK\r\nERR function not found\r\nERR function not found\r\nFoo\t0\t0\t0\n.\n"[..]
+        );
+        st.admin(1, b"create function foo");
+        st.admin(1, b"drop function Foo");
+        st.admin(1, b"status");
+        assert_eq!(c.take_now(), b"OK\r\nOK\r\nfoo\t0\t0\t0\n.\n");
+    }
+
+    #[test]
+    fn admin_allow_keeps_job_and_connection_listings_from_other_peers() {
+        let mut st = state();
+        st.settings.admin_allow = vec!["10.0.0.0/8".parse().unwrap()];
+        let local = conn(&mut st, 1);
+        let inside = Arc::new(Outbox::new(None, 1 << 20));
+        st.add_conn(2, 2, Some([10, 1, 2, 3].into()), Arc::clone(&inside));
+        apply(&mut st, 1, submit(b"f", b"secret-unique", b"x", Priority::Normal, true));
+        sent(&local);
+        let listing = b"ERR PERMISSION_DENIED this+address+may+not+list+jobs+or+connections\r\n";
+        let change = b"ERR PERMISSION_DENIED this+address+may+not+change+the+server+state\r\n";
+        for line in [&b"show jobs"[..], b"show unique jobs", b"workers"] {
+            st.admin(1, line);
+            assert_eq!(local.take_now(), listing, "{:?}", String::from_utf8_lossy(line));
+        }
+        for line in [&b"clear function f"[..], b"cancel job H:t:1", b"create function g"] {
+            st.admin(1, line);
+            assert_eq!(local.take_now(), change, "{:?}", String::from_utf8_lossy(line));
+        }
+        st.admin(1, b"status");
+        st.admin(1, b"prioritystatus");
+        st.admin(1, b"version");
+        let open = String::from_utf8(local.take_now()).unwrap();
+        assert_eq!(
+            open,
+            format!(
+                "f\t1\t0\t0\n.\nf\t0\t1\t0\t0\n.\nOK gearframe-{}\n",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+        st.admin(1, b"getpid");
+        st.admin(1, b"verbose");
+        assert!(String::from_utf8(local.take_now()).unwrap().starts_with("OK "));
+        // A peer inside the rule lists everything.
+        st.admin(2, b"show unique jobs");
+        st.admin(2, b"show jobs");
+        assert_eq!(inside.take_now(), b"secret-unique\n.\nH:t:1\t0\t0\t1\n.\n");
+        st.admin(2, b"workers");
+        assert_eq!(inside.take_now(), b"1 127.0.0.1 - :\n2 10.1.2.3 - :\n.\n");
     }
 }

@@ -792,3 +792,71 @@ fn watch_exits_cleanly_on_ctrl_c() {
     assert_eq!(status.code(), Some(0), "{status}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// What a worker on gearmand registers to forge its listings: a `.` line
+/// that ends `status` early, then a row for a function `fake`; and a client
+/// id that cuts its `workers` row the same way.
+const FORGED_FUNCTION: &[u8] = b"evil\n.\nfake\t9\t9\t9";
+const FORGED_CLIENT_ID: &[u8] = b"evil\n.\nbad : fake";
+
+// gearmand stores both names and prints them as they are: `status` reads
+// `good 0 0 1`, `evil`, `.`, and the `fake` row plus the real `.` arrive
+// after the listing's end. (gearadmin --status prints all of it, the `fake`
+// row included, and exits 0.) gearframe's admin reads the listing up to the
+// first `.`, warns about the `evil` line naming the server, lists `good`,
+// and does not mix the rest into the next reply.
+#[test]
+fn forged_names_on_gearmand_neither_fail_nor_fool_the_admin() {
+    let Some(g) = Gearmand::start(&Opts::default()) else { return };
+    let addr = g.addr().to_string();
+    let mut w = support::RawConn::connect(g.addr(), "forger");
+    w.send(gearframe::proto::Packet::SetClientId { id: FORGED_CLIENT_ID });
+    w.send(gearframe::proto::Packet::CanDo { function: FORGED_FUNCTION });
+    w.send(gearframe::proto::Packet::CanDo { function: b"good" });
+    assert!(w.sync().is_empty(), "gearmand answered the forged names");
+    let cfg = config("");
+    // One warning line naming the server and the skipped line.
+    let warned = |out: &Out, fragment: &str| {
+        assert!(
+            out.stderr.lines().any(|l| l.contains("WARN")
+                && l.contains(&addr)
+                && l.contains("skipped")
+                && l.contains(fragment)),
+            "no warning naming {addr} and {fragment}: {}",
+            out.stderr
+        );
+    };
+    // Two commands in a row through the library: the second reply is its own.
+    let mut a = admin(&addr);
+    for _ in 0..2 {
+        let st = a.status().unwrap();
+        let names: Vec<&str> = st.iter().map(|f| f.function.as_str()).collect();
+        assert!(names.contains(&"good") && !names.contains(&"fake"), "{st:?}");
+        assert!(a.version().unwrap().starts_with("1."), "the leftover rows were read as a reply");
+        let ws = a.workers().unwrap();
+        assert!(ws.iter().all(|w| !w.can_do("fake") && !w.client_id.contains("fake")), "{ws:?}");
+        assert!(a.show_jobs().unwrap().is_empty());
+    }
+
+    let out = run(&cfg, &["admin", "status", "-s", &addr]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    let functions: Vec<String> = table_rows(&out.stdout).iter().map(|r| r[1].clone()).collect();
+    assert_eq!(functions, ["good"], "{}", out.stdout);
+    warned(&out, "\"evil\" in the reply to `status`");
+
+    let out = run(&cfg, &["admin", "status", "-s", &addr, "--json"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let j = out.json();
+    assert_eq!(j["totals"].as_array().map(Vec::len), Some(1), "{j}");
+    assert_eq!(j["totals"][0]["function"], "good", "{j}");
+    warned(&out, "\"evil\" in the reply to `status`");
+
+    let out = run(&cfg, &["admin", "workers", "--all", "-s", &addr]);
+    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("fake"), "{}", out.stdout);
+    warned(&out, " 127.0.0.1 evil\" in the reply to `workers`");
+
+    let out = run(&cfg, &["admin", "workers", "--all", "-s", &addr, "--json"]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(!out.stdout.contains("fake"), "{}", out.stdout);
+}

@@ -1047,7 +1047,7 @@ fn drop_function_rules() {
         s.admin_list("a", "status");
         s.admin("a", "drop function f");
         s.admin("a", "drop function nosuch");
-        s.admin("a", "drop function IDLE");
+        s.admin("a", "drop function idle");
         s.admin_list("a", "status");
         s.admin("a", "drop function");
         s.admin("a", "drop function a b");
@@ -1688,4 +1688,114 @@ fn ours_64_byte_unique_is_kept_whole_and_coalesces() {
         ["c1 << JOB_CREATED \"H1\"", "c1 << JOB_CREATED \"H1\"", "c1 << JOB_CREATED \"H2\""]
     );
     assert!(lines.iter().any(|l| l == "a << \"f\\t2\\t0\\t0\\n\""), "{lines:#?}");
+}
+
+/// The names an attack on the admin listings uses: each forges rows of
+/// `status` or `workers`, or ends them early, on a server that stores it.
+const FORGING_NAMES: [&[u8]; 4] = [b"evil\n.\nfake\t9\t9\t9", b"cr\rlf", b"tab\tbed", b"del\x7f"];
+
+// gearmand stores function names and client ids with line breaks and tabs,
+// which forge its `status` and `workers` listings (the admin tests show it
+// against gearmand). gearframe refuses them with an ERROR packet and keeps the
+// connection: the packet is well formed, only the name is refused.
+#[test]
+fn ours_names_with_control_characters_are_refused_with_error() {
+    let Some(server) = ours(Opts::default()) else { return };
+    let mut w = RawConn::connect(server.addr(), "w");
+    let mut c = RawConn::connect(server.addr(), "c");
+    let codes = |ps: Vec<Pkt>| -> Vec<String> {
+        ps.iter()
+            .map(|p| {
+                assert_eq!(p.kind, T::Error, "{p}");
+                assert!(p.arg_str(1).contains("control character"), "{p}");
+                p.arg_str(0)
+            })
+            .collect()
+    };
+    for name in FORGING_NAMES {
+        w.send(Packet::CanDo { function: name });
+        w.send(Packet::CanDoTimeout { function: name, timeout: b"10" });
+        w.send(Packet::CantDo { function: name });
+        w.send(Packet::SetClientId { id: name });
+        assert_eq!(
+            codes(w.sync()),
+            [
+                "INVALID_FUNCTION_NAME",
+                "INVALID_FUNCTION_NAME",
+                "INVALID_FUNCTION_NAME",
+                "INVALID_CLIENT_ID"
+            ],
+            "{}",
+            quote(name)
+        );
+        for kind in [
+            T::SubmitJob,
+            T::SubmitJobBg,
+            T::SubmitJobHigh,
+            T::SubmitJobHighBg,
+            T::SubmitJobLow,
+            T::SubmitJobLowBg,
+        ] {
+            c.send(submit(kind, name, b"", b"x"));
+        }
+        c.send(Packet::SubmitJobEpoch {
+            function: name,
+            unique: b"",
+            epoch: FAR_FUTURE,
+            data: b"x",
+        });
+        for background in [false, true] {
+            c.send(Packet::SubmitReduceJob {
+                background,
+                function: name,
+                unique: b"",
+                reducer: b"r",
+                aggregator: b"",
+                data: b"x",
+            });
+        }
+        assert_eq!(codes(c.sync()), ["INVALID_FUNCTION_NAME"; 9], "{}", quote(name));
+    }
+    // Both connections are still served, and nothing of the names was stored.
+    w.send(Packet::SetClientId { id: b"w 1" });
+    w.send(Packet::CanDo { function: b"f" });
+    assert!(w.sync().is_empty());
+    c.send(bg(b"f", b"", b"x"));
+    assert_eq!(c.recv_packet().kind, T::JobCreated);
+    c.send_line("status");
+    assert_eq!(c.recv_admin_list(), [&b"f\t1\t0\t1\n"[..], b".\n"]);
+    c.send_line("workers");
+    let workers = c.recv_admin_list();
+    assert_eq!(workers.len(), 3, "{workers:?}");
+    assert!(workers.iter().any(|l| l.ends_with(b" w 1 : f\n")), "{workers:?}");
+    assert!(workers.iter().any(|l| l.ends_with(b" - :\n")), "{workers:?}");
+    // The text admin commands that take a function name refuse them too.
+    let refused: &[u8] =
+        b"ERR INVALID_FUNCTION_NAME Function+name+holds+a+control+character;+use+printable+characters\r\n";
+    for line in [&b"create function a\tb\n"[..], b"maxqueue a\x01b 1\n", b"drop function f\x7f\n"] {
+        c.send_bytes(line);
+        assert_eq!(c.recv_line(), refused, "{}", quote(line));
+    }
+    c.send_bytes(b"clear function a\0b\n");
+    assert_eq!(c.recv_line(), refused);
+    c.send_line("status");
+    assert_eq!(c.recv_admin_list(), [&b"f\t1\t0\t1\n"[..], b".\n"]);
+}
+
+// gearmand compares the name of `drop function` without case, so dropping
+// `foo` drops an idle `Foo`; gearframe matches the exact bytes, as every other
+// command does. A missing name gets gearmand's reply (compared with gearmand
+// in `drop_function_rules`).
+#[test]
+fn ours_drop_function_matches_the_exact_name() {
+    let lines = ours_session(Opts::default(), |s| {
+        s.admin("a", "create function Foo");
+        let reply = s.admin("a", "drop function foo");
+        assert_eq!(reply, "ERR function not found\r\n");
+        assert_eq!(s.admin("a", "drop function FOO"), "ERR function not found\r\n");
+        assert_eq!(s.admin_list("a", "status"), ["Foo\t0\t0\t0\n"]);
+        assert_eq!(s.admin("a", "drop function Foo"), "OK\r\n");
+        assert!(s.admin_list("a", "status").is_empty());
+    });
+    assert_in_order(&lines, &["a << \"ERR function not found\\r\\n\""]);
 }

@@ -935,7 +935,7 @@ fn connect_from(from: [u8; 4], to: &str) -> Connection {
 }
 
 #[test]
-fn admin_allow_refuses_state_changes_from_other_addresses() {
+fn admin_allow_refuses_state_changes_and_listings_from_other_addresses() {
     let (server, addr, mut healthy) = limited(ServerConfig {
         admin_allow: vec!["127.0.0.1".parse().unwrap()],
         ..ServerConfig::default()
@@ -948,15 +948,22 @@ fn admin_allow_refuses_state_changes_from_other_addresses() {
         echo(&mut healthy, b"healthy");
     }
     assert!(!server.handle().is_stopping());
-    // Read-only commands work from there.
+    // Listings of jobs and connections are refused too: their unique ids
+    // would let any peer join another client's job and read its result.
+    let listing = "ERR PERMISSION_DENIED this+address+may+not+list+jobs+or+connections";
+    for cmd in ["show jobs", "show unique jobs", "workers"] {
+        assert_eq!(admin_on(&mut other, cmd, true), [listing], "{cmd}");
+    }
+    // The other read-only commands work from there.
     assert_eq!(admin_on(&mut other, "status", true), ["."]);
-    let workers = admin_on(&mut other, "workers", true);
-    assert!(workers.iter().any(|l| l.contains(" 127.0.0.2 ")), "{workers:?}");
-    assert_eq!(admin_on(&mut other, "show jobs", true), ["."]);
+    assert_eq!(admin_on(&mut other, "prioritystatus", true), ["."]);
     assert!(admin_on(&mut other, "version", false)[0].starts_with("OK "));
     assert!(admin_on(&mut other, "getpid", false)[0].starts_with("OK "));
     // From 127.0.0.1 they change the state.
     let mut local = connect_from([127, 0, 0, 1], &addr);
+    let workers = admin_on(&mut local, "workers", true);
+    assert!(workers.iter().any(|l| l.contains(" 127.0.0.2 ")), "{workers:?}");
+    assert_eq!(admin_on(&mut local, "show jobs", true), ["."]);
     assert_eq!(admin_on(&mut local, "cancel job x", false), ["ERR UNKNOWN_JOB"]);
     assert_eq!(admin_on(&mut local, "create function f", false), ["OK"]);
     assert_eq!(admin_on(&mut local, "maxqueue f 1", false), ["OK"]);
@@ -965,6 +972,38 @@ fn admin_allow_refuses_state_changes_from_other_addresses() {
     assert_eq!(admin_on(&mut other, "status", true), ["."]);
     assert_eq!(admin_on(&mut local, "shutdown", false), ["OK"]);
     eventually(T, "the server stopping", || server.handle().is_stopping().then_some(()));
+}
+
+#[test]
+fn admin_allow_flag_decides_who_lists_jobs_and_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let listing = "ERR PERMISSION_DENIED this+address+may+not+list+jobs+or+connections";
+    // The rule is matched against the peer's address only: this loopback
+    // peer is outside 10.0.0.0/8 (nothing connects there).
+    let outside = ServerProc::start(&["--admin-allow", "10.0.0.0/8"], &dir.path().join("a.log"));
+    let addr = outside.addr_string();
+    let mut c = connect(&addr);
+    c.send(&bg(b"f", b"private", b"x")).unwrap();
+    assert_eq!(c.recv(deadline()).unwrap().kind, PacketType::JobCreated);
+    for cmd in ["show jobs", "show unique jobs", "workers"] {
+        assert_eq!(admin(&addr, cmd, true), [listing], "{cmd}");
+    }
+    assert_eq!(admin(&addr, "status", true), ["f\t1\t0\t0", "."]);
+    assert!(admin(&addr, "version", false)[0].starts_with("OK gearframe-"));
+    drop(outside);
+
+    let inside = ServerProc::start(&["--admin-allow", "127.0.0.1"], &dir.path().join("b.log"));
+    let addr = inside.addr_string();
+    let mut c = connect(&addr);
+    c.send(&bg(b"f", b"private", b"x")).unwrap();
+    assert_eq!(c.recv(deadline()).unwrap().kind, PacketType::JobCreated);
+    assert_eq!(admin(&addr, "show unique jobs", true), ["private", "."]);
+    let jobs = admin(&addr, "show jobs", true);
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(jobs[0].ends_with("\t0\t0\t1"), "{jobs:?}");
+    let workers = admin(&addr, "workers", true);
+    assert!(workers.iter().any(|l| l.contains(" 127.0.0.1 ")), "{workers:?}");
+    assert_eq!(admin(&addr, "status", true), ["f\t1\t0\t0", "."]);
 }
 
 #[test]

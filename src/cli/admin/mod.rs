@@ -168,9 +168,9 @@ fn servers(args: &AdminArgs, config: &Config) -> Result<Vec<String>, Failure> {
 }
 
 fn check_name(what: &str, s: &str) -> Result<(), Failure> {
-    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c == '\0') {
+    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(Failure(format!(
-            "invalid {what} {s:?}: it must be non-empty, without spaces or line breaks"
+            "invalid {what} {s:?}: it must be non-empty, without spaces, line breaks or other control characters"
         )));
     }
     Ok(())
