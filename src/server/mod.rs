@@ -79,6 +79,14 @@ pub struct ServerConfig {
     pub max_outbox: usize,
     /// How long one write to a peer may block before it is disconnected.
     pub write_timeout: Duration,
+    /// How long a packet or admin line may take to arrive once its first
+    /// byte came; a connection whose frame is not complete by then is
+    /// closed (zero: no limit). Idle time between frames is not limited.
+    pub read_timeout: Duration,
+    /// Most bytes of memory held by partial packets across all connections
+    /// (0 = unlimited); a connection whose partial packet would pass it gets
+    /// ERROR `SERVER_BUSY` and is closed.
+    pub max_buffered_bytes: usize,
     /// How long a connection's reader polls for the next request before it
     /// blocks (zero: never polls); see [`crate::busy_poll`].
     pub busy_poll: Duration,
@@ -156,6 +164,8 @@ impl Default for ServerConfig {
             exceptions: false,
             max_outbox: 256 << 20,
             write_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(30),
+            max_buffered_bytes: 1 << 30,
             busy_poll: crate::busy_poll::DEFAULT_BUSY_POLL,
             queue: None,
             durability: Durability::Sync,
@@ -213,6 +223,8 @@ struct Shared {
     config: ServerConfig,
     active: AtomicUsize,
     next_conn: AtomicU64,
+    /// Bytes of memory held by partial packets, over all connections.
+    buffered: AtomicUsize,
 }
 
 impl Shared {
@@ -324,6 +336,7 @@ impl Server {
             config,
             active: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
+            buffered: AtomicUsize::new(0),
         });
         let timer = {
             let shared = Arc::clone(&shared);
@@ -555,7 +568,7 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
         st.add_conn(id, i64::from(stream.as_raw_fd()), peer.map(|p| p.ip()), Arc::clone(&out));
     }
     log::debug!("conn={id} connected peer={peer:?}");
-    read_loop(shared, id, &mut stream);
+    read_loop(shared, id, peer, &mut stream);
     {
         let mut st = shared.lock();
         st.remove_conn(id);
@@ -566,11 +579,76 @@ fn serve_connection(shared: &Shared, mut stream: TcpStream) {
     log::debug!("conn={id} closed");
 }
 
-fn read_loop(shared: &Shared, id: u64, stream: &mut TcpStream) {
-    let mut dec = Decoder::new(shared.config.max_packet_size).with_max_line(DEFAULT_MAX_LINE);
+/// One connection's share of [`Shared::buffered`]: the memory its decoder
+/// holds for a partial frame. Given back when the connection ends.
+struct BufferedShare<'a> {
+    total: &'a AtomicUsize,
+    cap: usize,
+    held: usize,
+}
+
+impl BufferedShare<'_> {
+    /// Accounts `now` bytes for this connection; false when growing to it
+    /// would pass the cap (the share is then left as it was).
+    fn set(&mut self, now: usize) -> bool {
+        if now > self.held {
+            let more = now - self.held;
+            let before = self.total.fetch_add(more, Ordering::SeqCst);
+            if self.cap > 0 && before + more > self.cap {
+                self.total.fetch_sub(more, Ordering::SeqCst);
+                return false;
+            }
+        } else {
+            self.total.fetch_sub(self.held - now, Ordering::SeqCst);
+        }
+        self.held = now;
+        true
+    }
+}
+
+impl Drop for BufferedShare<'_> {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.held, Ordering::SeqCst);
+    }
+}
+
+/// The read side of a connection: reads, decodes and applies frames until
+/// the peer closes, breaks the protocol, passes a limit or stalls mid-frame.
+///
+/// Between frames a read blocks without a timeout (a sleeping worker may
+/// stay silent for hours); once a frame has begun, the socket's read timeout
+/// is the time left until the frame must be complete (`read_timeout`).
+fn read_loop(shared: &Shared, id: u64, peer: Option<SocketAddr>, stream: &mut TcpStream) {
+    let config = &shared.config;
+    let mut dec = Decoder::new(config.max_packet_size).with_max_line(DEFAULT_MAX_LINE);
     let mut buf = vec![0u8; 64 << 10];
-    let mut busy = BusyPoll::new(shared.config.busy_poll);
+    let mut busy = BusyPoll::new(config.busy_poll);
+    let mut share =
+        BufferedShare { total: &shared.buffered, cap: config.max_buffered_bytes, held: 0 };
+    // When the frame in progress must be complete, and the socket's timeout.
+    let mut deadline: Option<Instant> = None;
+    let mut timeout: Option<Duration> = None;
     loop {
+        let want = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    read_timed_out(shared, id, peer);
+                    return;
+                }
+                // Rounded up to whole milliseconds so that the socket's
+                // timeout changes at most once per millisecond.
+                Some(Duration::from_millis(left.as_millis() as u64 + 1))
+            }
+        };
+        if want != timeout {
+            if let Err(e) = stream.set_read_timeout(want) {
+                log::debug!("conn={id} cannot set the read timeout: {e}");
+                return;
+            }
+            timeout = want;
+        }
         let started = busy.poll(stream);
         let r = stream.read(&mut buf);
         busy.waited(started);
@@ -578,6 +656,10 @@ fn read_loop(shared: &Shared, id: u64, stream: &mut TcpStream) {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The deadline is checked at the top of the loop.
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                continue;
+            }
             Err(e) => {
                 log::debug!("conn={id} read failed: {e}");
                 return;
@@ -586,9 +668,11 @@ fn read_loop(shared: &Shared, id: u64, stream: &mut TcpStream) {
         dec.push(&buf[..n]);
         let mut st = shared.lock();
         let mut close = false;
+        let mut completed = false;
         loop {
             match dec.next_frame() {
                 Ok(Some(frame)) => {
+                    completed = true;
                     if st.handle_frame(id, frame) == Control::Close {
                         close = true;
                         break;
@@ -602,9 +686,44 @@ fn read_loop(shared: &Shared, id: u64, stream: &mut TcpStream) {
                 }
             }
         }
+        if !close && !share.set(if dec.in_frame() { dec.capacity() } else { 0 }) {
+            log::warn!(
+                "conn={id} peer={peer:?} closed: partial packets of all connections hold over \
+                 max_buffered_bytes ({}); raise it or lower max_packet_size",
+                config.max_buffered_bytes
+            );
+            st.send_error(
+                id,
+                "SERVER_BUSY",
+                "server memory for partial packets is full (max_buffered_bytes); retry later",
+            );
+            close = true;
+        }
         shared.release(st);
         if close {
             return;
         }
+        if !dec.in_frame() {
+            deadline = None;
+        } else if (completed || deadline.is_none()) && !config.read_timeout.is_zero() {
+            // A new frame began in this read.
+            deadline = Some(Instant::now() + config.read_timeout);
+        }
     }
+}
+
+/// Ends a connection whose frame did not complete within `read_timeout`.
+fn read_timed_out(shared: &Shared, id: u64, peer: Option<SocketAddr>) {
+    log::info!(
+        "conn={id} peer={peer:?} closed: a packet or line was not complete within \
+         read_timeout ({:?}); the peer is too slow or stalled, or read_timeout too short",
+        shared.config.read_timeout
+    );
+    let mut st = shared.lock();
+    st.send_error(
+        id,
+        "READ_TIMEOUT",
+        "packet not complete within the server's read_timeout; connection closed",
+    );
+    shared.release(st);
 }
