@@ -44,6 +44,29 @@ impl Hasher for IdHasher {
 
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
+/// Collections smaller than this many entries keep their capacity.
+const SHRINK_MIN: usize = 1024;
+
+/// Whether a collection of `len` entries in room for `cap` should give
+/// memory back: only when it is both large and mostly empty, and then to
+/// twice its length, so a busy server that fills and empties the same room
+/// does not reallocate on every job (the hysteresis of a factor of two).
+fn should_shrink(len: usize, cap: usize) -> bool {
+    cap > SHRINK_MIN && len < cap / 4
+}
+
+fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(m: &mut HashMap<K, V, S>) {
+    if should_shrink(m.len(), m.capacity()) {
+        m.shrink_to(m.len() * 2);
+    }
+}
+
+fn shrink_deque<T>(q: &mut VecDeque<T>) {
+    if should_shrink(q.len(), q.capacity()) {
+        q.shrink_to(q.len() * 2);
+    }
+}
+
 /// Settings the state needs (a subset of `ServerConfig`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Settings {
@@ -320,6 +343,7 @@ impl State {
     pub(crate) fn remove_conn(&mut self, id: ConnId) {
         self.drop_abilities(id, None);
         let Some(conn) = self.conns.remove(&id) else { return };
+        shrink_map(&mut self.conns);
         for job_id in conn.running {
             self.requeue(job_id, "worker disconnected");
         }
@@ -731,8 +755,12 @@ impl State {
         if let (Some(key), Some(store)) = (job.store_key, &self.store) {
             store.done(key);
         }
+        shrink_map(&mut self.jobs);
         let f = &mut self.functions[job.func];
         f.job_total = f.job_total.saturating_sub(1);
+        for q in &mut f.queues {
+            shrink_deque(q);
+        }
         match job.state {
             JobState::Running { conn, .. } => {
                 f.job_running = f.job_running.saturating_sub(1);
@@ -750,6 +778,8 @@ impl State {
         } else if !job.unique.is_empty() && f.uniques.get(&job.unique) == Some(&job_id) {
             f.uniques.remove(&job.unique);
         }
+        shrink_map(&mut f.by_data);
+        shrink_map(&mut f.uniques);
         for c in &job.clients {
             if let Some(conn) = self.conns.get_mut(c) {
                 conn.attached.remove(&job_id);
@@ -916,6 +946,16 @@ impl State {
             job.numerator = atoi(args[0]) as u32;
             job.denominator = atoi(args[1]) as u32;
         }
+        let done = matches!(
+            kind,
+            PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException
+        );
+        if done && &*job.unique != b"-" {
+            // The job's payload is no part of the result: its memory goes
+            // before the result is copied to the clients' outboxes.
+            self.payload_bytes = self.payload_bytes.saturating_sub(job.data.len());
+            job.data = Box::default();
+        }
         let job = &self.jobs[&job_id];
         let mut full: [&[u8]; 3] = [&job.handle, &[], &[]];
         full[1..=args.len()].copy_from_slice(args);
@@ -933,10 +973,7 @@ impl State {
                 self.dirty.push(Arc::clone(&client.out));
             }
         }
-        if matches!(
-            kind,
-            PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException
-        ) {
+        if done {
             log::debug!("job done handle={} result={kind}", String::from_utf8_lossy(&job.handle));
             self.free_job(job_id);
         }
@@ -993,6 +1030,9 @@ impl State {
 
     /// Fires every timer due at `now`; returns the next deadline.
     pub(crate) fn run_timers(&mut self, now: Instant) -> Option<Instant> {
+        if should_shrink(self.timers.len(), self.timers.capacity()) {
+            self.timers.shrink_to(self.timers.len() * 2);
+        }
         while let Some(std::cmp::Reverse((at, kind))) = self.timers.peek().copied() {
             if at > now {
                 return Some(at);
