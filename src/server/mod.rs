@@ -225,9 +225,18 @@ struct Shared {
     next_conn: AtomicU64,
     /// Bytes of memory held by partial packets, over all connections.
     buffered: AtomicUsize,
+    /// Connection threads not joined yet. A thread that ended keeps its
+    /// stack until it is joined, so the timer thread joins the finished ones
+    /// at least once a second; the acceptor joins the rest at the stop.
+    conn_threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
+    /// Connection threads started and not joined yet.
+    fn conn_threads_len(&self) -> usize {
+        self.conn_threads.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -261,6 +270,23 @@ impl Shared {
                 self.stop_cv.notify_all();
             }
             self.wake_acceptor();
+        }
+    }
+
+    /// Joins the connection threads that have ended, freeing their stacks.
+    fn reap_conn_threads(&self) {
+        let done: Vec<JoinHandle<()>> = {
+            let mut all = self.conn_threads.lock().unwrap_or_else(|e| e.into_inner());
+            if !all.iter().any(JoinHandle::is_finished) {
+                return;
+            }
+            let (done, running) =
+                std::mem::take(&mut *all).into_iter().partition(|h| h.is_finished());
+            *all = running;
+            done
+        };
+        for h in done {
+            let _ = h.join();
         }
     }
 
@@ -337,6 +363,7 @@ impl Server {
             active: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
             buffered: AtomicUsize::new(0),
+            conn_threads: Mutex::new(Vec::new()),
         });
         let timer = {
             let shared = Arc::clone(&shared);
@@ -457,6 +484,15 @@ fn run_timer(shared: &Shared) {
         if shared.timer_quit.load(Ordering::SeqCst) {
             return;
         }
+        if shared.active.load(Ordering::SeqCst) < shared.conn_threads_len() {
+            // Joined without the state lock: a connection ending takes it.
+            drop(st);
+            shared.reap_conn_threads();
+            st = shared.lock();
+            if shared.timer_quit.load(Ordering::SeqCst) {
+                return;
+            }
+        }
         // Timers may have been added while the lock was released.
         let next = st.timers.peek().map(|std::cmp::Reverse((at, _))| *at);
         st.timers_changed = false;
@@ -475,7 +511,6 @@ fn run_acceptor(
     timer: JoinHandle<()>,
     store_thread: Option<store::StoreThread>,
 ) {
-    let mut conns: Vec<JoinHandle<()>> = Vec::new();
     for stream in listener.incoming() {
         if shared.stop.load(Ordering::SeqCst) || shared.graceful.load(Ordering::SeqCst) {
             break;
@@ -489,7 +524,6 @@ fn run_acceptor(
                 continue;
             }
         };
-        conns.retain(|h| !h.is_finished());
         if shared.active.load(Ordering::SeqCst) >= shared.config.max_connections {
             log::warn!(
                 "connection refused: {} connections already open",
@@ -508,7 +542,7 @@ fn run_acceptor(
                 s.active.fetch_sub(1, Ordering::SeqCst);
             });
         match spawned {
-            Ok(h) => conns.push(h),
+            Ok(h) => shared.conn_threads.lock().unwrap_or_else(|e| e.into_inner()).push(h),
             Err(e) => {
                 shared.active.fetch_sub(1, Ordering::SeqCst);
                 log::error!("cannot start a connection thread: {e}");
@@ -526,6 +560,7 @@ fn run_acceptor(
             c.out.shutdown_socket();
         }
     }
+    let conns = std::mem::take(&mut *shared.conn_threads.lock().unwrap_or_else(|e| e.into_inner()));
     for h in conns {
         let _ = h.join();
     }
