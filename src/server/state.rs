@@ -1196,6 +1196,40 @@ mod tests {
         v
     }
 
+    #[test]
+    fn tables_give_memory_back_once_drained_but_not_while_busy() {
+        let mut st = state();
+        conn(&mut st, 1);
+        let worker = conn(&mut st, 2);
+        apply(&mut st, 2, Packet::CanDo { function: b"f" });
+        let n = 20_000;
+        for i in 0..n {
+            let u = format!("u{i}");
+            apply(&mut st, 1, submit(b"f", u.as_bytes(), b"d", Priority::Normal, true));
+        }
+        let full = (st.jobs.capacity(), st.functions[0].queues[1].capacity());
+        let full_uniques = st.functions[0].uniques.capacity();
+        assert!(full.0 >= n && full.1 >= n && full_uniques >= n);
+        // Half drained: still over a quarter full, nothing is reallocated.
+        for i in 0..n / 2 {
+            apply(&mut st, 2, Packet::GrabJob);
+            let h = format!("H:t:{}", i + 1);
+            apply(&mut st, 2, Packet::WorkComplete { handle: h.as_bytes(), data: b"" });
+        }
+        assert_eq!(st.jobs.capacity(), full.0, "a half-full table keeps its room");
+        for i in n / 2..n {
+            apply(&mut st, 2, Packet::GrabJob);
+            let h = format!("H:t:{}", i + 1);
+            apply(&mut st, 2, Packet::WorkComplete { handle: h.as_bytes(), data: b"" });
+        }
+        worker.take_now();
+        assert!(st.jobs.is_empty());
+        assert!(st.jobs.capacity() <= 2 * SHRINK_MIN, "jobs keep {}", st.jobs.capacity());
+        let f = &st.functions[0];
+        assert!(f.queues[1].capacity() <= 2 * SHRINK_MIN, "queue keeps {}", f.queues[1].capacity());
+        assert!(f.uniques.capacity() <= 2 * SHRINK_MIN, "uniques keep {}", f.uniques.capacity());
+    }
+
     fn apply(st: &mut State, c: ConnId, p: Packet<'_>) {
         let bytes = p.to_vec(Magic::Req);
         let mut d = Decoder::default();

@@ -237,3 +237,57 @@ fn a_4_gib_header_from_a_server_leaves_client_and_worker_memory_flat() {
     let rss = status_kib(worker.id(), "VmHWM").expect("worker status");
     assert!(rss < 64 << 10, "the worker's peak RSS is {rss} KiB after 4 GiB headers");
 }
+
+/// Reads one packet with a 12-byte header from `s`.
+fn read_packet(s: &mut TcpStream) -> (u32, Vec<u8>) {
+    let mut h = [0u8; 12];
+    s.read_exact(&mut h).unwrap();
+    let kind = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+    let size = u32::from_be_bytes([h[8], h[9], h[10], h[11]]) as usize;
+    let mut body = vec![0u8; size];
+    s.read_exact(&mut body).unwrap();
+    (kind, body)
+}
+
+#[test]
+fn a_50_mb_job_peaks_under_three_times_its_size_and_its_memory_is_returned() {
+    const SIZE: usize = 50_000_000;
+    let (server, addr) = server_child(&[]);
+    let pid = server.id();
+    let baseline = eventually(Duration::from_secs(10), "server RSS", || status_kib(pid, "VmRSS"));
+    let connect = || {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        s
+    };
+    let mut worker = connect();
+    worker
+        .write_all(&Packet::CanDo { function: b"big" }.to_vec(gearframe::proto::Magic::Req))
+        .unwrap();
+    let mut client = connect();
+    let data = vec![b'x'; SIZE];
+    let submit = crate::support::fg(b"big", b"", &data).to_vec(gearframe::proto::Magic::Req);
+    client.write_all(&submit).unwrap();
+    drop(submit);
+    let (kind, _) = read_packet(&mut client);
+    assert_eq!(kind, PacketType::JobCreated as u32);
+    worker.write_all(&Packet::GrabJob.to_vec(gearframe::proto::Magic::Req)).unwrap();
+    let (kind, body) = read_packet(&mut worker);
+    assert_eq!(kind, PacketType::JobAssign as u32);
+    let handle = body.split(|&b| b == 0).next().unwrap().to_vec();
+    assert_eq!(body.len(), handle.len() + 1 + 3 + 1 + SIZE);
+    drop(body);
+    let done = Packet::WorkComplete { handle: &handle, data: &data };
+    worker.write_all(&done.to_vec(gearframe::proto::Magic::Req)).unwrap();
+    let (kind, body) = read_packet(&mut client);
+    assert_eq!(kind, PacketType::WorkComplete as u32);
+    assert_eq!(body.len(), handle.len() + 1 + SIZE);
+    let peak = status_kib(pid, "VmHWM").unwrap();
+    let grown = peak.saturating_sub(baseline);
+    assert!(grown < 3 * SIZE as u64 / 1024, "peak {peak} KiB from {baseline} KiB for {SIZE} bytes");
+    // The connections stay open and idle: their buffers are given back.
+    eventually(Duration::from_secs(30), "the server's memory to be returned", || {
+        let rss = status_kib(pid, "VmRSS")?;
+        (rss < baseline + (SIZE as u64 / 1024) / 2).then_some(())
+    });
+}
