@@ -98,6 +98,10 @@ pub struct ServerSection {
     pub exceptions: bool,
     /// How long one write to a peer may block before it is disconnected.
     pub write_timeout: DurationStr,
+    /// How long a started packet or admin line may take to arrive (0: no limit).
+    pub read_timeout: DurationStr,
+    /// Most bytes held by partial packets across all connections (0 = unlimited).
+    pub max_buffered_bytes: usize,
     /// How long a connection's reader polls for the next request before it
     /// blocks (0: never).
     pub busy_poll: DurationStr,
@@ -142,6 +146,8 @@ impl Default for ServerSection {
             max_connections: d.max_connections,
             exceptions: d.exceptions,
             write_timeout: DurationStr(d.write_timeout),
+            read_timeout: DurationStr(d.read_timeout),
+            max_buffered_bytes: d.max_buffered_bytes,
             busy_poll: DurationStr(d.busy_poll),
             queue: None,
             store_queue_on_shutdown: false,
@@ -179,6 +185,8 @@ impl ServerSection {
             max_connections: self.max_connections,
             exceptions: self.exceptions,
             write_timeout: self.write_timeout.0,
+            read_timeout: self.read_timeout.0,
+            max_buffered_bytes: self.max_buffered_bytes,
             busy_poll: self.busy_poll.0,
             queue,
             durability: if self.store_queue_on_shutdown {

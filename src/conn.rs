@@ -56,7 +56,9 @@ pub fn parse_server_list(list: &str) -> Vec<String> {
     list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(with_default_port).collect()
 }
 
-/// A connection with its read buffer and decoder.
+/// A connection with its read buffer and decoder. A packet from the server
+/// over [`DEFAULT_MAX_BODY`](crate::proto::DEFAULT_MAX_BODY) (64 MiB) is
+/// refused from its header as `InvalidData`, before any of it is buffered.
 #[derive(Debug)]
 pub struct Connection {
     stream: TcpStream,
@@ -97,7 +99,7 @@ impl Connection {
         Ok(Connection {
             stream,
             peer,
-            decoder: Decoder::new(u32::MAX),
+            decoder: Decoder::new(crate::proto::DEFAULT_MAX_BODY),
             rbuf: vec![0u8; 64 << 10].into_boxed_slice(),
             wbuf: Vec::with_capacity(4096),
             read_timeout: None,

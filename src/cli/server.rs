@@ -39,6 +39,12 @@ pub(crate) struct ServerArgs {
     /// How long one write to a peer may block before it is disconnected (e.g. 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     write_timeout: Option<std::time::Duration>,
+    /// How long a started packet or admin line may take to arrive before the connection is closed (e.g. 30s; 0: no limit).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    read_timeout: Option<std::time::Duration>,
+    /// Most bytes held by partial packets across all connections (0 = unlimited).
+    #[arg(long, value_name = "BYTES")]
+    max_buffered_bytes: Option<usize>,
     /// How long a connection's reader polls for the next request before it blocks (e.g. 50us; 0: never).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     busy_poll: Option<std::time::Duration>,
@@ -87,6 +93,12 @@ pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure
     cfg.exceptions |= args.exceptions;
     if let Some(v) = args.write_timeout {
         cfg.write_timeout = v;
+    }
+    if let Some(v) = args.read_timeout {
+        cfg.read_timeout = v;
+    }
+    if let Some(v) = args.max_buffered_bytes {
+        cfg.max_buffered_bytes = v;
     }
     if let Some(v) = args.busy_poll {
         cfg.busy_poll = v;

@@ -5,6 +5,13 @@
 //! mixed on one connection. "Need more bytes" is `Ok(None)`, never an error.
 //! The decoder never rescans bytes it has already looked at, and refuses an
 //! oversize body from the header alone, before any of the body is buffered.
+//!
+//! The buffer grows with the bytes that arrive, never with what a header
+//! declares: a partial frame holds at most twice its received bytes plus
+//! [`RESERVE_AHEAD`], so a peer that declares a large body and then sends
+//! little costs little. Once every buffered byte was returned, a buffer grown
+//! past [`KEEP_CAPACITY`] is freed, so one large packet does not pin its
+//! memory on an idle connection.
 
 use super::error::ProtocolError;
 use super::packet::{HEADER_LEN, Magic, PacketType};
@@ -13,6 +20,12 @@ use super::packet::{HEADER_LEN, Magic, PacketType};
 pub const DEFAULT_MAX_BODY: u32 = 64 << 20;
 /// Default maximum text line length: 64 KiB.
 pub const DEFAULT_MAX_LINE: usize = 64 << 10;
+/// Most bytes reserved ahead of the received ones for a partial packet
+/// whose buffered part is smaller than this.
+pub const RESERVE_AHEAD: usize = 64 << 10;
+/// A buffer with more capacity than this is freed once it holds no
+/// unreturned byte.
+pub const KEEP_CAPACITY: usize = 256 << 10;
 
 /// One decoded frame, borrowing from the decoder's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,24 +86,49 @@ impl Decoder {
         self.buf.len() - self.pos
     }
 
-    /// Appends received bytes.
-    pub fn push(&mut self, bytes: &[u8]) {
+    /// Bytes of memory the buffer holds (its capacity).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Whether part of a frame is buffered: a header, a body or a line
+    /// has begun but is not complete.
+    pub fn in_frame(&self) -> bool {
+        self.buffered() > 0
+    }
+
+    /// Moves the partial frame to the front; the bytes before it were
+    /// returned already.
+    fn compact(&mut self) {
         if self.pos > 0 {
-            // Move the partial frame to the front; the bytes before it were
-            // returned already.
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
+    }
+
+    /// Makes room for `extra` more bytes, growing by at most what is
+    /// buffered already (and at least [`RESERVE_AHEAD`]) at a time.
+    fn grow_for(&mut self, extra: usize) {
+        let len = self.buf.len();
+        if self.buf.capacity() - len >= extra {
+            return;
+        }
+        let step = extra.max(len.max(RESERVE_AHEAD));
+        self.buf.reserve_exact(step);
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.compact();
+        self.grow_for(bytes.len());
         self.buf.extend_from_slice(bytes);
     }
 
     /// A spare region of at least `min` bytes at the end of the buffer to
     /// read into directly; report how much was written with [`Decoder::commit`].
     pub fn spare(&mut self, min: usize) -> &mut [u8] {
-        if self.pos > 0 {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
-        }
+        self.compact();
+        self.grow_for(min);
         let len = self.buf.len();
         self.buf.resize(len + min, 0);
         &mut self.buf[len..]
@@ -115,6 +153,7 @@ impl Decoder {
         }
         let avail_len = self.buf.len() - self.pos;
         if avail_len == 0 {
+            self.release();
             return Ok(None);
         }
         if self.buf[self.pos] == 0 {
@@ -124,9 +163,14 @@ impl Decoder {
             let (magic, kind, size) = self.check_header()?;
             let total = HEADER_LEN + size;
             if avail_len < total {
-                // Make room for the whole frame once, not on every push.
+                // Room for more of the frame, never more than the bytes
+                // received so far justify: the declared size is a claim.
                 let need = total - avail_len;
-                self.buf.reserve(need);
+                self.compact();
+                let len = self.buf.len();
+                if self.buf.capacity() - len < need {
+                    self.buf.reserve_exact(need.min(len.max(RESERVE_AHEAD)));
+                }
                 return Ok(None);
             }
             let start = self.pos + HEADER_LEN;
@@ -159,6 +203,17 @@ impl Decoder {
                     Ok(None)
                 }
             }
+        }
+    }
+
+    /// Empties the buffer once every byte was returned, freeing it when it
+    /// grew past [`KEEP_CAPACITY`].
+    fn release(&mut self) {
+        self.pos = 0;
+        if self.buf.capacity() > KEEP_CAPACITY {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
         }
     }
 
@@ -288,6 +343,58 @@ mod tests {
         assert_eq!(d.next_frame(), Ok(Some(Frame::Text(b"0123456789"))));
         d.push(b"0123456789abc");
         assert_eq!(d.next_frame(), Err(ProtocolError::LineTooLong { max: 10 }));
+    }
+
+    fn header(size: u32) -> Vec<u8> {
+        let mut h = b"\0REQ".to_vec();
+        h.extend_from_slice(&7u32.to_be_bytes());
+        h.extend_from_slice(&size.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn a_declared_size_reserves_nothing_until_bytes_arrive() {
+        let mut d = Decoder::new(u32::MAX);
+        d.push(&header(u32::MAX));
+        assert_eq!(d.next_frame(), Ok(None));
+        assert!(d.capacity() <= 2 * RESERVE_AHEAD, "capacity {}", d.capacity());
+        assert!(d.in_frame());
+    }
+
+    #[test]
+    fn the_buffer_grows_with_the_received_bytes() {
+        let size = 8 << 20;
+        let mut d = Decoder::new(u32::MAX);
+        d.push(&header(size));
+        let chunk = vec![b'x'; 4096];
+        let mut sent = 0usize;
+        while sent + chunk.len() < size as usize {
+            d.push(&chunk);
+            sent += chunk.len();
+            assert_eq!(d.next_frame(), Ok(None));
+            let held = d.buffered();
+            assert!(d.capacity() <= 2 * held + RESERVE_AHEAD, "{} for {held}", d.capacity());
+        }
+        d.push(&chunk[..size as usize - sent]);
+        match d.next_frame() {
+            Ok(Some(Frame::Binary { body, .. })) => assert_eq!(body.len(), size as usize),
+            other => panic!("expected the packet, got {other:?}"),
+        }
+        // All returned: the large buffer is freed on the next call.
+        assert_eq!(d.next_frame(), Ok(None));
+        assert_eq!(d.capacity(), 0);
+        assert!(!d.in_frame());
+    }
+
+    #[test]
+    fn a_small_buffer_is_kept_for_the_next_frame() {
+        let mut d = Decoder::default();
+        d.push(b"status\n");
+        assert_eq!(d.next_frame(), Ok(Some(Frame::Text(b"status"))));
+        assert_eq!(d.next_frame(), Ok(None));
+        assert!(d.capacity() > 0 && d.capacity() <= KEEP_CAPACITY);
+        d.push(b"ver");
+        assert!(d.in_frame());
     }
 
     #[test]

@@ -13,7 +13,9 @@ mod decode;
 mod error;
 mod packet;
 
-pub use decode::{DEFAULT_MAX_BODY, DEFAULT_MAX_LINE, Decoder, Frame};
+pub use decode::{
+    DEFAULT_MAX_BODY, DEFAULT_MAX_LINE, Decoder, Frame, KEEP_CAPACITY, RESERVE_AHEAD,
+};
 pub use error::ProtocolError;
 pub use packet::{
     ArgList, HEADER_LEN, Magic, Packet, PacketType, Priority, SubmitKind, encode_raw,

@@ -99,6 +99,14 @@ pub struct ServerConfig {
     pub max_outbox: usize,
     /// How long one write to a peer may block before it is disconnected.
     pub write_timeout: Duration,
+    /// How long a packet or admin line may take to arrive once its first
+    /// byte came; a connection whose frame is not complete by then is
+    /// closed (zero: no limit). Idle time between frames is not limited.
+    pub read_timeout: Duration,
+    /// Most bytes of memory held by partial packets across all connections
+    /// (0 = unlimited); a connection whose partial packet would pass it gets
+    /// ERROR `SERVER_BUSY` and is closed.
+    pub max_buffered_bytes: usize,
     /// How long a connection's reader polls for the next request before it
     /// blocks (zero: never polls); see [`crate::busy_poll`].
     pub busy_poll: Duration,
@@ -181,6 +189,8 @@ impl Default for ServerConfig {
             exceptions: false,
             max_outbox: 256 << 20,
             write_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(30),
+            max_buffered_bytes: 1 << 30,
             busy_poll: crate::busy_poll::DEFAULT_BUSY_POLL,
             queue: None,
             durability: Durability::Sync,
@@ -242,9 +252,20 @@ struct Shared {
     fd_limit: Option<u64>,
     active: AtomicUsize,
     next_conn: AtomicU64,
+    /// Bytes of memory held by partial packets, over all connections.
+    buffered: AtomicUsize,
+    /// Connection threads not joined yet. A thread that ended keeps its
+    /// stack until it is joined, so the timer thread joins the finished ones
+    /// at least once a second; the acceptor joins the rest at the stop.
+    conn_threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Shared {
+    /// Connection threads started and not joined yet.
+    fn conn_threads_len(&self) -> usize {
+        self.conn_threads.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -278,6 +299,23 @@ impl Shared {
                 self.stop_cv.notify_all();
             }
             self.wake_acceptor();
+        }
+    }
+
+    /// Joins the connection threads that have ended, freeing their stacks.
+    fn reap_conn_threads(&self) {
+        let done: Vec<JoinHandle<()>> = {
+            let mut all = self.conn_threads.lock().unwrap_or_else(|e| e.into_inner());
+            if !all.iter().any(JoinHandle::is_finished) {
+                return;
+            }
+            let (done, running) =
+                std::mem::take(&mut *all).into_iter().partition(|h| h.is_finished());
+            *all = running;
+            done
+        };
+        for h in done {
+            let _ = h.join();
         }
     }
 
@@ -375,6 +413,8 @@ impl Server {
             fd_limit,
             active: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
+            buffered: AtomicUsize::new(0),
+            conn_threads: Mutex::new(Vec::new()),
         });
         let timer = {
             let shared = Arc::clone(&shared);
@@ -514,6 +554,15 @@ fn run_timer(shared: &Shared) {
         if shared.timer_quit.load(Ordering::SeqCst) {
             return;
         }
+        if shared.active.load(Ordering::SeqCst) < shared.conn_threads_len() {
+            // Joined without the state lock: a connection ending takes it.
+            drop(st);
+            shared.reap_conn_threads();
+            st = shared.lock();
+            if shared.timer_quit.load(Ordering::SeqCst) {
+                return;
+            }
+        }
         // Timers may have been added while the lock was released.
         let next = st.timers.peek().map(|std::cmp::Reverse((at, _))| *at);
         st.timers_changed = false;
@@ -540,7 +589,6 @@ fn run_acceptor(
     timer: JoinHandle<()>,
     store_thread: Option<store::StoreThread>,
 ) {
-    let mut conns: Vec<JoinHandle<()>> = Vec::new();
     let mut spare = fds::Spare::open();
     let mut over_limit = fds::Refusals::new(format!(
         "{} connections already open; raise max_connections to serve more",
@@ -612,7 +660,6 @@ fn run_acceptor(
                 continue;
             }
         };
-        conns.retain(|h| !h.is_finished());
         if shared.active.load(Ordering::SeqCst) >= shared.max_connections {
             let _ = stream.shutdown(Shutdown::Both);
             over_limit.add(1, now);
@@ -628,7 +675,7 @@ fn run_acceptor(
                 s.active.fetch_sub(1, Ordering::SeqCst);
             });
         match spawned {
-            Ok(h) => conns.push(h),
+            Ok(h) => shared.conn_threads.lock().unwrap_or_else(|e| e.into_inner()).push(h),
             Err(e) => {
                 // The connection was moved into the closure and is closed.
                 shared.active.fetch_sub(1, Ordering::SeqCst);
@@ -651,6 +698,7 @@ fn run_acceptor(
             c.out.shutdown_socket();
         }
     }
+    let conns = std::mem::take(&mut *shared.conn_threads.lock().unwrap_or_else(|e| e.into_inner()));
     for h in conns {
         let _ = h.join();
     }
@@ -699,7 +747,7 @@ fn serve_connection(shared: &Shared, stream: TcpStream) {
         st.add_conn(id, i64::from(stream.as_raw_fd()), peer.map(|p| p.ip()), Arc::clone(&out));
     }
     log::debug!("conn={id} connected peer={peer:?}");
-    read_loop(shared, id, &stream);
+    read_loop(shared, id, peer, &stream);
     {
         let mut st = shared.lock();
         st.remove_conn(id);
@@ -710,11 +758,76 @@ fn serve_connection(shared: &Shared, stream: TcpStream) {
     log::debug!("conn={id} closed");
 }
 
-fn read_loop(shared: &Shared, id: u64, mut stream: &TcpStream) {
-    let mut dec = Decoder::new(shared.config.max_packet_size).with_max_line(DEFAULT_MAX_LINE);
+/// One connection's share of [`Shared::buffered`]: the memory its decoder
+/// holds for a partial frame. Given back when the connection ends.
+struct BufferedShare<'a> {
+    total: &'a AtomicUsize,
+    cap: usize,
+    held: usize,
+}
+
+impl BufferedShare<'_> {
+    /// Accounts `now` bytes for this connection; false when growing to it
+    /// would pass the cap (the share is then left as it was).
+    fn set(&mut self, now: usize) -> bool {
+        if now > self.held {
+            let more = now - self.held;
+            let before = self.total.fetch_add(more, Ordering::SeqCst);
+            if self.cap > 0 && before + more > self.cap {
+                self.total.fetch_sub(more, Ordering::SeqCst);
+                return false;
+            }
+        } else {
+            self.total.fetch_sub(self.held - now, Ordering::SeqCst);
+        }
+        self.held = now;
+        true
+    }
+}
+
+impl Drop for BufferedShare<'_> {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.held, Ordering::SeqCst);
+    }
+}
+
+/// The read side of a connection: reads, decodes and applies frames until
+/// the peer closes, breaks the protocol, passes a limit or stalls mid-frame.
+///
+/// Between frames a read blocks without a timeout (a sleeping worker may
+/// stay silent for hours); once a frame has begun, the socket's read timeout
+/// is the time left until the frame must be complete (`read_timeout`).
+fn read_loop(shared: &Shared, id: u64, peer: Option<SocketAddr>, mut stream: &TcpStream) {
+    let config = &shared.config;
+    let mut dec = Decoder::new(config.max_packet_size).with_max_line(DEFAULT_MAX_LINE);
     let mut buf = vec![0u8; 64 << 10];
-    let mut busy = BusyPoll::new(shared.config.busy_poll);
+    let mut busy = BusyPoll::new(config.busy_poll);
+    let mut share =
+        BufferedShare { total: &shared.buffered, cap: config.max_buffered_bytes, held: 0 };
+    // When the frame in progress must be complete, and the socket's timeout.
+    let mut deadline: Option<Instant> = None;
+    let mut timeout: Option<Duration> = None;
     loop {
+        let want = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    read_timed_out(shared, id, peer);
+                    return;
+                }
+                // Rounded up to whole milliseconds so that the socket's
+                // timeout changes at most once per millisecond.
+                Some(Duration::from_millis(left.as_millis() as u64 + 1))
+            }
+        };
+        if want != timeout {
+            if let Err(e) = stream.set_read_timeout(want) {
+                log::debug!("conn={id} cannot set the read timeout: {e}");
+                return;
+            }
+            timeout = want;
+        }
         let started = busy.poll(stream);
         let r = stream.read(&mut buf);
         busy.waited(started);
@@ -722,6 +835,10 @@ fn read_loop(shared: &Shared, id: u64, mut stream: &TcpStream) {
             Ok(0) => return,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // The deadline is checked at the top of the loop.
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                continue;
+            }
             Err(e) => {
                 log::debug!("conn={id} read failed: {e}");
                 return;
@@ -730,9 +847,11 @@ fn read_loop(shared: &Shared, id: u64, mut stream: &TcpStream) {
         dec.push(&buf[..n]);
         let mut st = shared.lock();
         let mut close = false;
+        let mut completed = false;
         loop {
             match dec.next_frame() {
                 Ok(Some(frame)) => {
+                    completed = true;
                     if st.handle_frame(id, frame) == Control::Close {
                         close = true;
                         break;
@@ -746,9 +865,44 @@ fn read_loop(shared: &Shared, id: u64, mut stream: &TcpStream) {
                 }
             }
         }
+        if !close && !share.set(if dec.in_frame() { dec.capacity() } else { 0 }) {
+            log::warn!(
+                "conn={id} peer={peer:?} closed: partial packets of all connections hold over \
+                 max_buffered_bytes ({}); raise it or lower max_packet_size",
+                config.max_buffered_bytes
+            );
+            st.send_error(
+                id,
+                "SERVER_BUSY",
+                "server memory for partial packets is full (max_buffered_bytes); retry later",
+            );
+            close = true;
+        }
         shared.release(st);
         if close {
             return;
         }
+        if !dec.in_frame() {
+            deadline = None;
+        } else if (completed || deadline.is_none()) && !config.read_timeout.is_zero() {
+            // A new frame began in this read.
+            deadline = Some(Instant::now() + config.read_timeout);
+        }
     }
+}
+
+/// Ends a connection whose frame did not complete within `read_timeout`.
+fn read_timed_out(shared: &Shared, id: u64, peer: Option<SocketAddr>) {
+    log::info!(
+        "conn={id} peer={peer:?} closed: a packet or line was not complete within \
+         read_timeout ({:?}); the peer is too slow or stalled, or read_timeout too short",
+        shared.config.read_timeout
+    );
+    let mut st = shared.lock();
+    st.send_error(
+        id,
+        "READ_TIMEOUT",
+        "packet not complete within the server's read_timeout; connection closed",
+    );
+    shared.release(st);
 }

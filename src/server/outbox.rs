@@ -61,18 +61,19 @@ impl Inner {
         std::mem::replace(&mut self.buf, rest)
     }
 
-    /// Puts unsent bytes back in front of the buffer.
-    fn put_back(&mut self, unsent: &[u8]) {
-        if unsent.is_empty() {
+    /// Puts the bytes of `chunk` from `sent` on back in front of the
+    /// buffer, in `chunk`'s own allocation: a large reply is never copied
+    /// a second time.
+    fn put_back(&mut self, mut chunk: Vec<u8>, sent: usize) {
+        chunk.drain(..sent.min(chunk.len()));
+        if chunk.is_empty() {
             return;
         }
-        let mut v = Vec::with_capacity(unsent.len() + self.buf.len());
-        v.extend_from_slice(unsent);
-        v.extend_from_slice(&self.buf);
-        self.buf = v;
         for h in &mut self.holds {
-            h.1 += unsent.len();
+            h.1 += chunk.len();
         }
+        chunk.extend_from_slice(&self.buf);
+        self.buf = chunk;
     }
 }
 
@@ -180,7 +181,7 @@ impl Outbox {
                     }
                 }
                 Sent::WouldBlock(n) => {
-                    g.put_back(&chunk[n..]);
+                    g.put_back(chunk, n);
                     g.handoff = true;
                     // Once closed, the connection's reader drains what is left.
                     let start = !g.closed;
@@ -364,7 +365,7 @@ mod tests {
         i.buf.extend_from_slice(b"more");
         i.holds.pop_front();
         assert_eq!(i.take_sendable(), b"held");
-        i.put_back(b"ld");
+        i.put_back(b"held".to_vec(), 2);
         assert_eq!(i.holds.front(), Some(&(2, 2)));
         i.holds.pop_front();
         assert_eq!(i.take_sendable(), b"ldmore");

@@ -44,6 +44,29 @@ impl Hasher for IdHasher {
 
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
+/// Collections smaller than this many entries keep their capacity.
+const SHRINK_MIN: usize = 1024;
+
+/// Whether a collection of `len` entries in room for `cap` should give
+/// memory back: only when it is both large and mostly empty, and then to
+/// twice its length, so a busy server that fills and empties the same room
+/// does not reallocate on every job (the hysteresis of a factor of two).
+fn should_shrink(len: usize, cap: usize) -> bool {
+    cap > SHRINK_MIN && len < cap / 4
+}
+
+fn shrink_map<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(m: &mut HashMap<K, V, S>) {
+    if should_shrink(m.len(), m.capacity()) {
+        m.shrink_to(m.len() * 2);
+    }
+}
+
+fn shrink_deque<T>(q: &mut VecDeque<T>) {
+    if should_shrink(q.len(), q.capacity()) {
+        q.shrink_to(q.len() * 2);
+    }
+}
+
 /// Settings the state needs (a subset of `ServerConfig`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Settings {
@@ -321,6 +344,7 @@ impl State {
     pub(crate) fn remove_conn(&mut self, id: ConnId) {
         self.drop_abilities(id, None);
         let Some(conn) = self.conns.remove(&id) else { return };
+        shrink_map(&mut self.conns);
         for job_id in conn.running {
             self.requeue(job_id, "worker disconnected");
         }
@@ -732,8 +756,12 @@ impl State {
         if let (Some(key), Some(store)) = (job.store_key, &self.store) {
             store.done(key);
         }
+        shrink_map(&mut self.jobs);
         let f = &mut self.functions[job.func];
         f.job_total = f.job_total.saturating_sub(1);
+        for q in &mut f.queues {
+            shrink_deque(q);
+        }
         match job.state {
             JobState::Running { conn, .. } => {
                 f.job_running = f.job_running.saturating_sub(1);
@@ -751,6 +779,8 @@ impl State {
         } else if !job.unique.is_empty() && f.uniques.get(&job.unique) == Some(&job_id) {
             f.uniques.remove(&job.unique);
         }
+        shrink_map(&mut f.by_data);
+        shrink_map(&mut f.uniques);
         for c in &job.clients {
             if let Some(conn) = self.conns.get_mut(c) {
                 conn.attached.remove(&job_id);
@@ -917,6 +947,16 @@ impl State {
             job.numerator = atoi(args[0]) as u32;
             job.denominator = atoi(args[1]) as u32;
         }
+        let done = matches!(
+            kind,
+            PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException
+        );
+        if done && &*job.unique != b"-" {
+            // The job's payload is no part of the result: its memory goes
+            // before the result is copied to the clients' outboxes.
+            self.payload_bytes = self.payload_bytes.saturating_sub(job.data.len());
+            job.data = Box::default();
+        }
         let job = &self.jobs[&job_id];
         let mut full: [&[u8]; 3] = [&job.handle, &[], &[]];
         full[1..=args.len()].copy_from_slice(args);
@@ -934,10 +974,7 @@ impl State {
                 self.dirty.push(Arc::clone(&client.out));
             }
         }
-        if matches!(
-            kind,
-            PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException
-        ) {
+        if done {
             log::debug!("job done handle={} result={kind}", String::from_utf8_lossy(&job.handle));
             self.free_job(job_id);
         }
@@ -994,6 +1031,9 @@ impl State {
 
     /// Fires every timer due at `now`; returns the next deadline.
     pub(crate) fn run_timers(&mut self, now: Instant) -> Option<Instant> {
+        if should_shrink(self.timers.len(), self.timers.capacity()) {
+            self.timers.shrink_to(self.timers.len() * 2);
+        }
         while let Some(std::cmp::Reverse((at, kind))) = self.timers.peek().copied() {
             if at > now {
                 return Some(at);
@@ -1157,6 +1197,40 @@ mod tests {
             v.push(format!("{kind} {}", args.join(",")).trim_end().to_string());
         }
         v
+    }
+
+    #[test]
+    fn tables_give_memory_back_once_drained_but_not_while_busy() {
+        let mut st = state();
+        conn(&mut st, 1);
+        let worker = conn(&mut st, 2);
+        apply(&mut st, 2, Packet::CanDo { function: b"f" });
+        let n = 20_000;
+        for i in 0..n {
+            let u = format!("u{i}");
+            apply(&mut st, 1, submit(b"f", u.as_bytes(), b"d", Priority::Normal, true));
+        }
+        let full = (st.jobs.capacity(), st.functions[0].queues[1].capacity());
+        let full_uniques = st.functions[0].uniques.capacity();
+        assert!(full.0 >= n && full.1 >= n && full_uniques >= n);
+        // Half drained: still over a quarter full, nothing is reallocated.
+        for i in 0..n / 2 {
+            apply(&mut st, 2, Packet::GrabJob);
+            let h = format!("H:t:{}", i + 1);
+            apply(&mut st, 2, Packet::WorkComplete { handle: h.as_bytes(), data: b"" });
+        }
+        assert_eq!(st.jobs.capacity(), full.0, "a half-full table keeps its room");
+        for i in n / 2..n {
+            apply(&mut st, 2, Packet::GrabJob);
+            let h = format!("H:t:{}", i + 1);
+            apply(&mut st, 2, Packet::WorkComplete { handle: h.as_bytes(), data: b"" });
+        }
+        worker.take_now();
+        assert!(st.jobs.is_empty());
+        assert!(st.jobs.capacity() <= 2 * SHRINK_MIN, "jobs keep {}", st.jobs.capacity());
+        let f = &st.functions[0];
+        assert!(f.queues[1].capacity() <= 2 * SHRINK_MIN, "queue keeps {}", f.queues[1].capacity());
+        assert!(f.uniques.capacity() <= 2 * SHRINK_MIN, "uniques keep {}", f.uniques.capacity());
     }
 
     fn apply(st: &mut State, c: ConnId, p: Packet<'_>) {

@@ -18,6 +18,8 @@ mod fds;
 mod framework;
 /// The real gearman tools against the embedded server.
 mod interop;
+/// Memory and connection time under abuse: partial packets, slow senders, bogus headers.
+mod memory;
 /// Helpers of the interop and bad-input tests.
 mod peers;
 /// README.md's recipes, run as written.
