@@ -213,6 +213,8 @@ struct Shared {
     config: ServerConfig,
     active: AtomicUsize,
     next_conn: AtomicU64,
+    /// What went wrong while stopping (the persistent queue was not saved).
+    stop_error: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -291,9 +293,9 @@ impl Server {
             admin_allow: config.admin_allow.clone(),
         };
         let mut state = State::new(settings);
-        let store_thread = match &config.queue {
+        let writer = match &config.queue {
             Some(path) => {
-                let (jobs, link, thread) =
+                let (jobs, link, writer) =
                     store::open(path, config.durability).map_err(io::Error::other)?;
                 let restored = jobs.len();
                 state.store = Some(link);
@@ -303,7 +305,7 @@ impl Server {
                 if restored > 0 {
                     log::info!("restored {restored} background jobs from {}", path.display());
                 }
-                Some(thread)
+                Some(writer)
             }
             None => None,
         };
@@ -324,7 +326,20 @@ impl Server {
             config,
             active: AtomicUsize::new(0),
             next_conn: AtomicU64::new(1),
+            stop_error: Mutex::new(None),
         });
+        let store_thread = match writer {
+            Some(w) => {
+                let s = Arc::clone(&shared);
+                let report = Box::new(move |outcome| {
+                    let mut st = s.lock();
+                    st.stored(outcome);
+                    s.release(st);
+                });
+                Some(store::spawn(w, report).map_err(io::Error::other)?)
+            }
+            None => None,
+        };
         let timer = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
@@ -404,6 +419,21 @@ impl ServerHandle {
     /// Waits until the server has stopped and every thread is joined.
     pub fn join(mut self) {
         self.join_inner();
+    }
+
+    /// Like [`ServerHandle::join`], and tells whether the stop completed:
+    /// an error when the persistent queue could not be saved (with
+    /// `--store-queue-on-shutdown`: the dump failed, the rows stored
+    /// before are kept).
+    ///
+    /// # Errors
+    /// The text names the file, the cause and how many jobs were not saved.
+    pub fn join_result(mut self) -> Result<(), String> {
+        self.join_inner();
+        match self.shared.stop_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn join_inner(&mut self) {
@@ -536,7 +566,9 @@ fn run_acceptor(
         };
         // Closing the channel lets the writer commit what is left and stop.
         drop(link);
-        thread.join();
+        if let Err(e) = thread.join() {
+            *shared.stop_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        }
     }
     log::info!("server stopped");
 }
