@@ -430,7 +430,7 @@ impl State {
         let handle = &self.jobs[&job_id].handle;
         log::debug!(
             "job created handle={} func={} bg={background} prio={}",
-            String::from_utf8_lossy(&handle),
+            String::from_utf8_lossy(handle),
             String::from_utf8_lossy(function),
             priority.name()
         );
@@ -1481,7 +1481,7 @@ mod tests {
         commit(&mut st, &[(1, 1)], Some(LOCKED));
         let error = format!("ERROR QUEUE_ERROR,{LOCKED}");
         assert_eq!(sent(&a), [error.clone(), "JOB_CREATED H:t:2".to_string()]);
-        assert_eq!(sent(&b), [error.clone()]);
+        assert_eq!(sent(&b), [error]);
         assert!(!st.jobs.contains_key(&1), "an unstored job is not kept as accepted");
         assert_eq!(st.functions[0].job_total, 1);
         // Submitting again makes a new job with a new row.

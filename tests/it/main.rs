@@ -12,6 +12,8 @@ mod cli_client;
 mod client;
 /// Differential scenarios: the same conversation against gearmand and gearframe.
 mod diff;
+/// The persistent queue under real faults: locked database, full disk, failed dump.
+mod durability;
 /// `gearframe demo` and `gearframe up` as a user runs them.
 mod framework;
 /// The real gearman tools against the embedded server.

@@ -39,7 +39,7 @@ fn unix_now() -> u64 {
 /// `gearframe server` as a child process on a loopback port; killed and
 /// reaped on drop. It can be killed and started again on the same port
 /// with the same arguments.
-struct ServerProc {
+pub(crate) struct ServerProc {
     child: Option<Child>,
     port: u16,
     args: Vec<String>,
@@ -48,7 +48,7 @@ struct ServerProc {
 
 impl ServerProc {
     /// Starts on a free port; `log` receives the server's stderr.
-    fn start(args: &[&str], log: &Path) -> ServerProc {
+    pub(crate) fn start(args: &[&str], log: &Path) -> ServerProc {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut last = String::new();
         // Another process may take the free port first: try a fresh one.
@@ -106,11 +106,11 @@ impl ServerProc {
         matches!(line, Ok(l) if l == format!("OK {}", self.pid()))
     }
 
-    fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    fn addr_string(&self) -> String {
+    pub(crate) fn addr_string(&self) -> String {
         self.addr().to_string()
     }
 
@@ -119,7 +119,7 @@ impl ServerProc {
     }
 
     /// SIGKILL, then reap.
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
@@ -128,15 +128,20 @@ impl ServerProc {
 
     /// SIGTERM; waits for a clean exit.
     fn terminate(&mut self) {
-        let mut c = self.child.take().expect("running");
-        let ok = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
-        assert!(ok.success());
-        let status = eventually(T, "server exit after SIGTERM", || c.try_wait().unwrap());
+        let status = self.sigterm();
         assert!(status.success(), "server exited with {status}");
     }
 
+    /// SIGTERM; waits for the exit and returns its status.
+    pub(crate) fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+        eventually(T, "server exit after SIGTERM", || c.try_wait().unwrap())
+    }
+
     /// Starts again on the same port with the same arguments.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none(), "restart of a running server");
         let mut last = String::new();
         // The old process is reaped, so its port is free at once; a start

@@ -1,0 +1,380 @@
+//! The persistent queue under real faults: a database locked by another
+//! process, a full disk (a small tmpfs), a shutdown dump that cannot be
+//! written. Every JOB_CREATED a client saw must be a job that runs after a
+//! SIGKILL and a restart; every other submission must have been answered
+//! with QUEUE_ERROR, and must not run. gearmand (libsqlite3 queue) is held
+//! to the same checks where it behaves the same.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use gearframe::proto::{Packet, PacketType};
+
+use crate::reliability::ServerProc;
+use crate::support::{ChildGuard, RawConn, bg, eventually, fg, free_port, peer};
+
+/// Limit of every wait: a refused write takes the busy timeout (2 s) per
+/// transaction, and the machine may be loaded.
+const T: Duration = Duration::from_secs(30);
+
+const FUNC: &[u8] = b"dur";
+
+fn gearframe(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gearframe")).args(args).output().unwrap()
+}
+
+/// A process holding SQLite's write lock (`BEGIN IMMEDIATE`) on a database
+/// until [`Lock::release`] or drop.
+struct Lock {
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Lock {
+    fn take(db: &Path) -> Option<Lock> {
+        let python = peer("python3")?;
+        let script = "import sqlite3, sys\n\
+            c = sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)\n\
+            c.execute('BEGIN IMMEDIATE')\n\
+            print('locked', flush=True)\n\
+            sys.stdin.read()\n\
+            c.execute('ROLLBACK')\n";
+        let mut child = Command::new(python)
+            .args(["-c", script])
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "locked", "the lock holder did not get the lock");
+        Some(Lock { child: Some(child), stdin })
+    }
+
+    /// Rolls back and ends the holder.
+    fn release(&mut self) {
+        drop(self.stdin.take());
+        if let Some(mut c) = self.child.take() {
+            let status = c.wait().unwrap();
+            assert!(status.success(), "the lock holder failed: {status}");
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What a background submission got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    Created,
+    /// QUEUE_ERROR with its text.
+    Refused(String),
+}
+
+fn answer(c: &mut RawConn) -> Answer {
+    let p = c.recv_packet_within(T);
+    match p.kind {
+        PacketType::JobCreated => Answer::Created,
+        PacketType::Error if p.arg(0) == b"QUEUE_ERROR" => Answer::Refused(p.arg_str(1)),
+        _ => panic!("{}: unexpected answer to a background submission: {p}", c.name()),
+    }
+}
+
+fn submit_bg(c: &mut RawConn, unique: &str, payload: &str) -> Answer {
+    c.send(bg(FUNC, unique.as_bytes(), payload.as_bytes()));
+    answer(c)
+}
+
+/// Runs every job of [`FUNC`] queued now; their payloads.
+fn drain(addr: SocketAddr) -> BTreeSet<String> {
+    let mut w = RawConn::connect(addr, "drain");
+    w.send(Packet::CanDo { function: FUNC });
+    let mut seen = BTreeSet::new();
+    loop {
+        w.send(Packet::GrabJob);
+        let p = w.recv_packet_within(T);
+        match p.kind {
+            PacketType::NoJob => return seen,
+            PacketType::JobAssign => {
+                assert!(seen.insert(p.arg_str(2)), "{} handed out twice", p.arg_str(2));
+                w.send(Packet::WorkComplete { handle: p.arg(0), data: b"" });
+            }
+            PacketType::Noop => {}
+            _ => panic!("drain: unexpected {p}"),
+        }
+    }
+}
+
+/// Jobs of [`FUNC`] the server holds (admin `status`).
+fn held(addr: SocketAddr) -> u64 {
+    let mut c = RawConn::connect(addr, "status");
+    c.send_line("status");
+    c.recv_admin_list()
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .find_map(|l| {
+            let f: Vec<&str> = l.trim_end().split('\t').collect();
+            (f[0].as_bytes() == FUNC).then(|| f[1].parse().unwrap())
+        })
+        .unwrap_or(0)
+}
+
+/// The admin `store` line of gearframe.
+fn store_line(addr: SocketAddr) -> String {
+    let mut c = RawConn::connect(addr, "store");
+    c.send_line("store");
+    let lines: Vec<String> =
+        c.recv_admin_list().iter().map(|l| String::from_utf8_lossy(l).trim_end().into()).collect();
+    assert_eq!(lines.len(), 2, "store answers one line and `.`: {lines:?}");
+    lines[0].clone()
+}
+
+/// A server with a persistent queue that a test kills and starts again.
+trait Durable {
+    fn addr(&self) -> SocketAddr;
+    /// SIGKILL, then a start on the same database.
+    fn kill_and_restart(&mut self);
+}
+
+impl Durable for ServerProc {
+    fn addr(&self) -> SocketAddr {
+        ServerProc::addr(self)
+    }
+    fn kill_and_restart(&mut self) {
+        self.kill9();
+        self.restart();
+    }
+}
+
+/// gearmand with its libsqlite3 queue on a loopback port.
+struct GearmandQueue {
+    bin: PathBuf,
+    db: PathBuf,
+    port: u16,
+    child: Option<ChildGuard>,
+}
+
+impl GearmandQueue {
+    fn start(db: &Path) -> Option<GearmandQueue> {
+        let bin = peer("gearmand")?;
+        let mut g = GearmandQueue { bin, db: db.into(), port: 0, child: None };
+        g.spawn();
+        Some(g)
+    }
+
+    fn spawn(&mut self) {
+        for _ in 0..5 {
+            let port = if self.port == 0 { free_port() } else { self.port };
+            let child = Command::new(&self.bin)
+                .arg("--listen=127.0.0.1")
+                .arg(format!("--port={port}"))
+                .arg("--log-file=none")
+                .args(["-q", "libsqlite3"])
+                .arg(format!("--libsqlite3-db={}", self.db.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut guard = ChildGuard(child);
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let answered = eventually(T, "gearmand answering getpid", || {
+                if let Ok(Some(_)) = guard.0.try_wait() {
+                    return Some(false);
+                }
+                let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+                let mut c = RawConn::from_stream(s.ok()?, "probe");
+                c.send_line("getpid");
+                let line = c.try_recv_line(Duration::from_secs(2))?;
+                Some(line == format!("OK {}\n", guard.id()).as_bytes())
+            });
+            if answered {
+                self.port = port;
+                self.child = Some(guard);
+                return;
+            }
+        }
+        panic!("gearmand with a libsqlite3 queue did not start");
+    }
+}
+
+impl Durable for GearmandQueue {
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+    fn kill_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.0.kill().unwrap();
+            c.0.wait().unwrap();
+        }
+        self.spawn();
+    }
+}
+
+/// What the locked-database scenario saw.
+struct Locked {
+    /// The submissions refused while locked, with the QUEUE_ERROR text.
+    refusals: Vec<(&'static str, String)>,
+    acked: BTreeSet<String>,
+    refused: BTreeSet<String>,
+    ran_after_restart: BTreeSet<String>,
+}
+
+/// Another process holds the write lock while background jobs arrive: a
+/// unique submitted twice, a fresh job, an epoch job, and a background
+/// submission joining a foreground job. Then the lock goes, more jobs are
+/// acked, the server is SIGKILLed and started again on the same file.
+/// `while_locked` runs with the lock held.
+fn locked_scenario(server: &mut dyn Durable, db: &Path, while_locked: &dyn Fn()) -> Option<Locked> {
+    let addr = server.addr();
+    let mut acked = BTreeSet::new();
+    let mut refused = BTreeSet::new();
+    let mut c = RawConn::connect(addr, "client");
+    assert_eq!(submit_bg(&mut c, "before", "before"), Answer::Created);
+    acked.insert("before".to_string());
+    // A foreground job, which is never stored, waiting for a worker.
+    let mut fgc = RawConn::connect(addr, "fg client");
+    fgc.send(fg(FUNC, b"shared", b"fg-shared"));
+    assert_eq!(fgc.recv_packet_within(T).kind, PacketType::JobCreated);
+
+    let mut lock = Lock::take(db)?;
+    let epoch =
+        (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600).to_string();
+    // Pipelined: every one is answered, in order.
+    c.send(bg(FUNC, b"dup", b"dup-1"));
+    c.send(bg(FUNC, b"dup", b"dup-2"));
+    c.send(bg(FUNC, b"", b"fresh-1"));
+    c.send(Packet::SubmitJobEpoch {
+        function: FUNC,
+        unique: b"",
+        epoch: epoch.as_bytes(),
+        data: b"epoch-1",
+    });
+    c.send(bg(FUNC, b"shared", b"bg-shared"));
+    let mut refusals = Vec::new();
+    for p in ["dup-1", "dup-2", "fresh-1", "epoch-1", "bg-shared"] {
+        match answer(&mut c) {
+            Answer::Refused(text) => {
+                refusals.push((p, text));
+                refused.insert(p.to_string());
+            }
+            Answer::Created => {
+                acked.insert(p.to_string());
+            }
+        }
+    }
+    while_locked();
+    lock.release();
+
+    // Writable again: new jobs and the refused unique are accepted.
+    eventually(T, "a background job accepted after the lock", || {
+        match submit_bg(&mut c, "", "after-probe") {
+            Answer::Created => Some(()),
+            Answer::Refused(_) => None,
+        }
+    });
+    acked.insert("after-probe".to_string());
+    for (u, p) in [("dup", "dup-3"), ("", "after-1")] {
+        assert_eq!(submit_bg(&mut c, u, p), Answer::Created, "{p} after the lock");
+        acked.insert(p.to_string());
+    }
+    server.kill_and_restart();
+    let ran_after_restart = drain(server.addr());
+    Some(Locked { refusals, acked, refused, ran_after_restart })
+}
+
+#[test]
+fn a_locked_queue_answers_queue_error_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let queue = format!("sqlite:{}", db.display());
+    let log = dir.path().join("server.log");
+    let mut server = ServerProc::start(&["--queue", &queue, "-v"], &log);
+    let addr = server.addr_string();
+    let sock = server.addr();
+    let while_locked = || {
+        let line = store_line(sock);
+        let want = format!("sqlite {} sync failing rows=1 since=", db.display());
+        assert!(line.starts_with(&want), "{line}");
+        assert!(
+            line.ends_with(&format!("error=persistent queue {}: database is locked", db.display())),
+            "{line}"
+        );
+        // The command-line client fails, naming the server and the cause.
+        let out = gearframe(&["submit", "-b", "-f", "dur", "-s", &addr, "-u", "cli-1", "cli-1"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "submit -b exited 0 while locked: {err}");
+        assert!(out.stdout.is_empty(), "a handle was printed: {:?}", out.stdout);
+        for part in ["QUEUE_ERROR", addr.as_str(), "database is locked"] {
+            assert!(err.contains(part), "`{part}` missing from: {err}");
+        }
+        // `gearframe admin store` shows the same.
+        let out = gearframe(&["admin", "store", "-s", &addr, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let st = &v["servers"][0]["store"];
+        assert_eq!((st["ok"].as_bool(), st["rows"].as_u64()), (Some(false), Some(1)), "{v}");
+        assert!(st["error"].as_str().unwrap().ends_with("database is locked"), "{v}");
+        assert_eq!(out.status.code(), Some(1), "a failing queue exits 1");
+        // Reads and foreground work go on.
+        // Refused jobs are not held: `before` and the foreground job are.
+        assert_eq!(held(sock), 2);
+    };
+    let Some(seen) = locked_scenario(&mut server, &db, &while_locked) else { return };
+    let cause = format!("persistent queue {}: database is locked", db.display());
+    let want: Vec<_> = ["dup-1", "dup-2", "fresh-1", "epoch-1", "bg-shared"]
+        .into_iter()
+        .map(|p| (p, cause.clone()))
+        .collect();
+    assert_eq!(seen.refusals, want, "every submission while locked is refused with its cause");
+    assert_eq!(
+        seen.ran_after_restart, seen.acked,
+        "acked: {:?}, refused: {:?}",
+        seen.acked, seen.refused
+    );
+    eventually(T, "the drained rows deleted", || {
+        store_line(server.addr()).ends_with(" ok rows=0").then_some(())
+    });
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        log.matches("database is locked; background submissions get QUEUE_ERROR").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(log.matches("writes succeed again").count(), 1, "{log}");
+}
+
+#[test]
+fn gearmand_answers_queue_error_on_a_locked_queue_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("g.db");
+    let Some(mut g) = GearmandQueue::start(&db) else { return };
+    let Some(seen) = locked_scenario(&mut g, &db, &|| {}) else { return };
+    // gearmand refuses new jobs the same way, with a bare text...
+    let want: Vec<_> = ["dup-1", "dup-2", "fresh-1", "epoch-1"]
+        .into_iter()
+        .map(|p| (p, "QUEUE_ERROR".to_string()))
+        .collect();
+    assert_eq!(seen.refusals, want);
+    let refused_ran: Vec<_> = seen.refused.intersection(&seen.ran_after_restart).collect();
+    assert!(refused_ran.is_empty(), "gearmand ran refused jobs: {refused_ran:?}");
+    // ...but acks a background submission joining a foreground job without
+    // storing it (gearframe writes its row first, and refuses it here), and
+    // 1.1.20 was seen to lose the first job acked after the lock as well.
+    assert!(seen.acked.contains("bg-shared"));
+    let lost: Vec<_> = seen.acked.difference(&seen.ran_after_restart).collect();
+    eprintln!("gearmand: acked jobs missing after the SIGKILL and restart: {lost:?}");
+}
