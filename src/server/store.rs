@@ -22,7 +22,9 @@
 //! kept for the foreground clients that also wait for it. Deletions that
 //! failed are kept and tried again with the next transaction (the job may
 //! then run again after a restart: at least once). The failure is logged
-//! once when it starts and once when it ends. While failing, every new
+//! once when it starts and once when it ends (when writes have succeeded
+//! for a probe interval: a nearly full disk that takes some writes and
+//! refuses others is one failure). While failing, every new
 //! background submission still tries its write (it is acked if that write
 //! commits), and the writer probes the database every [`PROBE_EVERY`], so
 //! it recovers by itself once the database can be written again. The admin
@@ -37,7 +39,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -291,6 +293,7 @@ fn run(w: Writer, mut report: Reporter) -> Result<(), String> {
     // Deletions that failed, tried again with every transaction.
     let mut deletes: Vec<u64> = Vec::new();
     let mut dump_error = Ok(());
+    let mut last_failure: Option<Instant> = None;
     let mut batch: Vec<Op> = Vec::new();
     loop {
         let first = if health.failing_since.is_some() {
@@ -315,7 +318,10 @@ fn run(w: Writer, mut report: Reporter) -> Result<(), String> {
         let result = apply(&mut db, &batch, &deletes, health.rows);
         let error = match result {
             Ok(rows) => {
-                if health.failing_since.take().is_some() {
+                // The failure ends once writes succeed for a probe interval:
+                // a nearly full disk alternates and is one failure.
+                let settled = last_failure.is_none_or(|t| t.elapsed() >= PROBE_EVERY);
+                if settled && health.failing_since.take().is_some() {
                     log::info!("persistent queue {}: writes succeed again", path.display());
                 }
                 health.rows = rows;
@@ -324,6 +330,7 @@ fn run(w: Writer, mut report: Reporter) -> Result<(), String> {
             }
             Err(e) => {
                 let text = format!("persistent queue {}: {e}", path.display());
+                last_failure = Some(Instant::now());
                 if health.failing_since.is_none() {
                     log::error!(
                         "{text}; background submissions get QUEUE_ERROR until the database \

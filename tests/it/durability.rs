@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use gearframe::proto::{Packet, PacketType};
 
 use crate::reliability::ServerProc;
-use crate::support::{ChildGuard, RawConn, bg, eventually, fg, free_port, peer};
+use crate::support::{ChildGuard, RawConn, bg, eventually, fg, free_port, missing, peer};
 
 /// Limit of every wait: a refused write takes the busy timeout (2 s) per
 /// transaction, and the machine may be loaded.
@@ -238,8 +238,13 @@ struct Locked {
 /// unique submitted twice, a fresh job, an epoch job, and a background
 /// submission joining a foreground job. Then the lock goes, more jobs are
 /// acked, the server is SIGKILLed and started again on the same file.
-/// `while_locked` runs with the lock held.
-fn locked_scenario(server: &mut dyn Durable, db: &Path, while_locked: &dyn Fn()) -> Option<Locked> {
+/// `while_locked` runs with the lock held, `before_kill` right before the kill.
+fn locked_scenario(
+    server: &mut dyn Durable,
+    db: &Path,
+    while_locked: &dyn Fn(),
+    before_kill: &dyn Fn(),
+) -> Option<Locked> {
     let addr = server.addr();
     let mut acked = BTreeSet::new();
     let mut refused = BTreeSet::new();
@@ -292,6 +297,7 @@ fn locked_scenario(server: &mut dyn Durable, db: &Path, while_locked: &dyn Fn())
         assert_eq!(submit_bg(&mut c, u, p), Answer::Created, "{p} after the lock");
         acked.insert(p.to_string());
     }
+    before_kill();
     server.kill_and_restart();
     let ran_after_restart = drain(server.addr());
     Some(Locked { refusals, acked, refused, ran_after_restart })
@@ -333,7 +339,11 @@ fn a_locked_queue_answers_queue_error_and_loses_nothing() {
         // Refused jobs are not held: `before` and the foreground job are.
         assert_eq!(held(sock), 2);
     };
-    let Some(seen) = locked_scenario(&mut server, &db, &while_locked) else { return };
+    let Some(seen) = locked_scenario(&mut server, &db, &while_locked, &|| {
+        eventually(T, "the store back to ok", || store_line(sock).contains(" ok ").then_some(()));
+    }) else {
+        return;
+    };
     let cause = format!("persistent queue {}: database is locked", db.display());
     let want: Vec<_> = ["dup-1", "dup-2", "fresh-1", "epoch-1", "bg-shared"]
         .into_iter()
@@ -362,7 +372,7 @@ fn gearmand_answers_queue_error_on_a_locked_queue_too() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("g.db");
     let Some(mut g) = GearmandQueue::start(&db) else { return };
-    let Some(seen) = locked_scenario(&mut g, &db, &|| {}) else { return };
+    let Some(seen) = locked_scenario(&mut g, &db, &|| {}, &|| {}) else { return };
     // gearmand refuses new jobs the same way, with a bare text...
     let want: Vec<_> = ["dup-1", "dup-2", "fresh-1", "epoch-1"]
         .into_iter()
@@ -377,4 +387,132 @@ fn gearmand_answers_queue_error_on_a_locked_queue_too() {
     assert!(seen.acked.contains("bg-shared"));
     let lost: Vec<_> = seen.acked.difference(&seen.ran_after_restart).collect();
     eprintln!("gearmand: acked jobs missing after the SIGKILL and restart: {lost:?}");
+}
+
+/// A small tmpfs mounted for one test, unmounted on drop (even when the
+/// test fails). Needs root.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs(at.into())),
+            _ => missing("a small tmpfs (`mount -t tmpfs` needs root) for a full disk"),
+        }
+    }
+
+    /// Fills the file system with `filler` until only `spare` bytes are free.
+    fn fill(&self, spare: u64) -> PathBuf {
+        use std::io::Write as _;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 4096];
+        loop {
+            match f.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(spare)).unwrap();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = Command::new("umount").arg(&self.0).status().is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_answers_queue_error_and_every_acked_job_survives_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&dir.path().join("mnt"), "2m") else { return };
+    let db = fs.0.join("q.db");
+    let queue = format!("sqlite:{}", db.display());
+    let log = dir.path().join("server.log");
+    let mut server = ServerProc::start(&["--queue", &queue, "-v"], &log);
+    let addr = server.addr();
+    let mut acked = BTreeSet::new();
+    let mut refused = BTreeSet::new();
+    let mut c = RawConn::connect(addr, "client");
+    assert_eq!(submit_bg(&mut c, "", "warm"), Answer::Created);
+    acked.insert("warm".to_string());
+    let filler = fs.fill(128 << 10);
+
+    // 2 KiB jobs, pipelined ten at a time, until the disk is full: every
+    // one is answered, the first ones with JOB_CREATED.
+    let pad = "x".repeat(2048);
+    let payloads: Vec<String> = (0..200).map(|i| format!("full-{i}-{pad}")).collect();
+    let mut texts = BTreeSet::new();
+    for chunk in payloads.chunks(10) {
+        for p in chunk {
+            c.send(bg(FUNC, b"", p.as_bytes()));
+        }
+        for p in chunk {
+            match answer(&mut c) {
+                Answer::Created => {
+                    acked.insert(p.clone());
+                }
+                Answer::Refused(text) => {
+                    texts.insert(text);
+                    refused.insert(p.clone());
+                }
+            }
+        }
+    }
+    assert!(acked.len() > 1, "nothing fitted in the spare space");
+    assert!(!refused.is_empty(), "no submission was refused on a full disk");
+    let cause = format!("persistent queue {}: database or disk is full", db.display());
+    assert_eq!(texts, BTreeSet::from([cause.clone()]));
+    // The command-line client fails too, naming the server and the cause.
+    let big = format!("cli-{pad}");
+    let out = gearframe(&["submit", "-b", "-f", "dur", "-s", &addr.to_string(), &big]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        acked.insert(big);
+    } else {
+        for part in ["QUEUE_ERROR", &addr.to_string(), "database or disk is full"] {
+            assert!(err.contains(part), "`{part}` missing from: {err}");
+        }
+        refused.insert(big);
+    }
+    assert!(store_line(addr).contains(" failing "), "the admin line shows the failure");
+
+    // Space again: the server accepts by itself.
+    std::fs::remove_file(filler).unwrap();
+    eventually(T, "a background job accepted once space is free", || {
+        match submit_bg(&mut c, "", "after") {
+            Answer::Created => Some(()),
+            Answer::Refused(_) => None,
+        }
+    });
+    acked.insert("after".to_string());
+    eventually(T, "the store line back to ok", || store_line(addr).contains(" ok ").then_some(()));
+    server.kill9();
+    server.restart();
+    let ran = drain(server.addr());
+    let lost: Vec<_> = acked.difference(&ran).map(|p| &p[..p.len().min(12)]).collect();
+    let ran_refused: Vec<_> = refused.intersection(&ran).map(|p| &p[..p.len().min(12)]).collect();
+    eprintln!(
+        "full disk: {} acked, {} refused; after SIGKILL + restart {} ran, lost {lost:?}, \
+         refused that ran {ran_refused:?}",
+        acked.len(),
+        refused.len(),
+        ran.len()
+    );
+    assert!(lost.is_empty() && ran_refused.is_empty());
+    assert_eq!(ran, acked);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(log.matches("database or disk is full; background submissions").count(), 1, "{log}");
 }
