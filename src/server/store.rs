@@ -354,8 +354,9 @@ fn run(w: Writer, mut report: Reporter) -> Result<(), String> {
                 Op::Dump(jobs) => {
                     if let Some(e) = &error {
                         let msg = format!(
-                            "{e}: {} background jobs were not saved at stop; the rows stored \
-                             before are kept; free space or fix the file and stop again",
+                            "{e}: {} background jobs were not saved at stop (the rows stored \
+                             before are kept and run at the next start); free space or release \
+                             the database before stopping",
                             jobs.len()
                         );
                         log::error!("{msg}");

@@ -516,3 +516,61 @@ fn a_full_disk_answers_queue_error_and_every_acked_job_survives_a_kill() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert_eq!(log.matches("database or disk is full; background submissions").count(), 1, "{log}");
 }
+
+/// Rows in the queue table, read by a separate process.
+fn rows_in(db: &Path) -> Option<u64> {
+    let python = peer("python3")?;
+    let out = Command::new(python)
+        .args([
+            "-c",
+            "import sqlite3, sys\n\
+             print(sqlite3.connect(sys.argv[1]).execute('select count(*) from gearframe_queue').fetchone()[0])",
+        ])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Some(String::from_utf8_lossy(&out.stdout).trim().parse().unwrap())
+}
+
+#[test]
+fn a_failed_shutdown_dump_keeps_the_rows_stored_before_and_fails_the_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let queue = format!("sqlite:{}", db.display());
+    let log = dir.path().join("server.log");
+    let mut server =
+        ServerProc::start(&["--queue", &queue, "--store-queue-on-shutdown", "-v"], &log);
+    let mut c = RawConn::connect(server.addr(), "client");
+    for p in ["old-1", "old-2"] {
+        assert_eq!(submit_bg(&mut c, "", p), Answer::Created);
+    }
+    let Some(rows) = rows_in(&db) else { return };
+    assert_eq!(rows, 0, "nothing is written while the server runs");
+    let status = server.sigterm();
+    assert!(status.success(), "a clean stop that saved the queue exits 0: {status}");
+    assert_eq!(rows_in(&db), Some(2), "the stop wrote the dump");
+
+    // The restored jobs stay in the file; a new one is only in memory.
+    server.restart();
+    let mut c = RawConn::connect(server.addr(), "client");
+    assert_eq!(submit_bg(&mut c, "", "new-1"), Answer::Created);
+    assert_eq!(store_line(server.addr()), format!("sqlite {} on-shutdown ok rows=2", db.display()));
+    assert_eq!(rows_in(&db), Some(2));
+    // The dump cannot be written: the database is locked at the stop.
+    let Some(mut lock) = Lock::take(&db) else { return };
+    let status = server.sigterm();
+    lock.release();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!status.success(), "a stop that could not save the queue exited 0");
+    let want = format!(
+        "persistent queue {}: database is locked: 3 background jobs were not saved at stop",
+        db.display()
+    );
+    assert!(text.contains(&want), "{text}");
+    assert!(text.contains(&format!("gearframe: error: {want}")), "the exit names it: {text}");
+    // One transaction: the rows stored before are all there.
+    assert_eq!(rows_in(&db), Some(2));
+    server.restart();
+    assert_eq!(drain(server.addr()), BTreeSet::from(["old-1".into(), "old-2".into()]));
+}
