@@ -574,3 +574,40 @@ fn a_failed_shutdown_dump_keeps_the_rows_stored_before_and_fails_the_exit() {
     server.restart();
     assert_eq!(drain(server.addr()), BTreeSet::from(["old-1".into(), "old-2".into()]));
 }
+
+fn client(servers: &[String]) -> gearframe::client::Client {
+    gearframe::client::Client::builder()
+        .servers(servers)
+        .connect_timeout(Duration::from_secs(5))
+        .ack_timeout(T)
+        .job_timeout(T * 2)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn the_client_takes_a_refused_background_job_to_the_next_server() {
+    use gearframe::client::Job;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let queue = format!("sqlite:{}", db.display());
+    let a = ServerProc::start(&["--queue", &queue], &dir.path().join("a.log"));
+    let b = crate::support::Ours::with_config(gearframe::server::ServerConfig::default());
+    let Some(_lock) = Lock::take(&db) else { return };
+    // Twenty jobs spread over both servers by their unique ids: the ones A
+    // refuses are accepted by B.
+    let jobs: Vec<Job> =
+        (0..20).map(|i| Job::new("dur", format!("j-{i}")).background(true)).collect();
+    let both = client(&[a.addr_string(), b.addr().to_string()]);
+    let results = both.batch(&jobs).run();
+    let failed: Vec<String> =
+        results.iter().filter_map(|r| r.as_ref().err()).map(|e| e.to_string()).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!((held(a.addr()), held(b.addr())), (0, 20), "A keeps none of the jobs it refused");
+    // With A alone, the job fails with A's error.
+    let e = client(&[a.addr_string()]).submit_background("dur", "alone").unwrap_err();
+    let text = e.to_string();
+    for part in ["QUEUE_ERROR", &a.addr_string(), "database is locked"] {
+        assert!(text.contains(part), "`{part}` missing from: {text}");
+    }
+}
