@@ -611,3 +611,42 @@ fn the_client_takes_a_refused_background_job_to_the_next_server() {
         assert!(text.contains(part), "`{part}` missing from: {text}");
     }
 }
+
+#[test]
+fn a_requeued_job_keeps_its_row_and_a_failed_delete_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("q.db");
+    let queue = format!("sqlite:{}", db.display());
+    let mut server = ServerProc::start(&["--queue", &queue], &dir.path().join("server.log"));
+    let addr = server.addr();
+    let mut c = RawConn::connect(addr, "client");
+    for p in ["lost-worker", "done-while-locked"] {
+        assert_eq!(submit_bg(&mut c, "", p), Answer::Created);
+    }
+    // A worker takes the first job and goes away: it is queued again.
+    let mut w1 = RawConn::connect(addr, "worker 1");
+    w1.send(Packet::CanDo { function: FUNC });
+    w1.send(Packet::GrabJob);
+    let p = w1.recv_packet_within(T);
+    assert_eq!((p.kind, p.arg_str(2)), (PacketType::JobAssign, "lost-worker".to_string()));
+    w1.close();
+    eventually(T, "the job requeued", || (held(addr) == 2).then_some(()));
+    // The other one completes while the database is locked: its delete
+    // fails, and is applied once the lock is gone.
+    let Some(mut lock) = Lock::take(&db) else { return };
+    let mut w2 = RawConn::connect(addr, "worker 2");
+    w2.send(Packet::CanDo { function: FUNC });
+    w2.send(Packet::GrabJob);
+    let p = w2.recv_packet_within(T);
+    assert_eq!((p.kind, p.arg_str(2)), (PacketType::JobAssign, "done-while-locked".to_string()));
+    w2.send(Packet::WorkComplete { handle: p.arg(0), data: b"" });
+    eventually(T, "the failed delete shown", || {
+        store_line(addr).contains(" failing rows=2 ").then_some(())
+    });
+    lock.release();
+    eventually(T, "the delete applied", || store_line(addr).ends_with(" ok rows=1").then_some(()));
+    drop(w2);
+    server.kill9();
+    server.restart();
+    assert_eq!(drain(server.addr()), BTreeSet::from(["lost-worker".to_string()]));
+}
