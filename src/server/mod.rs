@@ -82,9 +82,12 @@ pub struct ServerConfig {
     /// How long a connection's reader polls for the next request before it
     /// blocks (zero: never polls); see [`crate::busy_poll`].
     pub busy_poll: Duration,
-    /// SQLite file of the persistent queue for background jobs (none: memory only).
+    /// SQLite file of the persistent queue for background jobs (none: memory
+    /// only). A background job is acknowledged once its row is committed; a
+    /// write that fails answers `QUEUE_ERROR` naming the file and the cause.
     pub queue: Option<std::path::PathBuf>,
-    /// When the persistent queue is written.
+    /// When the persistent queue is written (with `OnShutdown`, a dump that
+    /// fails at the stop is reported by [`ServerHandle::join_result`]).
     pub durability: Durability,
     /// maxqueue of every function until `maxqueue` changes it (0 = unlimited).
     pub max_queue: u32,

@@ -58,7 +58,8 @@ pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(1);
 pub enum Durability {
     /// Before JOB_CREATED is sent (group commit).
     Sync,
-    /// Only when the server stops.
+    /// Only when the server stops, in one transaction that replaces the rows
+    /// found at start (kept if it fails).
     OnShutdown,
 }
 

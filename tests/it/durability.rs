@@ -338,6 +338,17 @@ fn a_locked_queue_answers_queue_error_and_loses_nothing() {
         // Reads and foreground work go on.
         // Refused jobs are not held: `before` and the foreground job are.
         assert_eq!(held(sock), 2);
+        let mut w = RawConn::connect(sock, "fg worker");
+        w.send(Packet::CanDo { function: b"dur_fg" });
+        let mut client = RawConn::connect(sock, "fg client 2");
+        client.send(fg(b"dur_fg", b"", b"now"));
+        assert_eq!(client.recv_packet_within(T).kind, PacketType::JobCreated);
+        w.send(Packet::GrabJob);
+        let job = w.recv_packet_within(T);
+        assert_eq!(job.kind, PacketType::JobAssign, "{job}");
+        w.send(Packet::WorkComplete { handle: job.arg(0), data: b"done" });
+        let done = client.recv_packet_within(T);
+        assert_eq!((done.kind, done.arg(1)), (PacketType::WorkComplete, &b"done"[..]));
     };
     let Some(seen) = locked_scenario(&mut server, &db, &while_locked, &|| {
         eventually(T, "the store back to ok", || store_line(sock).contains(" ok ").then_some(()));
