@@ -383,6 +383,11 @@ fn gearmand_answers_queue_error_on_a_locked_queue_too() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("g.db");
     let Some(mut g) = GearmandQueue::start(&db) else { return };
+    // gearmand has no `store` command: the admin tool says so.
+    let out = gearframe(&["admin", "store", "-s", &g.addr().to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("this server has no `store` command"), "{text}");
+    assert_eq!(out.status.code(), Some(1));
     let Some(seen) = locked_scenario(&mut g, &db, &|| {}, &|| {}) else { return };
     // gearmand refuses new jobs the same way, with a bare text...
     let want: Vec<_> = ["dup-1", "dup-2", "fresh-1", "epoch-1"]
