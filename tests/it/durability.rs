@@ -471,10 +471,12 @@ fn a_full_disk_answers_queue_error_and_every_acked_job_survives_a_kill() {
     let pad = "x".repeat(2048);
     let payloads: Vec<String> = (0..200).map(|i| format!("full-{i}-{pad}")).collect();
     let mut texts = BTreeSet::new();
+    let mut failed_chunks = 0;
     for chunk in payloads.chunks(10) {
         for p in chunk {
             c.send(bg(FUNC, b"", p.as_bytes()));
         }
+        let before = refused.len();
         for p in chunk {
             match answer(&mut c) {
                 Answer::Created => {
@@ -486,6 +488,7 @@ fn a_full_disk_answers_queue_error_and_every_acked_job_survives_a_kill() {
                 }
             }
         }
+        failed_chunks += usize::from(refused.len() > before);
     }
     assert!(acked.len() > 1, "nothing fitted in the spare space");
     assert!(!refused.is_empty(), "no submission was refused on a full disk");
@@ -529,8 +532,14 @@ fn a_full_disk_answers_queue_error_and_every_acked_job_survives_a_kill() {
     );
     assert!(lost.is_empty() && ran_refused.is_empty());
     assert_eq!(ran, acked);
+    // Logged once per failure, not once per refused transaction: a nearly
+    // full disk takes some writes between refusals, and only a pause of
+    // the refusals (on a slow machine) may split it in two.
     let log = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(log.matches("database or disk is full; background submissions").count(), 1, "{log}");
+    let starts = log.matches("database or disk is full; background submissions").count();
+    let ends = log.matches("writes succeed again").count();
+    assert!(starts >= 1 && starts == ends, "{starts} failures, {ends} recoveries logged: {log}");
+    assert!(starts < failed_chunks, "{starts} failures logged for {failed_chunks} refused chunks");
 }
 
 /// Rows in the queue table, read by a separate process.
