@@ -52,6 +52,8 @@ use super::state::JobId;
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a failing store tries a probe transaction.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe waits for a lock.
+const PROBE_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// When rows are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,7 +318,16 @@ fn run(w: Writer, mut report: Reporter) -> Result<(), String> {
                 Err(_) => break,
             }
         }
+        // A probe waits only briefly for a lock, so that a submission
+        // arriving meanwhile is not delayed by it.
+        let probe = batch.is_empty();
+        if probe {
+            let _ = db.busy_timeout(PROBE_BUSY_TIMEOUT);
+        }
         let result = apply(&mut db, &batch, &deletes, health.rows);
+        if probe {
+            let _ = db.busy_timeout(BUSY_TIMEOUT);
+        }
         let error = match result {
             Ok(rows) => {
                 // The failure ends once writes succeed for a probe interval:
