@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{AdminClient, FunctionStatus, JobInfo, MaxQueue, PriorityStatus, Result, WorkerInfo};
+use super::{
+    AdminClient, FunctionStatus, JobInfo, MaxQueue, PriorityStatus, Result, StoreStatus, WorkerInfo,
+};
 use crate::conn::with_default_port;
 
 /// The result of one server.
@@ -98,6 +100,11 @@ impl Cluster {
     /// `version` of every server.
     pub fn version(&self) -> Vec<PerServer<String>> {
         self.each(AdminClient::version)
+    }
+
+    /// `store` of every server (gearframe only).
+    pub fn store(&self) -> Vec<PerServer<StoreStatus>> {
+        self.each(AdminClient::store)
     }
 
     /// `getpid` of every server.

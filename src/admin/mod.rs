@@ -161,6 +161,26 @@ pub struct JobInfo {
     pub persisted: bool,
 }
 
+/// The persistent queue of a gearframe server (`store`, gearframe's own
+/// command).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreStatus {
+    /// `sqlite`, or `memory` when the server has no persistent queue.
+    pub backend: String,
+    /// The database file.
+    pub path: Option<String>,
+    /// `sync` (written before JOB_CREATED) or `on-shutdown`.
+    pub durability: Option<String>,
+    /// Writes succeed.
+    pub ok: bool,
+    /// Rows in the table after the last commit.
+    pub rows: u64,
+    /// Unix time the current failure started.
+    pub failing_since: Option<u64>,
+    /// The current failure.
+    pub error: Option<String>,
+}
+
 /// Per-priority queue limits for `maxqueue` (0 = unlimited).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MaxQueue {
@@ -534,6 +554,19 @@ impl AdminClient {
     /// I/O, timeout or an `ERR` reply.
     pub fn version(&mut self) -> Result<String> {
         self.command("version")
+    }
+
+    /// `store` (gearframe only; gearmand answers `ERR UNKNOWN_COMMAND`, see
+    /// [`AdminError::is_unknown_command`]): the persistent queue's state.
+    ///
+    /// # Errors
+    /// I/O, timeout, an `ERR` reply, or a reply that is not a store line.
+    pub fn store(&mut self) -> Result<StoreStatus> {
+        let lines = self.list("store")?;
+        match lines.as_slice() {
+            [l] => parse::store_line(l).ok_or_else(|| self.parse_err("a store line", l)),
+            _ => Err(self.parse_err("one store line", &lines.join("\\n"))),
+        }
     }
 
     /// `getpid`.

@@ -4,7 +4,7 @@
 //! tail of a function name holding a line break (the forged row's columns
 //! followed by the real ones), see the module docs of [`super`].
 
-use super::{FunctionStatus, JobInfo, PriorityStatus, WorkerInfo};
+use super::{FunctionStatus, JobInfo, PriorityStatus, StoreStatus, WorkerInfo};
 
 fn num(s: &str) -> Option<u64> {
     s.trim().parse().ok()
@@ -72,6 +72,49 @@ pub(super) fn job_line(l: &str) -> Option<JobInfo> {
         retries: num(f[1])?,
         ignored: num(f[2])? != 0,
         persisted: num(f[3])? != 0,
+    })
+}
+
+/// `memory`, `sqlite PATH DURABILITY ok rows=N` or
+/// `sqlite PATH DURABILITY failing rows=N since=UNIX error=TEXT` (the path
+/// may contain spaces: it ends before the durability word).
+pub(super) fn store_line(l: &str) -> Option<StoreStatus> {
+    if l == "memory" {
+        return Some(StoreStatus {
+            backend: l.into(),
+            path: None,
+            durability: None,
+            ok: true,
+            rows: 0,
+            failing_since: None,
+            error: None,
+        });
+    }
+    let (backend, rest) = l.split_once(' ')?;
+    let (path, durability, tail) = ["sync", "on-shutdown"].iter().find_map(|d| {
+        let at = rest.find(&format!(" {d} "))?;
+        Some((&rest[..at], *d, &rest[at + d.len() + 2..]))
+    })?;
+    let (state, fields) = tail.split_once(' ')?;
+    let rows = num(fields.split(' ').next()?.strip_prefix("rows=")?)?;
+    let (ok, failing_since, error) = match state {
+        "ok" => (true, None, None),
+        "failing" => {
+            let mut parts = fields.splitn(3, ' ').skip(1);
+            let since = num(parts.next()?.strip_prefix("since=")?)?;
+            let error = parts.next()?.strip_prefix("error=")?.to_string();
+            (false, Some(since), Some(error))
+        }
+        _ => return None,
+    };
+    Some(StoreStatus {
+        backend: backend.into(),
+        path: Some(path.into()),
+        durability: Some(durability.into()),
+        ok,
+        rows,
+        failing_since,
+        error,
     })
 }
 
@@ -156,6 +199,21 @@ mod tests {
         assert!(workers_line("garbage").is_none());
         // A client id holding `\n.\n`, as gearmand prints it.
         assert!(workers_line("38 127.0.0.1 evil").is_none());
+    }
+
+    #[test]
+    fn store_lines() {
+        let s = store_line("sqlite /var/q 1.db sync failing rows=3 since=17 error=q: disk full")
+            .unwrap();
+        assert_eq!(
+            (s.path.as_deref(), s.durability.as_deref(), s.ok, s.rows),
+            (Some("/var/q 1.db"), Some("sync"), false, 3)
+        );
+        assert_eq!((s.failing_since, s.error.as_deref()), (Some(17), Some("q: disk full")));
+        let s = store_line("sqlite /q.db on-shutdown ok rows=0").unwrap();
+        assert!(s.ok && s.error.is_none() && s.durability.as_deref() == Some("on-shutdown"));
+        assert_eq!(store_line("memory").unwrap().backend, "memory");
+        assert_eq!(store_line("sqlite /q.db sync maybe rows=1"), None);
     }
 
     #[test]

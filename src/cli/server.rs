@@ -51,7 +51,9 @@ pub(crate) struct ServerArgs {
     /// Persistent queue for background jobs: sqlite:PATH.
     #[arg(long, value_name = "sqlite:PATH", value_parser = parse_queue)]
     queue: Option<std::path::PathBuf>,
-    /// Write the persistent queue only when the server stops (faster; a crash loses it).
+    /// Write the persistent queue only when the server stops, in one
+    /// transaction (faster; a crash loses the jobs since the last start). A
+    /// failed write keeps the rows stored before and exits non-zero.
     #[arg(long)]
     store_queue_on_shutdown: bool,
     /// maxqueue of every function until `maxqueue` changes it (0 = unlimited).
@@ -130,6 +132,7 @@ pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure
     })
     .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;
     eprintln!("gearframe server listening on {} ({})", server.local_addr(), server.capacity());
-    server.join();
+    // A shutdown dump that could not be written fails the exit.
+    server.join_result().map_err(Failure)?;
     Ok(ExitCode::SUCCESS)
 }

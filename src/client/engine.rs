@@ -16,7 +16,11 @@
 //!
 //! When a connection cannot be opened or breaks, the lane hands back every
 //! job that has no outcome yet (`Report::Lost`), and the coordinator sends
-//! them to the next server in the job's order, with the same unique id.
+//! them to the next server in the job's order, with the same unique id. A
+//! background job answered with `QUEUE_ERROR` (the server could not queue
+//! it: its persistent queue cannot be written, or a limit) goes to the next
+//! server the same way (`Report::Refused`); once every server refused it,
+//! the job fails with the last server's error. It never counts as accepted.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -228,10 +232,31 @@ fn error_fields(p: &OwnedPacket) -> (String, String) {
 /// What a lane tells the coordinator.
 #[derive(Debug)]
 enum Report {
-    Created { job: usize, handle: JobHandle },
-    Event { job: usize, event: JobEvent },
-    Done { job: usize, result: Result<JobOutcome> },
-    Lost { lane: usize, jobs: Vec<usize>, error: Error },
+    Created {
+        job: usize,
+        handle: JobHandle,
+    },
+    Event {
+        job: usize,
+        event: JobEvent,
+    },
+    Done {
+        job: usize,
+        result: Result<JobOutcome>,
+    },
+    Lost {
+        lane: usize,
+        jobs: Vec<usize>,
+        error: Error,
+    },
+    /// A background job the server could not queue (`QUEUE_ERROR`: its
+    /// persistent queue cannot be written, or a limit): the next server
+    /// may take it.
+    Refused {
+        lane: usize,
+        job: usize,
+        error: Error,
+    },
 }
 
 #[derive(Debug)]
@@ -644,17 +669,22 @@ impl<'a> Lane<'a> {
                 }
                 match self.awaiting.pop_front() {
                     Some(a) => {
-                        let function = self.sh.jobs[a.job].function().to_string();
-                        let result = Err(Error::Server {
+                        let job = &self.sh.jobs[a.job];
+                        let refused = code == "QUEUE_ERROR" && job.is_background();
+                        let error = Error::Server {
                             phase: Phase::Ack,
                             code,
                             text,
                             context: Box::new(Context {
-                                function: Some(function),
+                                function: Some(job.function().to_string()),
                                 ..*self.slot().ctx()
                             }),
+                        };
+                        self.reports.push(if refused {
+                            Report::Refused { lane: self.idx, job: a.job, error }
+                        } else {
+                            Report::Done { job: a.job, result: Err(error) }
                         });
-                        self.reports.push(Report::Done { job: a.job, result });
                     }
                     None => log::warn!("server={} error {code} {text}", self.slot().addr),
                 }
@@ -840,6 +870,8 @@ pub(crate) fn run(
     let deadlines: Vec<Instant> =
         jobs.iter().map(|j| start + j.get_timeout().unwrap_or(set.job_timeout)).collect();
     let mut attempts = vec![0u32; n];
+    // Servers that answered QUEUE_ERROR to a background job.
+    let mut refusals = vec![0usize; n];
     let mut first_fail: Vec<Option<Instant>> = vec![None; n];
     let mut handles: Vec<Option<JobHandle>> = vec![None; n];
     let mut remaining = n;
@@ -919,6 +951,22 @@ pub(crate) fn run(
                                 if finish(job, result, &mut hooks) {
                                     remaining -= 1;
                                 }
+                            }
+                            Report::Refused { lane, job, error } => {
+                                if done[job].load(Ordering::Relaxed) {
+                                    continue;
+                                }
+                                refusals[job] += 1;
+                                if refusals[job] >= servers {
+                                    // Every server refused: the last one's error.
+                                    if finish(job, Err(error), &mut hooks) {
+                                        remaining -= 1;
+                                    }
+                                    continue;
+                                }
+                                let next = (lane + 1) % servers;
+                                log::info!("{error}; submitting to {}", slots[next].addr);
+                                lanes.send(next, vec![job]);
                             }
                             Report::Lost { lane, jobs: lost, error } => {
                                 let now = Instant::now();

@@ -55,6 +55,9 @@ pub enum AdminRequest<'a> {
         /// Function name, matched exactly.
         name: &'a [u8],
     },
+    /// `store` (gearframe's own): the persistent queue's state, one line
+    /// then `.` (see the server's admin docs).
+    Store,
     /// `shutdown [graceful]`.
     Shutdown {
         /// Drain the jobs first.
@@ -217,6 +220,8 @@ pub fn parse_request(line: &[u8]) -> AdminRequest<'_> {
         } else {
             AdminRequest::Invalid(error_args(w))
         }
+    } else if n == 1 && is(w, "store") {
+        AdminRequest::Store
     } else if is(w, "verbose") {
         AdminRequest::Verbose
     } else if is(w, "version") {

@@ -1,5 +1,15 @@
 //! Admin text commands: replies rendered byte for byte as gearmand renders
 //! them (see the protocol reference, section 3).
+//!
+//! gearframe's own commands (gearmand answers them with
+//! `ERR UNKNOWN_COMMAND`):
+//! - `clear function NAME`: `OK N`, the jobs removed.
+//! - `store`: the persistent queue, one line then `.`:
+//!   `memory` without one, else `sqlite PATH DURABILITY ok rows=N` or
+//!   `sqlite PATH DURABILITY failing rows=N since=UNIX error=TEXT`, where
+//!   DURABILITY is `sync` or `on-shutdown`, N the rows in the table after the
+//!   last commit, UNIX the time the failure started and TEXT its cause (to
+//!   the end of the line).
 
 use std::io::Write;
 
@@ -49,6 +59,7 @@ impl State {
             AdminRequest::Version => {
                 let _ = writeln!(out, "OK {}", self.version);
             }
+            AdminRequest::Store => self.render_store(&mut out),
             AdminRequest::MaxQueue { function, limits } => {
                 self.set_max_queue(function, limits);
                 out.extend_from_slice(b"OK\r\n");
@@ -147,6 +158,24 @@ impl State {
                 out.extend_from_slice(&self.functions[a.func].name);
             }
             out.push(b'\n');
+        }
+        out.extend_from_slice(b".\n");
+    }
+
+    fn render_store(&self, out: &mut Vec<u8>) {
+        match &self.store {
+            None => out.extend_from_slice(b"memory\n"),
+            Some(s) => {
+                let h = &s.health;
+                let _ = write!(out, "sqlite {} {} ", s.path.display(), s.durability.name());
+                let _ = match h.failing_since {
+                    None => writeln!(out, "ok rows={}", h.rows),
+                    Some(since) => {
+                        let error = h.error.replace(['\r', '\n'], " ");
+                        writeln!(out, "failing rows={} since={since} error={error}", h.rows)
+                    }
+                };
+            }
         }
         out.extend_from_slice(b".\n");
     }

@@ -192,6 +192,7 @@ fn check(st: &State) {
                 "queued job {id} must be in its queue once"
             ),
             JobState::Scheduled => assert_eq!(in_queue, 0, "scheduled job {id} is in a queue"),
+            JobState::Storing => assert_eq!(in_queue, 0, "storing job {id} is in a queue"),
             JobState::Running { conn, .. } => {
                 assert_eq!(in_queue, 0, "running job {id} is in a queue");
                 let c = st

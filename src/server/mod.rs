@@ -110,9 +110,12 @@ pub struct ServerConfig {
     /// How long a connection's reader polls for the next request before it
     /// blocks (zero: never polls); see [`crate::busy_poll`].
     pub busy_poll: Duration,
-    /// SQLite file of the persistent queue for background jobs (none: memory only).
+    /// SQLite file of the persistent queue for background jobs (none: memory
+    /// only). A background job is acknowledged once its row is committed; a
+    /// write that fails answers `QUEUE_ERROR` naming the file and the cause.
     pub queue: Option<std::path::PathBuf>,
-    /// When the persistent queue is written.
+    /// When the persistent queue is written (with `OnShutdown`, a dump that
+    /// fails at the stop is reported by [`ServerHandle::join_result`]).
     pub durability: Durability,
     /// maxqueue of every function until `maxqueue` changes it (0 = unlimited).
     pub max_queue: u32,
@@ -258,6 +261,8 @@ struct Shared {
     /// stack until it is joined, so the timer thread joins the finished ones
     /// at least once a second; the acceptor joins the rest at the stop.
     conn_threads: Mutex<Vec<JoinHandle<()>>>,
+    /// What went wrong while stopping (the persistent queue was not saved).
+    stop_error: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -378,9 +383,9 @@ impl Server {
             admin_allow: config.admin_allow.clone(),
         };
         let mut state = State::new(settings);
-        let store_thread = match &config.queue {
+        let writer = match &config.queue {
             Some(path) => {
-                let (jobs, link, thread) =
+                let (jobs, link, writer) =
                     store::open(path, config.durability).map_err(io::Error::other)?;
                 let restored = jobs.len();
                 state.store = Some(link);
@@ -390,7 +395,7 @@ impl Server {
                 if restored > 0 {
                     log::info!("restored {restored} background jobs from {}", path.display());
                 }
-                Some(thread)
+                Some(writer)
             }
             None => None,
         };
@@ -415,7 +420,20 @@ impl Server {
             next_conn: AtomicU64::new(1),
             buffered: AtomicUsize::new(0),
             conn_threads: Mutex::new(Vec::new()),
+            stop_error: Mutex::new(None),
         });
+        let store_thread = match writer {
+            Some(w) => {
+                let s = Arc::clone(&shared);
+                let report = Box::new(move |outcome| {
+                    let mut st = s.lock();
+                    st.stored(outcome);
+                    s.release(st);
+                });
+                Some(store::spawn(w, report).map_err(io::Error::other)?)
+            }
+            None => None,
+        };
         let timer = {
             let shared = Arc::clone(&shared);
             thread::Builder::new()
@@ -514,6 +532,21 @@ impl ServerHandle {
     /// Waits until the server has stopped and every thread is joined.
     pub fn join(mut self) {
         self.join_inner();
+    }
+
+    /// Like [`ServerHandle::join`], and tells whether the stop completed:
+    /// an error when the persistent queue could not be saved (with
+    /// `--store-queue-on-shutdown`: the dump failed, the rows stored
+    /// before are kept).
+    ///
+    /// # Errors
+    /// The text names the file, the cause and how many jobs were not saved.
+    pub fn join_result(mut self) -> Result<(), String> {
+        self.join_inner();
+        match self.shared.stop_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     fn join_inner(&mut self) {
@@ -722,7 +755,9 @@ fn run_acceptor(
         };
         // Closing the channel lets the writer commit what is left and stop.
         drop(link);
-        thread.join();
+        if let Err(e) = thread.join() {
+            *shared.stop_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+        }
     }
     log::info!("server stopped");
 }

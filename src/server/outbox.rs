@@ -36,23 +36,33 @@ struct Inner {
     closed: bool,
     /// The socket was shut down: nothing more can be sent.
     dead: bool,
-    /// Bytes from these offsets on wait until the store has committed the
-    /// given sequence number (a JOB_CREATED for a durable job, and every
-    /// reply after it). Ascending in both fields.
-    holds: std::collections::VecDeque<(u64, usize)>,
+    /// Bytes from these offsets on wait until the store has answered for
+    /// the given hold (a JOB_CREATED for a durable job, and every reply
+    /// after it). Ascending in sequence and offset.
+    holds: std::collections::VecDeque<Hold>,
+}
+
+/// A held reply: `len` bytes at `at`, sent once the hold is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hold {
+    seq: u64,
+    at: usize,
+    len: usize,
+    /// Resolved, but a hold before it is not yet.
+    resolved: bool,
 }
 
 impl Inner {
     /// How many bytes at the front may be sent now.
     fn sendable(&self) -> usize {
-        self.holds.front().map_or(self.buf.len(), |&(_, at)| at)
+        self.holds.front().map_or(self.buf.len(), |h| h.at.min(self.buf.len()))
     }
 
     /// Takes the sendable bytes off the front of the buffer.
     fn take_sendable(&mut self) -> Vec<u8> {
         let n = self.sendable();
         for h in &mut self.holds {
-            h.1 -= n;
+            h.at -= n;
         }
         if n == self.buf.len() {
             return std::mem::take(&mut self.buf);
@@ -70,10 +80,31 @@ impl Inner {
             return;
         }
         for h in &mut self.holds {
-            h.1 += chunk.len();
+            h.at += chunk.len();
         }
         chunk.extend_from_slice(&self.buf);
         self.buf = chunk;
+    }
+
+    /// Resolves hold `seq`, first replacing its reply with `replacement`
+    /// when one is given; the resolved holds at the front are dropped, so
+    /// what they held may be sent.
+    fn resolve(&mut self, seq: u64, replacement: Option<&[u8]>) {
+        let Some(i) = self.holds.iter().position(|h| h.seq == seq) else { return };
+        let h = self.holds[i];
+        if let Some(new) = replacement.filter(|_| h.at <= self.buf.len()) {
+            let end = (h.at + h.len).min(self.buf.len());
+            self.buf.splice(h.at..end, new.iter().copied());
+            let grown = new.len() as isize - (end - h.at) as isize;
+            self.holds[i].len = new.len();
+            for later in self.holds.iter_mut().skip(i + 1) {
+                later.at = later.at.saturating_add_signed(grown);
+            }
+        }
+        self.holds[i].resolved = true;
+        while self.holds.front().is_some_and(|h| h.resolved) {
+            self.holds.pop_front();
+        }
     }
 }
 
@@ -121,9 +152,16 @@ impl Outbox {
             return false;
         }
         f(&mut g.buf);
+        self.check_limit(g)
+    }
+
+    /// Disconnects a peer whose pending bytes passed the limit; else marks
+    /// the outbox dirty, returning true when it was not yet.
+    fn check_limit(&self, mut g: MutexGuard<'_, Inner>) -> bool {
         if g.buf.len() > self.limit {
             g.closed = true;
             g.buf.clear();
+            g.holds.clear();
             drop(g);
             log::warn!("outbox over {} bytes: peer is not reading; disconnecting", self.limit);
             self.shutdown_socket();
@@ -133,22 +171,29 @@ impl Outbox {
         !std::mem::replace(&mut g.dirty, true)
     }
 
-    /// Holds every byte appended from now on until the store reports that
-    /// `seq` is committed (see [`Outbox::release`]).
-    pub(crate) fn hold(&self, seq: u64) {
+    /// Appends the reply produced by `f` held under `seq` (larger than every
+    /// earlier one): neither it nor anything appended after it is sent until
+    /// [`Outbox::resolve`] is called for `seq` and every earlier hold.
+    /// Returns what [`Outbox::push_with`] returns.
+    pub(crate) fn push_held(&self, seq: u64, f: impl FnOnce(&mut Vec<u8>)) -> bool {
         let mut g = self.lock();
+        if g.closed {
+            return false;
+        }
         let at = g.buf.len();
-        g.holds.push_back((seq, at));
+        f(&mut g.buf);
+        let len = g.buf.len() - at;
+        // Registered with the bytes, under the same lock: no flush between
+        // the two can send them.
+        g.holds.push_back(Hold { seq, at, len, resolved: false });
+        self.check_limit(g)
     }
 
-    /// The store committed everything up to `seq`: held bytes may go.
-    pub(crate) fn release(self: &Arc<Self>, seq: u64) {
-        let mut g = self.lock();
-        while g.holds.front().is_some_and(|&(s, _)| s <= seq) {
-            g.holds.pop_front();
-        }
-        drop(g);
-        self.flush();
+    /// The store answered for hold `seq`: its reply goes out as appended, or
+    /// replaced by `replacement` (an ERROR instead of a JOB_CREATED), in its
+    /// place among the connection's replies. The caller flushes.
+    pub(crate) fn resolve(&self, seq: u64, replacement: Option<&[u8]>) {
+        self.lock().resolve(seq, replacement);
         self.wake_writer.notify_all();
     }
 
@@ -195,6 +240,7 @@ impl Outbox {
                 Sent::Failed => {
                     g.closed = true;
                     g.buf.clear();
+                    g.holds.clear();
                     drop(g);
                     self.shutdown_socket();
                     self.wake_writer.notify_all();
@@ -285,12 +331,12 @@ impl Outbox {
         self.wake_writer.notify_all();
     }
 
-    /// Bytes in the outbox right now (for tests).
+    /// The bytes that may be sent right now (for tests).
     #[cfg(test)]
     pub(crate) fn take_now(&self) -> Vec<u8> {
         let mut g = self.lock();
         g.dirty = false;
-        std::mem::take(&mut g.buf)
+        g.take_sendable()
     }
 
     /// The writer thread: blocking writes for a peer whose socket buffer is
@@ -320,6 +366,7 @@ impl Outbox {
                     log::debug!("write failed: {e}; closing connection");
                     g.closed = true;
                     g.buf.clear();
+                    g.holds.clear();
                     drop(g);
                     self.shutdown_socket();
                     return;
@@ -353,21 +400,42 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn hold(seq: u64, at: usize, len: usize) -> Hold {
+        Hold { seq, at, len, resolved: false }
+    }
+
     #[test]
     fn holds_keep_their_place_when_everything_before_them_is_taken() {
         let mut i = Inner::default();
         i.buf.extend_from_slice(b"abc");
-        i.holds.push_back((1, 3));
+        i.holds.push_back(hold(1, 3, 4));
         assert_eq!(i.take_sendable(), b"abc");
         i.buf.extend_from_slice(b"held");
         assert_eq!(i.sendable(), 0);
-        i.holds.push_back((2, 4));
+        i.holds.push_back(hold(2, 4, 4));
         i.buf.extend_from_slice(b"more");
-        i.holds.pop_front();
+        i.resolve(1, None);
         assert_eq!(i.take_sendable(), b"held");
         i.put_back(b"held".to_vec(), 2);
-        assert_eq!(i.holds.front(), Some(&(2, 2)));
-        i.holds.pop_front();
+        assert_eq!(i.holds.front(), Some(&hold(2, 2, 4)));
+        i.resolve(2, None);
         assert_eq!(i.take_sendable(), b"ldmore");
+    }
+
+    #[test]
+    fn a_replaced_hold_keeps_its_place_and_holds_resolve_in_order() {
+        let out = Outbox::new(None, 1 << 20);
+        out.push_with(|b| b.extend_from_slice(b"a;"));
+        out.push_held(1, |b| b.extend_from_slice(b"OK1;"));
+        out.push_held(2, |b| b.extend_from_slice(b"OK2;"));
+        out.push_with(|b| b.extend_from_slice(b"z;"));
+        assert_eq!(out.take_now(), b"a;");
+        // The second is answered first: nothing moves until the first is.
+        out.resolve(2, Some(b"ERROR-TWO;"));
+        assert_eq!(out.take_now(), b"");
+        out.resolve(1, None);
+        assert_eq!(out.take_now(), b"OK1;ERROR-TWO;z;");
+        // An unknown hold is ignored.
+        out.resolve(9, None);
     }
 }

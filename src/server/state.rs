@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::outbox::Outbox;
-use super::store::{Durability, StoreLink, StoredJob};
+use super::store::{Durability, Notify, Outcome, StoreLink, StoredJob};
 use crate::proto::{Magic, PacketType, Priority, encode_raw};
 
 /// Connection id, unique for the life of the server.
@@ -93,6 +93,9 @@ pub(crate) enum JobState {
     Queued,
     /// An epoch job waiting for its time; not in any queue yet.
     Scheduled,
+    /// A new background job whose row is being written to the persistent
+    /// queue; queued (or scheduled) once that commit returned.
+    Storing,
     /// Assigned to a worker connection; `seq` identifies the assignment.
     Running { conn: ConnId, seq: u64 },
 }
@@ -119,8 +122,28 @@ pub(crate) struct Job {
     pub(crate) job_queued: bool,
     /// Unix time before which an epoch job does not run (0: now).
     pub(crate) when: u64,
-    /// Row of the persistent queue holding this job.
-    pub(crate) store_key: Option<u64>,
+    /// Its row in the persistent queue.
+    pub(crate) row: Row,
+}
+
+/// A job's row in the persistent queue (`Sync` mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Row {
+    /// No row: a foreground job, a memory-only server, or a write that failed.
+    None,
+    /// Sent to the writer, not committed yet: submissions wait for it.
+    Pending(u64),
+    /// Committed.
+    Stored(u64),
+}
+
+impl Row {
+    pub(crate) fn key(self) -> Option<u64> {
+        match self {
+            Row::None => None,
+            Row::Pending(k) | Row::Stored(k) => Some(k),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -170,7 +193,7 @@ struct NewJob<'a> {
     /// Unix time it becomes runnable, when in the future.
     due: Option<u64>,
     client: Option<ConnId>,
-    store_key: Option<u64>,
+    row: Row,
 }
 
 /// One registration of a connection: a function and its optional timeout.
@@ -251,6 +274,8 @@ pub(crate) struct State {
     pub(crate) payload_bytes: usize,
     /// The persistent queue, when one is configured.
     pub(crate) store: Option<StoreLink>,
+    /// Held JOB_CREATED replies by the key of the row they wait for.
+    pub(crate) acks: IdMap<u64, Vec<Notify>>,
 }
 
 pub(crate) use crate::proto::admin::atoi;
@@ -277,6 +302,7 @@ impl State {
             dirty: Vec::new(),
             payload_bytes: 0,
             store: None,
+            acks: IdMap::default(),
         }
     }
 
@@ -423,16 +449,13 @@ impl State {
             background,
             due,
             client: (!background).then_some(conn),
-            store_key: None,
+            row: Row::None,
         });
-        if background {
-            self.persist(conn, job_id);
-        }
-        let handle = self.jobs[&job_id].handle.clone();
-        self.send(conn, PacketType::JobCreated, &[&handle]);
+        self.ack(conn, job_id, background);
+        let handle = &self.jobs[&job_id].handle;
         log::debug!(
             "job created handle={} func={} bg={background} prio={}",
-            String::from_utf8_lossy(&handle),
+            String::from_utf8_lossy(handle),
             String::from_utf8_lossy(function),
             priority.name()
         );
@@ -447,15 +470,13 @@ impl State {
         job.ignore = false;
         if background {
             job.bg_owned = true;
-            self.persist(conn, job_id);
         } else {
             job.clients.push(conn);
             if let Some(c) = self.conns.get_mut(&conn) {
                 *c.attached.entry(job_id).or_insert(0) += 1;
             }
         }
-        let handle = self.jobs[&job_id].handle.clone();
-        self.send(conn, PacketType::JobCreated, &[&handle]);
+        self.ack(conn, job_id, background);
     }
 
     /// The limits a new job must fit in; the error text when it does not.
@@ -481,39 +502,94 @@ impl State {
         Ok(())
     }
 
-    /// Makes a background job durable (when a persistent queue is on): its
-    /// row is written and the submitter's JOB_CREATED, appended next, is held
-    /// until the write is committed.
-    fn persist(&mut self, conn: ConnId, job_id: JobId) {
-        let Some(store) = self.store.as_mut() else { return };
-        if store.durability != Durability::Sync {
-            return;
-        }
-        let notify = self.conns.get(&conn).map(|c| {
-            let seq = store.next_seq();
-            c.out.hold(seq);
-            (Arc::clone(&c.out), seq)
-        });
-        let job = self.jobs.get_mut(&job_id).expect("persisting a live job");
-        if job.store_key.is_some() {
-            // Already written (or being written): wait for that commit.
-            if let Some(n) = notify {
-                store.barrier(n);
+    /// Whether background jobs are written before they are acknowledged.
+    fn sync_store(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.durability == Durability::Sync)
+    }
+
+    /// Sends JOB_CREATED for a submission. A background submission on a
+    /// `Sync` persistent queue is acknowledged only once the job's row is
+    /// committed: the row is written unless it is already, and the reply
+    /// (with every later one on the connection) is held until then.
+    fn ack(&mut self, conn: ConnId, job_id: JobId, background: bool) {
+        let sync = background && self.sync_store();
+        let job = self.jobs.get_mut(&job_id).expect("acknowledging a live job");
+        let key = match job.row {
+            Row::Stored(_) => None,
+            _ if !sync => None,
+            Row::Pending(key) => Some(key),
+            Row::None => {
+                let store = self.store.as_mut().expect("sync_store checked it");
+                let key = store.next_key();
+                job.row = Row::Pending(key);
+                let stored = StoredJob {
+                    key,
+                    function: self.functions[job.func].name.to_vec(),
+                    unique: job.unique.to_vec(),
+                    priority: job.priority.index() as u8,
+                    data: job.data.to_vec(),
+                    when: job.when,
+                };
+                store.add(job_id, stored);
+                Some(key)
             }
-            return;
-        }
-        let key = store.next_key;
-        store.next_key += 1;
-        job.store_key = Some(key);
-        let stored = StoredJob {
-            key,
-            function: self.functions[job.func].name.to_vec(),
-            unique: job.unique.to_vec(),
-            priority: job.priority.index() as u8,
-            data: job.data.to_vec(),
-            when: job.when,
         };
-        store.add(stored, notify);
+        let handle = &self.jobs[&job_id].handle;
+        let (Some(key), Some(c), Some(store)) = (key, self.conns.get(&conn), self.store.as_mut())
+        else {
+            let handle = handle.clone();
+            self.send(conn, PacketType::JobCreated, &[&handle]);
+            return;
+        };
+        let seq = store.next_seq();
+        if c.out.push_held(seq, |b| encode_raw(Magic::Res, PacketType::JobCreated, &[handle], b)) {
+            self.dirty.push(Arc::clone(&c.out));
+        }
+        self.acks.entry(key).or_default().push((Arc::clone(&c.out), seq));
+    }
+
+    /// Applies what the persistent queue's writer reports about one
+    /// transaction: held JOB_CREATED replies go out and their jobs may run;
+    /// or, when it failed, the submitters get QUEUE_ERROR instead and the
+    /// jobs lose their background owner.
+    pub(crate) fn stored(&mut self, outcome: Outcome) {
+        if let Some(store) = self.store.as_mut() {
+            store.health = outcome.health;
+        }
+        let error = outcome.error.map(|text| {
+            let mut b = Vec::new();
+            encode_raw(Magic::Res, PacketType::Error, &[b"QUEUE_ERROR", text.as_bytes()], &mut b);
+            b
+        });
+        for (job_id, key) in outcome.added {
+            for (out, seq) in self.acks.remove(&key).unwrap_or_default() {
+                out.resolve(seq, error.as_deref());
+                self.dirty.push(out);
+            }
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            if job.row != Row::Pending(key) {
+                continue;
+            }
+            let storing = job.state == JobState::Storing;
+            if error.is_none() {
+                job.row = Row::Stored(key);
+            } else {
+                job.row = Row::None;
+                job.bg_owned = false;
+                job.job_queued = false;
+                if job.clients.is_empty() {
+                    log::debug!(
+                        "job handle={} not accepted: its row was not written",
+                        String::from_utf8_lossy(&job.handle)
+                    );
+                    self.free_job(job_id);
+                    continue;
+                }
+            }
+            if storing {
+                self.place(job_id);
+            }
+        }
     }
 
     /// Queues again a job read from the persistent queue.
@@ -534,7 +610,7 @@ impl State {
             background: true,
             due,
             client: None,
-            store_key: Some(stored.key),
+            row: Row::Stored(stored.key),
         });
     }
 
@@ -568,6 +644,8 @@ impl State {
         handle.push(b':');
         handle.extend_from_slice(job_id.to_string().as_bytes());
         let fid = new.func;
+        // A new background job waits for its row before any worker sees it.
+        let storing = new.background && new.row == Row::None && self.sync_store();
         let job = Job {
             handle: handle.into(),
             func: fid,
@@ -575,7 +653,7 @@ impl State {
             data: new.data.into(),
             reducer: new.reducer.map(Into::into),
             priority: new.priority,
-            state: if new.due.is_some() { JobState::Scheduled } else { JobState::Queued },
+            state: JobState::Storing,
             clients: new.client.into_iter().collect(),
             bg_owned: new.background,
             retries: 0,
@@ -584,7 +662,7 @@ impl State {
             ignore: false,
             job_queued: new.background,
             when: new.due.unwrap_or(0),
-            store_key: new.store_key,
+            row: new.row,
         };
         if let Some(conn) = new.client
             && let Some(c) = self.conns.get_mut(&conn)
@@ -602,18 +680,28 @@ impl State {
         f.job_total += 1;
         self.payload_bytes += new.data.len();
         self.jobs.insert(job_id, job);
-        match new.due {
-            Some(when) => {
-                self.functions[fid].scheduled += 1;
-                let wait = Duration::from_secs(when.saturating_sub(unix_now()));
-                self.add_timer(Instant::now() + wait, TimerKind::EpochDue { job: job_id });
-            }
-            None => {
-                self.functions[fid].queues[new.priority.index()].push_back(job_id);
-                self.wake(fid);
-            }
+        if !storing {
+            self.place(job_id);
         }
         job_id
+    }
+
+    /// Puts a job that is in no queue yet into its queue, or schedules it
+    /// when it is an epoch job not yet due.
+    fn place(&mut self, job_id: JobId) {
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let (fid, prio) = (job.func, job.priority.index());
+        let now = unix_now();
+        if job.when > now {
+            job.state = JobState::Scheduled;
+            self.functions[fid].scheduled += 1;
+            let wait = Duration::from_secs(job.when - now);
+            self.add_timer(Instant::now() + wait, TimerKind::EpochDue { job: job_id });
+        } else {
+            job.state = JobState::Queued;
+            self.functions[fid].queues[prio].push_back(job_id);
+            self.wake(fid);
+        }
     }
 
     /// Sends NOOP to sleeping workers of a function that has work; a
@@ -753,7 +841,7 @@ impl State {
     pub(crate) fn free_job(&mut self, job_id: JobId) {
         let Some(job) = self.jobs.remove(&job_id) else { return };
         self.payload_bytes = self.payload_bytes.saturating_sub(job.data.len());
-        if let (Some(key), Some(store)) = (job.store_key, &self.store) {
+        if let (Some(key), Some(store)) = (job.row.key(), &self.store) {
             store.done(key);
         }
         shrink_map(&mut self.jobs);
@@ -770,7 +858,7 @@ impl State {
                 }
             }
             JobState::Scheduled => f.scheduled = f.scheduled.saturating_sub(1),
-            JobState::Queued => {}
+            JobState::Queued | JobState::Storing => {}
         }
         if &*job.unique == b"-" {
             if f.by_data.get(&job.data) == Some(&job_id) {
@@ -1073,9 +1161,10 @@ impl State {
         job.ignore = true;
         job.job_queued = false;
         job.bg_owned = false;
-        if let (Some(key), Some(store)) = (job.store_key.take(), &self.store) {
+        if let (Some(key), Some(store)) = (job.row.key(), &self.store) {
             store.done(key);
         }
+        job.row = Row::None;
         // A new submission with the same unique makes a new job.
         let f = &mut self.functions[job.func];
         if &*job.unique == b"-" {
@@ -1093,7 +1182,7 @@ impl State {
             }
             self.send(c, PacketType::WorkFail, &[&handle]);
         }
-        if self.jobs[&id].state == JobState::Scheduled {
+        if matches!(self.jobs[&id].state, JobState::Scheduled | JobState::Storing) {
             // Not in any queue: nothing would reap it later.
             self.free_job(id);
         }
@@ -1111,7 +1200,9 @@ impl State {
         ids.extend(
             self.jobs
                 .iter()
-                .filter(|(_, j)| j.func == fid && j.state == JobState::Scheduled)
+                .filter(|(_, j)| {
+                    j.func == fid && matches!(j.state, JobState::Scheduled | JobState::Storing)
+                })
                 .map(|(id, _)| *id),
         );
         let n = ids.len();
@@ -1387,6 +1478,148 @@ mod tests {
         assert_eq!(sent(&client), ["JOB_CREATED H:t:1", "WORK_FAIL H:t:1"]);
         assert!(st.jobs.is_empty());
         assert_eq!(st.functions[0].job_total, 0);
+    }
+
+    /// A state with a `Sync` persistent queue whose writer is the test: the
+    /// operations come out of the receiver, outcomes go in by `commit`.
+    fn durable() -> (State, crossbeam_channel::Receiver<super::super::store::Op>) {
+        let mut st = state();
+        let (tx, rx) = crossbeam_channel::unbounded();
+        st.store = Some(StoreLink::for_test(tx));
+        (st, rx)
+    }
+
+    /// The rows the writer was asked to add and delete since the last call.
+    fn ops(rx: &crossbeam_channel::Receiver<super::super::store::Op>) -> Vec<String> {
+        use super::super::store::Op;
+        rx.try_iter()
+            .map(|op| match op {
+                Op::Add(job, row) => format!("add job={job} key={}", row.key),
+                Op::Done(key) => format!("delete key={key}"),
+                Op::Dump(jobs) => format!("dump {}", jobs.len()),
+            })
+            .collect()
+    }
+
+    /// Reports a transaction that added these rows (job, key).
+    fn commit(st: &mut State, added: &[(JobId, u64)], error: Option<&str>) {
+        st.stored(Outcome {
+            added: added.to_vec(),
+            error: error.map(String::from),
+            health: Default::default(),
+        });
+    }
+
+    const LOCKED: &str = "persistent queue q.db: database is locked";
+
+    #[test]
+    fn a_background_job_is_acked_and_handed_out_only_once_its_row_is_committed() {
+        let (mut st, rx) = durable();
+        let client = conn(&mut st, 1);
+        let worker = conn(&mut st, 2);
+        apply(&mut st, 2, Packet::CanDo { function: b"f" });
+        apply(&mut st, 1, submit(b"f", b"u", b"x", Priority::Normal, true));
+        // Replies after the held JOB_CREATED wait behind it.
+        apply(&mut st, 1, Packet::EchoReq { data: b"e" });
+        assert_eq!(sent(&client), Vec::<String>::new());
+        apply(&mut st, 2, Packet::GrabJob);
+        assert_eq!(sent(&worker), ["NO_JOB"], "not handed out before its row is committed");
+        assert_eq!(ops(&rx), ["add job=1 key=1"]);
+        commit(&mut st, &[(1, 1)], None);
+        assert_eq!(sent(&client), ["JOB_CREATED H:t:1", "ECHO_RES e"]);
+        apply(&mut st, 2, Packet::GrabJob);
+        assert_eq!(sent(&worker), ["JOB_ASSIGN H:t:1,f,x"]);
+        // A resubmission of a stored job is acked at once, with no write.
+        apply(&mut st, 1, submit(b"f", b"u", b"x", Priority::Normal, true));
+        assert_eq!(sent(&client), ["JOB_CREATED H:t:1"]);
+        assert_eq!(ops(&rx), Vec::<String>::new());
+        // A worker loss requeues it with its row; only the end deletes it.
+        st.remove_conn(2);
+        assert_eq!(ops(&rx), Vec::<String>::new(), "a requeued job keeps its row");
+        let w2 = conn(&mut st, 3);
+        apply(&mut st, 3, Packet::CanDo { function: b"f" });
+        apply(&mut st, 3, Packet::GrabJob);
+        assert_eq!(sent(&w2), ["JOB_ASSIGN H:t:1,f,x"]);
+        apply(&mut st, 3, Packet::WorkComplete { handle: b"H:t:1", data: b"" });
+        assert_eq!(ops(&rx), ["delete key=1"]);
+    }
+
+    #[test]
+    fn a_failed_write_answers_queue_error_to_every_submitter_and_drops_the_job() {
+        let (mut st, rx) = durable();
+        let a = conn(&mut st, 1);
+        let b = conn(&mut st, 2);
+        apply(&mut st, 1, submit(b"f", b"u", b"x", Priority::Normal, true));
+        apply(&mut st, 1, submit(b"f", b"", b"fg", Priority::Normal, false));
+        // Same unique while the first row is pending: it waits for that row.
+        apply(&mut st, 2, submit(b"f", b"u", b"x", Priority::Normal, true));
+        assert_eq!(ops(&rx), ["add job=1 key=1"]);
+        assert_eq!(sent(&a), Vec::<String>::new());
+        commit(&mut st, &[(1, 1)], Some(LOCKED));
+        let error = format!("ERROR QUEUE_ERROR,{LOCKED}");
+        assert_eq!(sent(&a), [error.clone(), "JOB_CREATED H:t:2".to_string()]);
+        assert_eq!(sent(&b), [error]);
+        assert!(!st.jobs.contains_key(&1), "an unstored job is not kept as accepted");
+        assert_eq!(st.functions[0].job_total, 1);
+        // Submitting again makes a new job with a new row.
+        apply(&mut st, 2, submit(b"f", b"u", b"x", Priority::Normal, true));
+        assert_eq!(ops(&rx), ["add job=3 key=2"]);
+        commit(&mut st, &[(3, 2)], None);
+        assert_eq!(sent(&b), ["JOB_CREATED H:t:3"]);
+    }
+
+    #[test]
+    fn a_background_submission_joining_a_foreground_job_waits_for_its_row() {
+        let (mut st, rx) = durable();
+        let fg = conn(&mut st, 1);
+        let bg = conn(&mut st, 2);
+        let worker = conn(&mut st, 3);
+        apply(&mut st, 1, submit(b"f", b"u", b"x", Priority::Normal, false));
+        assert_eq!(sent(&fg), ["JOB_CREATED H:t:1"]);
+        assert_eq!(ops(&rx), Vec::<String>::new(), "foreground jobs are not stored");
+        apply(&mut st, 2, submit(b"f", b"u", b"x", Priority::Normal, true));
+        assert_eq!(ops(&rx), ["add job=1 key=1"]);
+        assert_eq!(sent(&bg), Vec::<String>::new());
+        // The write fails: the joiner is refused, the foreground client keeps its job.
+        commit(&mut st, &[(1, 1)], Some(LOCKED));
+        assert_eq!(sent(&bg), [format!("ERROR QUEUE_ERROR,{LOCKED}")]);
+        assert!(!st.jobs[&1].bg_owned);
+        apply(&mut st, 3, Packet::CanDo { function: b"f" });
+        apply(&mut st, 3, Packet::GrabJob);
+        assert_eq!(sent(&worker), ["JOB_ASSIGN H:t:1,f,x"]);
+        // Joining again writes the row again; this time it commits.
+        apply(&mut st, 2, submit(b"f", b"u", b"x", Priority::Normal, true));
+        assert_eq!(ops(&rx), ["add job=1 key=2"]);
+        commit(&mut st, &[(1, 2)], None);
+        assert_eq!(sent(&bg), ["JOB_CREATED H:t:1"]);
+        assert!(st.jobs[&1].bg_owned);
+        apply(&mut st, 3, Packet::WorkComplete { handle: b"H:t:1", data: b"r" });
+        assert_eq!(sent(&fg), ["WORK_COMPLETE H:t:1,r"]);
+        assert_eq!(ops(&rx), ["delete key=2"]);
+    }
+
+    #[test]
+    fn an_epoch_job_is_stored_before_it_is_scheduled() {
+        let (mut st, rx) = durable();
+        let c = conn(&mut st, 1);
+        let later = (unix_now() + 3600).to_string();
+        for e in [later.as_bytes(), b"1"] {
+            let p = Packet::SubmitJobEpoch { function: b"f", unique: b"", epoch: e, data: b"d" };
+            apply(&mut st, 1, p);
+        }
+        assert_eq!(ops(&rx), ["add job=1 key=1", "add job=2 key=2"]);
+        assert_eq!(st.functions[0].scheduled, 0);
+        assert_eq!(st.jobs[&1].state, JobState::Storing);
+        assert_eq!(sent(&c), Vec::<String>::new());
+        commit(&mut st, &[(1, 1)], None);
+        commit(&mut st, &[(2, 2)], Some(LOCKED));
+        assert_eq!(
+            sent(&c),
+            ["JOB_CREATED H:t:1".to_string(), format!("ERROR QUEUE_ERROR,{LOCKED}")]
+        );
+        assert_eq!(st.jobs[&1].state, JobState::Scheduled);
+        assert_eq!(st.functions[0].scheduled, 1);
+        assert!(!st.jobs.contains_key(&2));
     }
 
     #[test]

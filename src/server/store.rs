@@ -1,36 +1,78 @@
 //! The persistent queue: background jobs in SQLite, written by one thread
 //! with group commit.
 //!
-//! In `Sync` mode every new background job is written before its
-//! JOB_CREATED leaves the server: the JOB_CREATED (and every later reply on
-//! that connection) is held in the connection's outbox until the commit that
-//! contains the row has returned, then released. While one transaction
-//! commits, further jobs queue up on the channel and go into the next one,
-//! so a busy server pays one fsync for many jobs. A row is deleted when its
-//! job completes, fails for good or is cancelled. On start every row is
-//! queued again, whatever its unique id (empty ones included), with its
-//! function, priority, payload and due time.
+//! In `Sync` mode a new background job is written before its JOB_CREATED
+//! leaves the server, on every path (a new job, a submission that joins a
+//! job whose row is not committed yet, a background submission joining a
+//! foreground job, epoch jobs): the JOB_CREATED, and every later reply on
+//! that connection, is held in the connection's outbox until the commit
+//! that contains the row has returned. Until then the job is not handed to
+//! a worker either. While one transaction commits, further jobs queue up on
+//! the channel and go into the next one, so a busy server pays one fsync
+//! for many jobs. A row is deleted when its job completes, fails for good or
+//! is cancelled; a job queued again after a worker loss keeps its row. On
+//! start every row is queued again, whatever its unique id (empty ones
+//! included), with its function, priority, payload and due time.
 //!
-//! In `OnShutdown` mode nothing is written while the server runs; the
-//! background jobs still held are written when it stops (a crash loses them).
+//! When a transaction fails (the database is locked by another process for
+//! longer than [`BUSY_TIMEOUT`], the disk is full, the file is read-only or
+//! an I/O error), every submission waiting for it gets
+//! `ERROR QUEUE_ERROR "persistent queue PATH: CAUSE"` in place of its
+//! JOB_CREATED, and the job loses its background owner: it is removed, or
+//! kept for the foreground clients that also wait for it. Deletions that
+//! failed are kept and tried again with the next transaction (the job may
+//! then run again after a restart: at least once). The failure is logged
+//! once when it starts and once when it ends (when writes have succeeded
+//! for a probe interval: a nearly full disk that takes some writes and
+//! refuses others is one failure). While failing, every new
+//! background submission still tries its write (it is acked if that write
+//! commits), and the writer probes the database every [`PROBE_EVERY`], so
+//! it recovers by itself once the database can be written again. The admin
+//! command `store` shows the state.
+//!
+//! In `OnShutdown` mode nothing is written while the server runs; the rows
+//! found at start stay in the file. When the server stops, its background
+//! jobs replace them in one transaction: if that fails, the previous rows
+//! are kept, the error names the file and how many jobs were not saved, and
+//! [`crate::server::ServerHandle::join_result`] reports it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, Sender};
-use rusqlite::{Connection, params};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::outbox::Outbox;
+use super::state::JobId;
+
+/// How long a write waits for a lock held by another process before it
+/// fails (SQLite's busy timeout).
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a failing store tries a probe transaction.
+pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a probe waits for a lock.
+const PROBE_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// When rows are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
     /// Before JOB_CREATED is sent (group commit).
     Sync,
-    /// Only when the server stops.
+    /// Only when the server stops, in one transaction that replaces the rows
+    /// found at start (kept if it fails).
     OnShutdown,
+}
+
+impl Durability {
+    /// The name the admin command `store` shows.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Durability::Sync => "sync",
+            Durability::OnShutdown => "on-shutdown",
+        }
+    }
 }
 
 /// A background job as stored.
@@ -46,38 +88,85 @@ pub(crate) struct StoredJob {
 }
 
 /// Who waits for a commit: the outbox holding a JOB_CREATED, and the
-/// sequence number its hold was registered with.
+/// sequence number of its hold.
 pub(crate) type Notify = (Arc<Outbox>, u64);
 
 #[derive(Debug)]
-enum Op {
-    Add(StoredJob, Option<Notify>),
+pub(crate) enum Op {
+    /// Write the row of this job.
+    Add(JobId, StoredJob),
+    /// Delete a row.
     Done(u64),
-    /// Nothing to write; release the waiter once everything before is committed.
-    Barrier(Notify),
     /// Replace the whole table with these jobs (shutdown dump).
     Dump(Vec<StoredJob>),
 }
+
+/// Whether the store can write, as the admin command `store` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Health {
+    /// Rows in the table after the last commit.
+    pub(crate) rows: u64,
+    /// Unix time the current failure started; `None` while writes succeed.
+    pub(crate) failing_since: Option<u64>,
+    /// The last failure (`persistent queue PATH: CAUSE`).
+    pub(crate) error: String,
+}
+
+/// What one transaction did, reported to the state.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    /// The rows it was to add: job and key.
+    pub(crate) added: Vec<(JobId, u64)>,
+    /// `None` when it committed, else the failure (`persistent queue PATH: CAUSE`).
+    pub(crate) error: Option<String>,
+    pub(crate) health: Health,
+}
+
+/// Receives every outcome on the writer thread.
+pub(crate) type Reporter = Box<dyn FnMut(Outcome) + Send>;
 
 /// The sending side, kept in the server state.
 #[derive(Debug)]
 pub(crate) struct StoreLink {
     tx: Sender<Op>,
     pub(crate) durability: Durability,
+    pub(crate) path: PathBuf,
     pub(crate) next_key: u64,
     next_seq: u64,
+    /// As of the last outcome.
+    pub(crate) health: Health,
 }
 
 impl StoreLink {
+    /// A link whose operations go to `tx` (for tests of the state).
+    #[cfg(test)]
+    pub(crate) fn for_test(tx: Sender<Op>) -> StoreLink {
+        StoreLink {
+            tx,
+            durability: Durability::Sync,
+            path: PathBuf::from("q.db"),
+            next_key: 1,
+            next_seq: 0,
+            health: Health::default(),
+        }
+    }
+
     /// A fresh sequence number for a hold.
     pub(crate) fn next_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
     }
 
-    pub(crate) fn add(&self, job: StoredJob, notify: Option<Notify>) {
+    /// A fresh row key.
+    pub(crate) fn next_key(&mut self) -> u64 {
+        let k = self.next_key;
+        self.next_key += 1;
+        k
+    }
+
+    pub(crate) fn add(&self, job: JobId, row: StoredJob) {
         if self.durability == Durability::Sync {
-            let _ = self.tx.send(Op::Add(job, notify));
+            let _ = self.tx.send(Op::Add(job, row));
         }
     }
 
@@ -87,26 +176,34 @@ impl StoreLink {
         }
     }
 
-    pub(crate) fn barrier(&self, notify: Notify) {
-        let _ = self.tx.send(Op::Barrier(notify));
-    }
-
     pub(crate) fn dump(&self, jobs: Vec<StoredJob>) {
         let _ = self.tx.send(Op::Dump(jobs));
     }
+}
+
+/// The database, opened and read, before its writer thread starts.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    db: Connection,
+    path: PathBuf,
+    rx: Receiver<Op>,
+    rows: u64,
 }
 
 /// The writer thread's handle; dropping the link's sender and joining it
 /// commits what is left.
 #[derive(Debug)]
 pub(crate) struct StoreThread {
-    handle: Option<JoinHandle<()>>,
+    handle: Option<JoinHandle<Result<(), String>>>,
 }
 
 impl StoreThread {
-    pub(crate) fn join(mut self) {
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+    /// Waits for the writer; the error of a shutdown dump that failed.
+    pub(crate) fn join(mut self) -> Result<(), String> {
+        match self.handle.take().map(JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err("the persistent queue writer stopped unexpectedly".into()),
+            None => Ok(()),
         }
     }
 }
@@ -123,7 +220,7 @@ const SCHEMA: &str = "
 
 fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     let db = Connection::open(path)?;
-    db.busy_timeout(Duration::from_secs(5))?;
+    db.busy_timeout(BUSY_TIMEOUT)?;
     db.pragma_update(None, "journal_mode", "WAL")?;
     db.pragma_update(None, "synchronous", "FULL")?;
     db.execute_batch(SCHEMA)?;
@@ -147,89 +244,179 @@ fn load(db: &Connection) -> rusqlite::Result<Vec<StoredJob>> {
     rows.collect()
 }
 
-/// Opens (or creates) the queue at `path`, returns the stored jobs to queue
-/// again, the link for the state and the writer thread.
+/// Opens (or creates) the queue at `path`; returns the stored jobs to queue
+/// again, the link for the state and the writer, to start with [`spawn`].
 ///
 /// # Errors
 /// The database cannot be opened, created or read.
 pub(crate) fn open(
     path: &Path,
     durability: Durability,
-) -> Result<(Vec<StoredJob>, StoreLink, StoreThread), String> {
+) -> Result<(Vec<StoredJob>, StoreLink, Writer), String> {
     let err = |e: rusqlite::Error| format!("persistent queue {}: {e}", path.display());
     let db = open_db(path).map_err(err)?;
     let jobs = load(&db).map_err(err)?;
-    if durability == Durability::OnShutdown {
-        // They live in memory now and are written again at the next stop.
-        db.execute("DELETE FROM gearframe_queue", []).map_err(err)?;
-    }
     let next_key = jobs.iter().map(|j| j.key).max().unwrap_or(0) + 1;
     let (tx, rx) = crossbeam_channel::unbounded();
-    let owned: PathBuf = path.to_path_buf();
+    let rows = jobs.len() as u64;
+    log::info!("persistent queue {} opened: {} jobs to restore", path.display(), jobs.len());
+    let link = StoreLink {
+        tx,
+        durability,
+        path: path.to_path_buf(),
+        next_key,
+        next_seq: 0,
+        health: Health { rows, ..Health::default() },
+    };
+    Ok((jobs, link, Writer { db, path: path.to_path_buf(), rx, rows }))
+}
+
+/// Starts the writer thread; `report` gets the outcome of every transaction.
+///
+/// # Errors
+/// The thread cannot be started.
+pub(crate) fn spawn(w: Writer, report: Reporter) -> Result<StoreThread, String> {
     let handle = std::thread::Builder::new()
         .name("gearframe-store".into())
-        .spawn(move || run(db, &owned, &rx))
-        .map_err(|e| format!("cannot start the queue writer: {e}"))?;
-    log::info!("persistent queue {} opened: {} jobs to restore", path.display(), jobs.len());
-    Ok((
-        jobs,
-        StoreLink { tx, durability, next_key, next_seq: 0 },
-        StoreThread { handle: Some(handle) },
-    ))
+        .spawn(move || run(w, report))
+        .map_err(|e| format!("cannot start the persistent queue writer: {e}"))?;
+    Ok(StoreThread { handle: Some(handle) })
 }
 
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 20_000;
 
-fn run(mut db: Connection, path: &Path, rx: &Receiver<Op>) {
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn run(w: Writer, mut report: Reporter) -> Result<(), String> {
+    let Writer { mut db, path, rx, rows } = w;
+    let mut health = Health { rows, ..Health::default() };
+    // Deletions that failed, tried again with every transaction.
+    let mut deletes: Vec<u64> = Vec::new();
+    let mut dump_error = Ok(());
+    let mut last_failure: Option<Instant> = None;
     let mut batch: Vec<Op> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
+    loop {
+        let first = if health.failing_since.is_some() {
+            match rx.recv_timeout(PROBE_EVERY) {
+                Ok(op) => Some(op),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(op) => Some(op),
+                Err(_) => break,
+            }
+        };
+        batch.extend(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
-        let mut result = apply(&mut db, &batch);
-        if let Err(e) = &result {
-            log::error!("persistent queue {}: write failed: {e}; retrying once", path.display());
-            std::thread::sleep(Duration::from_millis(100));
-            result = apply(&mut db, &batch);
+        // A probe waits only briefly for a lock, so that a submission
+        // arriving meanwhile is not delayed by it.
+        let probe = batch.is_empty();
+        if probe {
+            let _ = db.busy_timeout(PROBE_BUSY_TIMEOUT);
         }
-        let ok = match result {
-            Ok(()) => true,
+        let result = apply(&mut db, &batch, &deletes, health.rows);
+        if probe {
+            let _ = db.busy_timeout(BUSY_TIMEOUT);
+        }
+        let error = match result {
+            Ok(rows) => {
+                // The failure ends once writes succeed for a probe interval:
+                // a nearly full disk alternates and is one failure.
+                let settled = last_failure.is_none_or(|t| t.elapsed() >= PROBE_EVERY);
+                if settled && health.failing_since.take().is_some() {
+                    log::info!("persistent queue {}: writes succeed again", path.display());
+                }
+                health.rows = rows;
+                deletes.clear();
+                None
+            }
             Err(e) => {
-                log::error!(
-                    "persistent queue {}: write failed again: {e}; dropping the connections \
-                     waiting for it so their clients submit again",
-                    path.display()
-                );
-                false
+                let text = format!("persistent queue {}: {e}", path.display());
+                last_failure = Some(Instant::now());
+                if health.failing_since.is_none() {
+                    log::error!(
+                        "{text}; background submissions get QUEUE_ERROR until the database \
+                         can be written again (retried every {}s)",
+                        PROBE_EVERY.as_secs()
+                    );
+                    health.failing_since = Some(unix_now());
+                } else {
+                    log::debug!("{text}: still failing");
+                }
+                health.error = text.clone();
+                Some(text)
             }
         };
+        let mut added = Vec::new();
         for op in batch.drain(..) {
-            let notify = match op {
-                Op::Add(_, Some(n)) | Op::Barrier(n) => n,
-                _ => continue,
-            };
-            if ok {
-                notify.0.release(notify.1);
-            } else {
-                notify.0.shutdown_socket();
+            match op {
+                Op::Add(job, row) => added.push((job, row.key)),
+                Op::Done(key) if error.is_some() => deletes.push(key),
+                Op::Done(_) => {}
+                Op::Dump(jobs) => {
+                    if let Some(e) = &error {
+                        let msg = format!(
+                            "{e}: {} background jobs were not saved at stop (the rows stored \
+                             before are kept and run at the next start); free space or release \
+                             the database before stopping",
+                            jobs.len()
+                        );
+                        log::error!("{msg}");
+                        dump_error = Err(msg);
+                    } else {
+                        log::info!(
+                            "persistent queue {}: {} background jobs saved",
+                            path.display(),
+                            jobs.len()
+                        );
+                    }
+                }
             }
         }
+        report(Outcome { added, error, health: health.clone() });
     }
+    if !deletes.is_empty() {
+        match apply(&mut db, &[], &deletes, health.rows) {
+            Ok(_) => {}
+            Err(e) => log::warn!(
+                "persistent queue {}: {e}: {} finished jobs are still stored and run again \
+                 after a restart",
+                path.display(),
+                deletes.len()
+            ),
+        }
+    }
+    dump_error
 }
 
-fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
-    let tx = db.transaction()?;
+/// Bytes written (and deleted again) by a probe transaction: a write of
+/// about the size of a job must fit for the store to count as writable.
+const PROBE_BYTES: i32 = 4096;
+
+/// Applies the batch (and the deletions left from failed transactions) in
+/// one transaction; returns the rows in the table afterwards, given the
+/// `rows` before. An empty batch is a probe: it writes and deletes a
+/// scratch row.
+fn apply(db: &mut Connection, batch: &[Op], deletes: &[u64], rows: u64) -> rusqlite::Result<u64> {
+    let mut rows = rows;
+    let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT OR REPLACE INTO gearframe_queue (id, function, unique_id, priority, data, when_to_run)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
         let mut delete = tx.prepare_cached("DELETE FROM gearframe_queue WHERE id = ?1")?;
+        // Keys are never reused, so every insert is a new row.
         let mut put = |j: &StoredJob| {
             insert
                 .execute(params![
@@ -242,56 +429,127 @@ fn apply(db: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                 ])
                 .map(drop)
         };
+        for key in deletes {
+            rows = rows.saturating_sub(delete.execute(params![*key as i64])? as u64);
+        }
         for op in batch {
             match op {
-                Op::Add(j, _) => put(j)?,
-                Op::Done(key) => {
-                    delete.execute(params![*key as i64])?;
+                Op::Add(_, j) => {
+                    put(j)?;
+                    rows += 1;
                 }
-                Op::Barrier(_) => {}
+                Op::Done(key) => {
+                    rows = rows.saturating_sub(delete.execute(params![*key as i64])? as u64);
+                }
                 Op::Dump(jobs) => {
                     tx.execute("DELETE FROM gearframe_queue", [])?;
                     for j in jobs {
                         put(j)?;
                     }
+                    rows = jobs.len() as u64;
                 }
             }
         }
+        if batch.is_empty() {
+            tx.execute(
+                "INSERT INTO gearframe_queue (id, function, unique_id, priority, data)
+                 VALUES (-1, x'', x'', 1, zeroblob(?1))",
+                params![PROBE_BYTES],
+            )?;
+            tx.execute("DELETE FROM gearframe_queue WHERE id = -1", [])?;
+        }
     }
-    tx.commit()
+    tx.commit()?;
+    Ok(rows)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn row(key: u64) -> StoredJob {
+        StoredJob {
+            key,
+            function: b"f".to_vec(),
+            unique: Vec::new(),
+            priority: 1,
+            data: vec![0, key as u8],
+            when: 0,
+        }
+    }
+
+    /// Starts the writer, sending every outcome to the returned channel.
+    fn start(w: Writer) -> (StoreThread, Receiver<Outcome>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let thread = spawn(
+            w,
+            Box::new(move |o| {
+                let _ = tx.send(o);
+            }),
+        )
+        .unwrap();
+        (thread, rx)
+    }
+
     #[test]
     fn rows_survive_a_reopen_and_done_deletes_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.db");
-        let (jobs, link, thread) = open(&path, Durability::Sync).unwrap();
+        let (jobs, link, w) = open(&path, Durability::Sync).unwrap();
         assert!(jobs.is_empty());
+        let (thread, outcomes) = start(w);
         for key in 1..=3 {
-            link.add(
-                StoredJob {
-                    key,
-                    function: b"f".to_vec(),
-                    unique: Vec::new(),
-                    priority: 1,
-                    data: vec![0, key as u8],
-                    when: 0,
-                },
-                None,
-            );
+            link.add(key, row(key));
         }
         link.done(2);
         drop(link);
-        thread.join();
-        let (jobs, link, thread) = open(&path, Durability::Sync).unwrap();
+        thread.join().unwrap();
+        let seen: Vec<Outcome> = outcomes.iter().collect();
+        assert!(seen.iter().all(|o| o.error.is_none()), "{seen:?}");
+        assert_eq!(
+            seen.iter().flat_map(|o| o.added.iter().map(|a| a.1)).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        assert_eq!(seen.last().unwrap().health.rows, 2);
+        let (jobs, link, w) = open(&path, Durability::Sync).unwrap();
         assert_eq!(jobs.iter().map(|j| j.key).collect::<Vec<_>>(), [1, 3]);
         assert_eq!(jobs[1].data, [0, 3]);
         assert_eq!(link.next_key, 4);
+        assert_eq!(link.health.rows, 2);
         drop(link);
-        thread.join();
+        start(w).0.join().unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_and_its_deletes_are_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let (_, link, w) = open(&path, Durability::Sync).unwrap();
+        let (thread, outcomes) = start(w);
+        link.add(1, row(1));
+        link.add(2, row(2));
+        assert!(outcomes.recv().unwrap().error.is_none());
+        // Another connection holds the write lock longer than the busy timeout.
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        link.done(1);
+        link.add(3, row(3));
+        let failed = outcomes.recv().unwrap();
+        let error = failed.error.expect("the write fails while locked");
+        assert!(error.contains("q.db") && error.contains("locked"), "{error}");
+        assert_eq!(failed.added, [(3, 3)]);
+        assert!(failed.health.failing_since.is_some());
+        other.execute_batch("ROLLBACK").unwrap();
+        // The probe recovers by itself, with the failed delete applied.
+        let recovered = outcomes
+            .iter()
+            .find(|o| o.health.failing_since.is_none())
+            .expect("the writer recovers");
+        assert!(recovered.error.is_none());
+        assert_eq!(recovered.health.rows, 1);
+        drop(link);
+        thread.join().unwrap();
+        let (jobs, _, _) = open(&path, Durability::Sync).unwrap();
+        assert_eq!(jobs.iter().map(|j| j.key).collect::<Vec<_>>(), [2]);
     }
 }

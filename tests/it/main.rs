@@ -12,6 +12,8 @@ mod cli_client;
 mod client;
 /// Differential scenarios: the same conversation against gearmand and gearframe.
 mod diff;
+/// The persistent queue under real faults: locked database, full disk, failed dump.
+mod durability;
 /// File descriptor limits: connections that fit are served, the rest refused at once.
 mod fds;
 /// `gearframe demo` and `gearframe up` as a user runs them.

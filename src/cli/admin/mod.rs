@@ -3,7 +3,8 @@
 //!
 //! Exit codes: 0 when every server that could be reached did what was
 //! asked; 1 when a server refused (an `ERR` reply, a job handle no server
-//! knows, fewer workers stopped than found); 2 for bad input, or when no
+//! knows, fewer workers stopped than found, a persistent queue that is
+//! failing for `store`); 2 for bad input, or when no
 //! server could be reached at all. A server that is down is a row of its
 //! own in the output, not an error, while another one answers.
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use gearframe::admin::{
     AdminClient, AdminError, ClearOptions, Cluster, FunctionStatus, MaxQueue, PerServer,
-    PriorityStatus, StopTarget, StopWorkersOptions, sum_priority, sum_status,
+    PriorityStatus, StopTarget, StopWorkersOptions, StoreStatus, sum_priority, sum_status,
 };
 use gearframe::config::{Config, parse_duration};
 use serde_json::{Value, json};
@@ -79,6 +80,9 @@ enum AdminCommand {
     Version,
     /// Server process ids.
     Pid,
+    /// The persistent queue: file, durability, whether writes succeed, rows
+    /// (gearframe's server only).
+    Store,
     /// Limits the queue of FUNCTION: N for every priority, or HIGH NORMAL LOW (0 = unlimited).
     Maxqueue {
         /// The function.
@@ -197,6 +201,7 @@ pub(crate) fn run(args: AdminArgs, config: &Config) -> Result<ExitCode, Failure>
             let rs = ctx.cluster.getpid();
             single(&ctx, &rs, "PID", "pid", |v| v.to_string(), |v| json!(v))
         }
+        AdminCommand::Store => store(&ctx),
         AdminCommand::Maxqueue { function, limits } => {
             check_name("function name", &function)?;
             let limits = match limits[..] {
@@ -700,6 +705,59 @@ fn stop_workers(ctx: &Ctx, target: &StopTarget, wait: Duration) -> Result<ExitCo
             "gearframe: {} workers did not stop within {wait:?} (busy, or not gearframe workers)",
             found - stopped
         );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(code)
+}
+
+/// The note of a server without the `store` command.
+const NO_STORE: &str = "error: this server has no `store` command (not a gearframe server)";
+
+fn store(ctx: &Ctx) -> Result<ExitCode, Failure> {
+    let rs = ctx.cluster.store();
+    if ctx.json {
+        let servers: Vec<Value> = rs
+            .iter()
+            .map(|r| {
+                let mut v = server_json(r, "store", |s: &StoreStatus| json!(s));
+                if matches!(&r.result, Err(e) if e.is_unknown_command()) {
+                    v["error"] = json!(NO_STORE);
+                }
+                v
+            })
+            .collect();
+        emit_json(&json!({"servers": servers}));
+    } else {
+        let mut t = Table::new(&["SERVER", "QUEUE", "DURABILITY", "STATE", "ROWS", "ERROR"]);
+        for r in &rs {
+            match &r.result {
+                Ok(s) => {
+                    let queue = match &s.path {
+                        Some(p) => format!("{}:{p}", s.backend),
+                        None => s.backend.clone(),
+                    };
+                    let state = match s.failing_since {
+                        Some(since) => format!("failing since {since}"),
+                        None => "ok".into(),
+                    };
+                    t.row(vec![
+                        r.server.clone(),
+                        queue,
+                        s.durability.clone().unwrap_or_else(|| "-".into()),
+                        state,
+                        s.rows.to_string(),
+                        s.error.clone().unwrap_or_else(|| "-".into()),
+                    ]);
+                }
+                Err(e) if e.is_unknown_command() => t.note(&r.server, NO_STORE.into()),
+                Err(e) => t.note(&r.server, problem(&r.server, e)),
+            }
+        }
+        emit(&t.render());
+    }
+    let failing = rs.iter().any(|r| matches!(&r.result, Ok(s) if !s.ok));
+    let code = exit_code(&rs);
+    if failing && code == ExitCode::SUCCESS {
         return Ok(ExitCode::from(1));
     }
     Ok(code)
