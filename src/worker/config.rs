@@ -123,6 +123,9 @@ pub struct FunctionSection {
     pub timeout: Option<DurationStr>,
     /// Time between SIGTERM and SIGKILL when a run is stopped.
     pub kill_grace: Option<DurationStr>,
+    /// Leave running the processes a run started and left behind (daemons)
+    /// instead of stopping them when it ends.
+    pub keep_processes: bool,
     /// Runs of a failed job after the first before it is reported failed.
     pub retries: u32,
     /// Wait before the first retry; doubles for each later one.
@@ -246,6 +249,7 @@ impl FunctionSection {
             .cwd(self.cwd.clone())
             .timeout(self.timeout.map(|d| d.0).filter(|d| !d.is_zero()))
             .stdin(self.stdin == StdinKey::Payload)
+            .keep_processes(self.keep_processes)
             .output(match self.output {
                 OutputKey::Capture => OutputMode::Capture,
                 OutputKey::Stream => OutputMode::Stream,

@@ -90,6 +90,7 @@ pub mod shell;
 
 mod command;
 mod job;
+mod reaper;
 mod slot;
 
 pub mod config;
@@ -402,12 +403,19 @@ impl WorkerBuilder {
     }
 }
 
+/// How often the supervisor reaps exited orphans of past shell runs.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(2);
+
 /// Waits for a shutdown, gives running jobs the grace period, then cancels
-/// them. Ends when every slot has ended.
+/// them. Ends when every slot has ended. Meanwhile it reaps the processes
+/// that shell runs left running and that exited since.
 fn supervise(shared: &Shared, done: &Receiver<()>, grace: Duration) {
-    crossbeam_channel::select! {
-        recv(shared.stop_rx) -> _ => {}
-        recv(done) -> _ => return,
+    loop {
+        crossbeam_channel::select! {
+            recv(shared.stop_rx) -> _ => break,
+            recv(done) -> _ => return,
+            default(ORPHAN_SWEEP) => reaper::reap_orphans(),
+        }
     }
     if done.recv_timeout(grace) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
         log::warn!(
