@@ -291,7 +291,13 @@ mod tests {
         assert_eq!(w.threads, 3);
         assert_eq!(w.servers.to_vec(), ["a:1", "b:4730"]);
         assert_eq!(w.functions["wc"].retries, 2);
+        assert!(!w.functions["wc"].keep_processes);
         w.validate().unwrap();
+        let c = Config::parse(
+            "worker:\n  functions:\n    d:\n      shell: ./start-daemon\n      keep_processes: true\n",
+        )
+        .unwrap();
+        assert!(c.worker.functions["d"].keep_processes);
         let c = Config::parse("worker:\n  servers: [x, 'y:5']\n").unwrap();
         assert_eq!(c.worker.servers.to_vec(), ["x:4730", "y:5"]);
     }

@@ -342,9 +342,7 @@ impl ShellCommand {
             File::open("/dev/null")
                 .map_err(|e| ShellError::new("cannot open /dev/null".into(), e))?
         };
-        if !self.keep_processes {
-            reaper::become_subreaper();
-        }
+        reaper::become_subreaper();
         let token = reaper::new_token();
         let token_var = [(OsString::from(reaper::TOKEN_VAR), OsString::from(&token))];
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();

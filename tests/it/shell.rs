@@ -267,13 +267,14 @@ fn run_escaping(cmd: ShellCommand) -> (gearframe::worker::shell::ShellOutcome, V
 /// Nothing with `marker` runs any more, and none of `pids` is left as a
 /// zombie of this process.
 fn all_gone(marker: &str, pids: &[u32]) {
-    support::none_left(Duration::from_secs(10), marker);
+    support::none_left(Duration::from_secs(10), marker, &[]);
     let zombies = support::zombies_of(std::process::id(), pids);
     assert!(zombies.is_empty(), "zombies left: {zombies:?}");
 }
 
 #[test]
 fn a_setsid_process_left_by_a_finished_job_is_stopped_and_reaped() {
+    let _cleanup = support::KillMarked("sleep 61.101");
     let script =
         format!("setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.101' & {WAIT_PID}; echo started");
     let (out, pids) = run_escaping(ShellCommand::shell(script));
@@ -285,6 +286,7 @@ fn a_setsid_process_left_by_a_finished_job_is_stopped_and_reaped() {
 
 #[test]
 fn a_setsid_process_of_a_timed_out_job_is_stopped() {
+    let _cleanup = support::KillMarked("sleep 61.102");
     let script = "setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.102'; sleep 60";
     let (out, pids) =
         run_escaping(ShellCommand::shell(script).timeout(Some(Duration::from_secs(1))));
@@ -294,6 +296,7 @@ fn a_setsid_process_of_a_timed_out_job_is_stopped() {
 
 #[test]
 fn a_child_that_calls_setpgid_is_stopped() {
+    let _cleanup = support::KillMarked("61.103");
     if support::peer("python3").is_none() {
         return;
     }
@@ -308,6 +311,7 @@ fn a_child_that_calls_setpgid_is_stopped() {
 
 #[test]
 fn a_double_forked_daemon_is_stopped_and_reaped() {
+    let _cleanup = support::KillMarked("sleep 61.104");
     let script = format!(
         "(setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.104' &) & {WAIT_PID}; echo started"
     );
@@ -319,6 +323,7 @@ fn a_double_forked_daemon_is_stopped_and_reaped() {
 
 #[test]
 fn an_escaped_process_that_ignores_sigterm_gets_sigkill() {
+    let _cleanup = support::KillMarked("sleep 61.106");
     let script = format!(
         "setsid sh -c 'trap \"\" TERM; echo $$ >> \"$F\"; sleep 61.106; echo never' & {WAIT_PID}"
     );
@@ -330,6 +335,7 @@ fn an_escaped_process_that_ignores_sigterm_gets_sigkill() {
 
 #[test]
 fn keep_processes_leaves_a_daemon_running_and_reaps_it_once_it_exits() {
+    let _cleanup = support::KillMarked("sleep 61.105");
     // A run that cleans up first, so this process is a subreaper and the
     // daemon is re-parented to it.
     assert!(ShellCommand::argv(["true"]).run(b"").unwrap().success());
@@ -351,4 +357,31 @@ fn keep_processes_leaves_a_daemon_running_and_reaps_it_once_it_exits() {
         support::proc_state(daemon).is_none_or(|(state, _)| state != 'Z').then_some(())
     });
     assert!(support::live_with_marker("sleep 61.105").is_empty());
+}
+
+#[test]
+fn a_failing_job_stops_its_setsid_process() {
+    let _cleanup = support::KillMarked("sleep 61.108");
+    let script =
+        format!("setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.108' & {WAIT_PID}; exit 3");
+    let (out, pids) = run_escaping(ShellCommand::shell(script));
+    assert_eq!(out.exit, ExitKind::Code(3), "{out:?}");
+    assert_eq!(pids.len(), 1);
+    all_gone("sleep 61.108", &pids);
+}
+
+#[test]
+fn a_cancelled_job_stops_its_setsid_process() {
+    let _cleanup = support::KillMarked("sleep 61.107");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().to_owned();
+    let out = ShellCommand::shell("setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.107' & sleep 60")
+        .env("F", &path)
+        .kill_grace(Duration::from_millis(300))
+        .run_with(b"", &[], &|| !support::pids_in(&path).is_empty(), &mut |_| {})
+        .unwrap();
+    assert!(out.cancelled, "{out:?}");
+    let pids = support::pids_in(&path);
+    assert_eq!(pids.len(), 1);
+    all_gone("sleep 61.107", &pids);
 }
