@@ -68,7 +68,9 @@
 //! by shutting their sockets down and exit. Running jobs go on for the
 //! grace period ([`WorkerBuilder::grace`]); after it, their
 //! [`CancelToken`] is set, which makes the shell runner kill the job's
-//! process group. A job that fails after the grace period is not reported:
+//! process group and every other process the job started (see
+//! [`shell`] for how they are found, and the child subreaper it makes of
+//! the worker process). A job that fails after the grace period is not reported:
 //! its connection is closed, so the server gives the job to another worker.
 //!
 //! A job whose payload is the JSON object `{"SHUTDOWN": true}` completes

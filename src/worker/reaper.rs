@@ -211,9 +211,7 @@ fn track(procs: impl IntoIterator<Item = Proc>) {
 /// tokens (descendants of processes a run left running). Cheap: it reads
 /// the `/proc` entries of this process's children only.
 pub(crate) fn reap_orphans() {
-    let tracking =
-        TRACKED.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|m| !m.is_empty());
-    if !SUBREAPER.is_completed() && !tracking {
+    if !SUBREAPER.is_completed() && !tracking() {
         // Nothing was ever re-parented here.
         return;
     }
@@ -235,6 +233,11 @@ pub(crate) fn reap_orphans() {
         }
     }
     map.retain(|&pid, &mut start| !runner.contains(&pid) && !reap_if_zombie(Proc { pid, start }));
+}
+
+/// Whether processes left running (or not reaped yet) are being tracked.
+pub(crate) fn tracking() -> bool {
+    TRACKED.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|m| !m.is_empty())
 }
 
 /// `(pid, state, start time)` of the children of `parent`.

@@ -10,9 +10,27 @@
 //! - The child is the leader of a new process group. When it times out, or
 //!   the caller cancels the run, the whole group gets SIGTERM, then SIGKILL
 //!   after [`ShellCommand::kill_grace`]. Processes that the command left
-//!   behind in its group when it exited are stopped the same way, so a run
-//!   never leaks a process (short of one that leaves the group on purpose
-//!   with `setsid`).
+//!   behind in its group when it exited are stopped the same way.
+//! - Processes that left the group (`setsid`, `setpgid(0, 0)`, a double
+//!   fork) are stopped too once the main process has ended: every run puts
+//!   a token `GEARFRAME_JOB=<pid>.<n>` in its environment, which its
+//!   descendants inherit, and the processes carrying it are found in
+//!   `/proc`, sent SIGTERM, then SIGKILL after the kill grace. With
+//!   [`ShellCommand::keep_processes`] they are left running instead
+//!   (daemons started on purpose).
+//! - The first run makes this process a child subreaper
+//!   (`PR_SET_CHILD_SUBREAPER`, process-wide and for the rest of its life):
+//!   orphaned descendants of runs are re-parented to it instead of to init,
+//!   and the runner reaps them, each by its pid, once they have exited (at
+//!   the end of each run, and every few seconds in a
+//!   [`Worker`](super::Worker)). It reaps only processes it saw carrying
+//!   one of its tokens, never `waitpid(-1)`, so other children of the
+//!   program are left to their owners; a program that starts daemons of
+//!   its own should know that their orphans now come to it.
+//! - Limits: a process that clears its environment (or changes the token)
+//!   *and* leaves the group is not found, and one that exits before it was
+//!   ever seen is not reaped when its parent dies later. A cgroup per run
+//!   would be the complete answer.
 //! - The leader is reaped before `run` returns: no zombie is left. It is
 //!   reaped only after the group was cleaned up, so its process group id
 //!   cannot be reused by an unrelated process while signals are sent to it.
@@ -23,7 +41,8 @@
 //!   that never reads stdin cannot block the runner.
 //!
 //! The runner reads `/proc` to see whether the leader has exited without
-//! reaping it, and to find the processes left in its group (Linux).
+//! reaping it, and to find the processes left in its group or carrying its
+//! token (Linux).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -492,7 +511,11 @@ impl ShellCommand {
             }
         };
         reaper::RUNNER_CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
-        reaper::reap_orphans();
+        if reaper::tracking() {
+            // Processes of earlier runs that were left running may have
+            // exited since (a worker pool also sweeps every few seconds).
+            reaper::reap_orphans();
+        }
         // Pipes still held by a process that left the group: read what is
         // there for a short while, then let them go.
         if let Some(c) = comm.as_mut() {
