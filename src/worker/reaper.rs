@@ -4,8 +4,9 @@
 //! Each run gets a token, `GEARFRAME_JOB=<worker pid>.<sequence>`, in its
 //! environment; every descendant inherits it unless it clears its
 //! environment. After the run's main process has ended, `/proc` is scanned
-//! for processes whose environment holds the token: they get SIGTERM, then
-//! SIGKILL after the run's kill grace.
+//! for processes whose environment holds the token, and for their
+//! descendants (which may have cleared theirs): they get SIGTERM, then
+//! SIGKILL after the run's kill grace, scanning again until none is left.
 //!
 //! The first run makes this process a child subreaper
 //! (`PR_SET_CHILD_SUBREAPER`): orphaned descendants of runs are re-parented
@@ -16,7 +17,8 @@
 //! the program are left to their owners.
 //!
 //! Limits: a process that clears its environment (or replaces the token)
-//! *and* leaves the run's process group is not found; a process that exits
+//! *and* leaves the run's process group is not found once no process
+//! carrying the token is its ancestor; a process that exits
 //! as a zombie child of another orphan before it was ever seen is not
 //! reaped. A cgroup per run would be the complete answer.
 
@@ -91,26 +93,55 @@ fn has_token(pid: u32, token: &str, prefix: bool) -> bool {
     })
 }
 
-/// Live processes (other than `except`) carrying `token`.
+/// Live processes (other than `except`) carrying `token`, and the live
+/// descendants of those (which may have cleared their environment).
 fn find(token: &str, except: u32) -> Vec<Proc> {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    let mut found = Vec::new();
+    let mut live: Vec<(Proc, u32)> = Vec::new();
     for entry in dir.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if pid == me || pid == except || !has_token(pid, token, false) {
+        if pid == me || pid == except {
             continue;
         }
-        if let Some((state, _, start)) = stat_of(pid)
+        if let Some((state, ppid, start)) = stat_of(pid)
             && state != b'Z'
             && state != b'X'
         {
-            found.push(Proc { pid, start });
+            live.push((Proc { pid, start }, ppid));
         }
     }
-    found
+    // A process of the run started no earlier than its main process: the
+    // environment (costlier to read than the stat line) of older ones is
+    // not read.
+    let born = stat_of(except).map_or(0, |(_, _, start)| start);
+    let mut found: BTreeSet<u32> = BTreeSet::new();
+    for (p, _) in &live {
+        if p.start >= born && has_token(p.pid, token, false) {
+            found.insert(p.pid);
+        }
+    }
+    // Children of found processes, until none is added.
+    loop {
+        let before = found.len();
+        for (p, ppid) in &live {
+            if found.contains(ppid) {
+                found.insert(p.pid);
+            }
+        }
+        if found.len() == before || found.is_empty() {
+            break;
+        }
+    }
+    live.into_iter().map(|(p, _)| p).filter(|p| found.contains(&p.pid)).collect()
+}
+
+/// Whether `p` still runs (its pid names the same process, not a zombie).
+fn still_running(p: Proc) -> bool {
+    stat_of(p.pid)
+        .is_some_and(|(state, _, start)| start == p.start && state != b'Z' && state != b'X')
 }
 
 /// Reaps `p` when it is an exited child of this process; true when it is
@@ -148,7 +179,13 @@ pub(crate) fn end_all(token: &str, leader: u32, grace: Duration, kill_wait: Dura
     let start = Instant::now();
     let mut killed = false;
     loop {
-        let live = find(token, leader);
+        // Those seen before that still run count too: a process found
+        // through its parent is no longer found that way once the parent
+        // is gone.
+        let mut live = find(token, leader);
+        let before: Vec<Proc> =
+            seen.iter().copied().filter(|p| !live.contains(p) && still_running(*p)).collect();
+        live.extend(before);
         if live.is_empty() {
             break;
         }

@@ -14,8 +14,9 @@
 //! - Processes that left the group (`setsid`, `setpgid(0, 0)`, a double
 //!   fork) are stopped too once the main process has ended: every run puts
 //!   a token `GEARFRAME_JOB=<pid>.<n>` in its environment, which its
-//!   descendants inherit, and the processes carrying it are found in
-//!   `/proc`, sent SIGTERM, then SIGKILL after the kill grace. With
+//!   descendants inherit, and the processes carrying it (and their
+//!   descendants) are found in `/proc`, sent SIGTERM, then SIGKILL after
+//!   the kill grace. With
 //!   [`ShellCommand::keep_processes`] they are left running instead
 //!   (daemons started on purpose).
 //! - The first run makes this process a child subreaper
@@ -28,7 +29,8 @@
 //!   program are left to their owners; a program that starts daemons of
 //!   its own should know that their orphans now come to it.
 //! - Limits: a process that clears its environment (or changes the token)
-//!   *and* leaves the group is not found, and one that exits before it was
+//!   *and* leaves the group is not found once no process carrying the
+//!   token is its ancestor any more, and one that exits before it was
 //!   ever seen is not reaped when its parent dies later. A cgroup per run
 //!   would be the complete answer.
 //! - The leader is reaped before `run` returns: no zombie is left. It is

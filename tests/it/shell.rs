@@ -385,3 +385,15 @@ fn a_cancelled_job_stops_its_setsid_process() {
     assert_eq!(pids.len(), 1);
     all_gone("sleep 61.107", &pids);
 }
+
+#[test]
+fn an_escaped_process_that_cleared_its_environment_is_found_through_its_parent() {
+    let _cleanup = support::KillMarked("sleep 61.109");
+    let script = format!(
+        "setsid sh -c 'trap \"\" TERM; env -i sleep 61.109 & echo $! >> \"$F\"; wait' & {WAIT_PID}; echo started"
+    );
+    let (out, pids) = run_escaping(ShellCommand::shell(script));
+    assert!(out.success(), "{out:?}");
+    assert_eq!(pids.len(), 1);
+    all_gone("sleep 61.109", &pids);
+}
