@@ -176,6 +176,7 @@ fn signal_all(procs: &[Proc], sig: Signal) {
 /// [`reap_orphans`]. Returns how many processes were stopped.
 pub(crate) fn end_all(token: &str, leader: u32, grace: Duration, kill_wait: Duration) -> usize {
     let mut seen: BTreeSet<Proc> = BTreeSet::new();
+    let mut count = 0;
     let start = Instant::now();
     let mut killed = false;
     loop {
@@ -191,6 +192,7 @@ pub(crate) fn end_all(token: &str, leader: u32, grace: Duration, kill_wait: Dura
         }
         let new: Vec<Proc> = live.iter().filter(|p| !seen.contains(p)).copied().collect();
         seen.extend(new.iter().copied());
+        count += new.len();
         let elapsed = start.elapsed();
         if elapsed >= grace + kill_wait {
             log::error!(
@@ -212,7 +214,6 @@ pub(crate) fn end_all(token: &str, leader: u32, grace: Duration, kill_wait: Dura
         seen.retain(|p| !reap_if_zombie(*p));
         std::thread::sleep(TICK);
     }
-    let count = seen.len();
     // Every process of the run has exited: their zombies are reaped by
     // their parents or re-parented here, which takes a moment.
     let until = Instant::now() + kill_wait.min(Duration::from_secs(1));
