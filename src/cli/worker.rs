@@ -43,6 +43,10 @@ pub(crate) struct WorkerArgs {
     /// WORK_DATA) or tty.
     #[arg(long, value_name = "MODE", value_parser = ["capture", "stream", "tty"], requires = "function")]
     output: Option<String>,
+    /// Leave running the processes the `-f` command starts and leaves
+    /// behind (daemons) instead of stopping them when it ends.
+    #[arg(long, requires = "function")]
+    keep_processes: bool,
     /// How long running jobs may go on after Ctrl-C or SIGTERM (e.g. 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     grace: Option<Duration>,
@@ -61,6 +65,7 @@ pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure
     if let Some(name) = &args.function {
         let mut f = FunctionSection::command(args.command.clone());
         f.timeout = args.timeout.map(gearframe::config::DurationStr);
+        f.keep_processes = args.keep_processes;
         f.output = match args.output.as_deref() {
             Some("stream") => OutputKey::Stream,
             Some("tty") => OutputKey::Tty,

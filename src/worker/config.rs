@@ -123,6 +123,9 @@ pub struct FunctionSection {
     pub timeout: Option<DurationStr>,
     /// Time between SIGTERM and SIGKILL when a run is stopped.
     pub kill_grace: Option<DurationStr>,
+    /// Leave running the processes a run started and left behind (daemons)
+    /// instead of stopping them when it ends.
+    pub keep_processes: bool,
     /// Runs of a failed job after the first before it is reported failed.
     pub retries: u32,
     /// Wait before the first retry; doubles for each later one.
@@ -246,6 +249,7 @@ impl FunctionSection {
             .cwd(self.cwd.clone())
             .timeout(self.timeout.map(|d| d.0).filter(|d| !d.is_zero()))
             .stdin(self.stdin == StdinKey::Payload)
+            .keep_processes(self.keep_processes)
             .output(match self.output {
                 OutputKey::Capture => OutputMode::Capture,
                 OutputKey::Stream => OutputMode::Stream,
@@ -287,7 +291,13 @@ mod tests {
         assert_eq!(w.threads, 3);
         assert_eq!(w.servers.to_vec(), ["a:1", "b:4730"]);
         assert_eq!(w.functions["wc"].retries, 2);
+        assert!(!w.functions["wc"].keep_processes);
         w.validate().unwrap();
+        let c = Config::parse(
+            "worker:\n  functions:\n    d:\n      shell: ./start-daemon\n      keep_processes: true\n",
+        )
+        .unwrap();
+        assert!(c.worker.functions["d"].keep_processes);
         let c = Config::parse("worker:\n  servers: [x, 'y:5']\n").unwrap();
         assert_eq!(c.worker.servers.to_vec(), ["x:4730", "y:5"]);
     }

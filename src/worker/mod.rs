@@ -68,7 +68,9 @@
 //! by shutting their sockets down and exit. Running jobs go on for the
 //! grace period ([`WorkerBuilder::grace`]); after it, their
 //! [`CancelToken`] is set, which makes the shell runner kill the job's
-//! process group. A job that fails after the grace period is not reported:
+//! process group and every other process the job started (see
+//! [`shell`] for how they are found, and the child subreaper it makes of
+//! the worker process). A job that fails after the grace period is not reported:
 //! its connection is closed, so the server gives the job to another worker.
 //!
 //! A job whose payload is the JSON object `{"SHUTDOWN": true}` completes
@@ -90,6 +92,7 @@ pub mod shell;
 
 mod command;
 mod job;
+mod reaper;
 mod slot;
 
 pub mod config;
@@ -402,12 +405,19 @@ impl WorkerBuilder {
     }
 }
 
+/// How often the supervisor reaps exited orphans of past shell runs.
+const ORPHAN_SWEEP: Duration = Duration::from_secs(2);
+
 /// Waits for a shutdown, gives running jobs the grace period, then cancels
-/// them. Ends when every slot has ended.
+/// them. Ends when every slot has ended. Meanwhile it reaps the processes
+/// that shell runs left running and that exited since.
 fn supervise(shared: &Shared, done: &Receiver<()>, grace: Duration) {
-    crossbeam_channel::select! {
-        recv(shared.stop_rx) -> _ => {}
-        recv(done) -> _ => return,
+    loop {
+        crossbeam_channel::select! {
+            recv(shared.stop_rx) -> _ => break,
+            recv(done) -> _ => return,
+            default(ORPHAN_SWEEP) => reaper::reap_orphans(),
+        }
     }
     if done.recv_timeout(grace) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
         log::warn!(

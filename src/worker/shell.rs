@@ -10,9 +10,29 @@
 //! - The child is the leader of a new process group. When it times out, or
 //!   the caller cancels the run, the whole group gets SIGTERM, then SIGKILL
 //!   after [`ShellCommand::kill_grace`]. Processes that the command left
-//!   behind in its group when it exited are stopped the same way, so a run
-//!   never leaks a process (short of one that leaves the group on purpose
-//!   with `setsid`).
+//!   behind in its group when it exited are stopped the same way.
+//! - Processes that left the group (`setsid`, `setpgid(0, 0)`, a double
+//!   fork) are stopped too once the main process has ended: every run puts
+//!   a token `GEARFRAME_JOB=<pid>.<n>` in its environment, which its
+//!   descendants inherit, and the processes carrying it (and their
+//!   descendants) are found in `/proc`, sent SIGTERM, then SIGKILL after
+//!   the kill grace. With
+//!   [`ShellCommand::keep_processes`] they are left running instead
+//!   (daemons started on purpose).
+//! - The first run makes this process a child subreaper
+//!   (`PR_SET_CHILD_SUBREAPER`, process-wide and for the rest of its life):
+//!   orphaned descendants of runs are re-parented to it instead of to init,
+//!   and the runner reaps them, each by its pid, once they have exited (at
+//!   the end of each run, and every few seconds in a
+//!   [`Worker`](super::Worker)). It reaps only processes it saw carrying
+//!   one of its tokens, never `waitpid(-1)`, so other children of the
+//!   program are left to their owners; a program that starts daemons of
+//!   its own should know that their orphans now come to it.
+//! - Limits: a process that clears its environment (or changes the token)
+//!   *and* leaves the group is not found once no process carrying the
+//!   token is its ancestor any more, and one that exits before it was
+//!   ever seen is not reaped when its parent dies later. A cgroup per run
+//!   would be the complete answer.
 //! - The leader is reaped before `run` returns: no zombie is left. It is
 //!   reaped only after the group was cleaned up, so its process group id
 //!   cannot be reused by an unrelated process while signals are sent to it.
@@ -23,7 +43,8 @@
 //!   that never reads stdin cannot block the runner.
 //!
 //! The runner reads `/proc` to see whether the leader has exited without
-//! reaping it, and to find the processes left in its group (Linux).
+//! reaping it, and to find the processes left in its group or carrying its
+//! token (Linux).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -47,6 +68,8 @@ use std::time::{Duration, Instant};
 use subprocess::unix::PopenExt;
 use subprocess::{ExitStatus, Popen, PopenConfig, Redirection};
 
+use super::reaper;
+
 const SIGTERM: i32 = 15;
 const SIGKILL: i32 = 9;
 
@@ -59,9 +82,6 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// After the group is gone, how long to keep reading pipes that are still
 /// open (held by a process that left the group).
 const FINAL_DRAIN: Duration = Duration::from_millis(500);
-
-/// Serializes [`Popen::create`] across threads (see its use).
-static SPAWN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Default cap on captured stdout (16 MiB).
 pub const DEFAULT_MAX_STDOUT: usize = 16 << 20;
@@ -103,6 +123,7 @@ pub struct ShellCommand {
     max_stdout: usize,
     max_stderr: usize,
     stdin: bool,
+    keep_processes: bool,
 }
 
 /// How a process ended.
@@ -203,6 +224,7 @@ impl ShellCommand {
             max_stdout: DEFAULT_MAX_STDOUT,
             max_stderr: DEFAULT_MAX_STDERR,
             stdin: true,
+            keep_processes: false,
         }
     }
 
@@ -274,6 +296,15 @@ impl ShellCommand {
         self
     }
 
+    /// Whether processes the command leaves running when it ends keep
+    /// running (default `false`: they are stopped, wherever they went).
+    /// For commands that start daemons on purpose. On a timeout or a
+    /// cancel the command's process group is still stopped.
+    pub fn keep_processes(mut self, keep: bool) -> Self {
+        self.keep_processes = keep;
+        self
+    }
+
     /// A short name for messages: the program, or the shell string.
     pub fn display_name(&self) -> String {
         match &self.program {
@@ -332,8 +363,11 @@ impl ShellCommand {
             File::open("/dev/null")
                 .map_err(|e| ShellError::new("cannot open /dev/null".into(), e))?
         };
+        reaper::become_subreaper();
+        let token = reaper::new_token();
+        let token_var = [(OsString::from(reaper::TOKEN_VAR), OsString::from(&token))];
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-        for (k, v) in self.env.iter().chain(extra_env) {
+        for (k, v) in self.env.iter().chain(extra_env).chain(&token_var) {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
         }
@@ -355,9 +389,13 @@ impl ShellCommand {
         // the child's pipes without close-on-exec and marks them afterwards,
         // so a command forked by another thread meanwhile would inherit
         // them and hold this one's output (or its exec report) open for as
-        // long as it runs.
-        let spawning = SPAWN.lock().unwrap_or_else(|e| e.into_inner());
+        // long as it runs. The child is registered under the same lock, so
+        // the orphan reaper never takes it for one of its own.
+        let mut spawning = reaper::RUNNER_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
         let child = Popen::create(&argv, config);
+        if let Ok(pid) = child.as_ref().map(|c| c.pid()) {
+            spawning.extend(pid);
+        }
         drop(spawning);
         let mut child = child.map_err(|e| {
             let io = match e {
@@ -411,7 +449,7 @@ impl ShellCommand {
             match phase {
                 Phase::Running => {
                     if leader_gone {
-                        if !group_alive(pid) {
+                        if self.keep_processes || !group_alive(pid) {
                             break;
                         }
                         log::debug!("shell pid={pid} exited leaving processes in its group");
@@ -453,6 +491,19 @@ impl ShellCommand {
                 }
             }
         }
+        // Processes that left the group (a new session or group, a double
+        // fork): found by the run's token. The leader is still unreaped, so
+        // its pid cannot name another process meanwhile.
+        if self.keep_processes {
+            reaper::keep_all(&token, pid);
+        } else {
+            let stopped = reaper::end_all(&token, pid, self.kill_grace, KILL_WAIT);
+            if stopped > 0 {
+                log::info!(
+                    "shell pid={pid}: stopped {stopped} process(es) it left outside its group"
+                );
+            }
+        }
         // Reap the leader (it has exited, or was sent SIGKILL).
         let status = match child.wait_timeout(KILL_WAIT) {
             Ok(Some(s)) => s,
@@ -461,6 +512,12 @@ impl ShellCommand {
                 child.wait().unwrap_or(ExitStatus::Undetermined)
             }
         };
+        reaper::RUNNER_CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+        if reaper::tracking() {
+            // Processes of earlier runs that were left running may have
+            // exited since (a worker pool also sweeps every few seconds).
+            reaper::reap_orphans();
+        }
         // Pipes still held by a process that left the group: read what is
         // there for a short while, then let them go.
         if let Some(c) = comm.as_mut() {

@@ -8,6 +8,8 @@ use gearframe::worker::shell::{ExitKind, OutputMode, ShellCommand};
 use gearframe::worker::{Handler, Job, JobContext, PayloadCommands, ShellFunction};
 use rayon::prelude::*;
 
+use crate::support;
+
 /// `(state, ppid, pgrp)` of a live `/proc` entry.
 fn stat(pid: u32) -> Option<(char, u32, u32)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -247,4 +249,151 @@ fn concurrent_starts_do_not_leak_pipes_into_other_commands() {
         leaks.len(),
         &leaks[..leaks.len().min(5)]
     );
+}
+
+// ---- processes that leave the group ----
+
+/// Waits in the command until `$F` has a pid in it.
+const WAIT_PID: &str = "while [ ! -s \"$F\" ]; do sleep 0.01; done";
+
+/// Runs `script` with `$F` naming an empty file that its escaping process
+/// writes its pid to; returns the outcome and those pids.
+fn run_escaping(cmd: ShellCommand) -> (gearframe::worker::shell::ShellOutcome, Vec<u32>) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let out = cmd.env("F", file.path()).kill_grace(Duration::from_millis(300)).run(b"").unwrap();
+    (out, support::pids_in(file.path()))
+}
+
+/// Nothing with `marker` runs any more, and none of `pids` is left as a
+/// zombie of this process.
+fn all_gone(marker: &str, pids: &[u32]) {
+    support::none_left(Duration::from_secs(10), marker, &[]);
+    let zombies = support::zombies_of(std::process::id(), pids);
+    assert!(zombies.is_empty(), "zombies left: {zombies:?}");
+}
+
+#[test]
+fn a_setsid_process_left_by_a_finished_job_is_stopped_and_reaped() {
+    let _cleanup = support::KillMarked("sleep 61.101");
+    let script =
+        format!("setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.101' & {WAIT_PID}; echo started");
+    let (out, pids) = run_escaping(ShellCommand::shell(script));
+    assert!(out.success(), "{out:?}");
+    assert_eq!(out.stdout, b"started\n");
+    assert_eq!(pids.len(), 1, "the escaping process wrote its pid");
+    all_gone("sleep 61.101", &pids);
+}
+
+#[test]
+fn a_setsid_process_of_a_timed_out_job_is_stopped() {
+    let _cleanup = support::KillMarked("sleep 61.102");
+    let script = "setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.102'; sleep 60";
+    let (out, pids) =
+        run_escaping(ShellCommand::shell(script).timeout(Some(Duration::from_secs(1))));
+    assert!(out.timed_out, "{out:?}");
+    all_gone("sleep 61.102", &pids);
+}
+
+#[test]
+fn a_child_that_calls_setpgid_is_stopped() {
+    let _cleanup = support::KillMarked("61.103");
+    if support::peer("python3").is_none() {
+        return;
+    }
+    let script = format!(
+        "python3 -c 'import os,time; os.setpgid(0,0); open(os.environ[\"F\"],\"a\").write(\"%d\\n\" % os.getpid()); time.sleep(61.103)' & {WAIT_PID}; echo started"
+    );
+    let (out, pids) = run_escaping(ShellCommand::shell(script));
+    assert!(out.success(), "{out:?}");
+    assert_eq!(pids.len(), 1);
+    all_gone("61.103", &pids);
+}
+
+#[test]
+fn a_double_forked_daemon_is_stopped_and_reaped() {
+    let _cleanup = support::KillMarked("sleep 61.104");
+    let script = format!(
+        "(setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.104' &) & {WAIT_PID}; echo started"
+    );
+    let (out, pids) = run_escaping(ShellCommand::shell(script));
+    assert!(out.success(), "{out:?}");
+    assert_eq!(pids.len(), 1);
+    all_gone("sleep 61.104", &pids);
+}
+
+#[test]
+fn an_escaped_process_that_ignores_sigterm_gets_sigkill() {
+    let _cleanup = support::KillMarked("sleep 61.106");
+    let script = format!(
+        "setsid sh -c 'trap \"\" TERM; echo $$ >> \"$F\"; sleep 61.106; echo never' & {WAIT_PID}"
+    );
+    let (out, pids) = run_escaping(ShellCommand::shell(script));
+    assert!(out.success(), "{out:?}");
+    assert_eq!(pids.len(), 1);
+    all_gone("sleep 61.106", &pids);
+}
+
+#[test]
+fn keep_processes_leaves_a_daemon_running_and_reaps_it_once_it_exits() {
+    let _cleanup = support::KillMarked("sleep 61.105");
+    // A run that cleans up first, so this process is a subreaper and the
+    // daemon is re-parented to it.
+    assert!(ShellCommand::argv(["true"]).run(b"").unwrap().success());
+    let script =
+        format!("setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.105' & {WAIT_PID}; echo started");
+    let (out, pids) = run_escaping(ShellCommand::shell(script).keep_processes(true));
+    assert!(out.success(), "{out:?}");
+    assert_eq!(pids.len(), 1);
+    let daemon = pids[0];
+    // Still running well after the run ended.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(support::live_with_marker("sleep 61.105"), [daemon]);
+    let killed =
+        std::process::Command::new("kill").args(["-KILL", &daemon.to_string()]).status().unwrap();
+    assert!(killed.success());
+    // Its exit status is collected by the runner's next run.
+    support::eventually(Duration::from_secs(10), "the daemon reaped", || {
+        ShellCommand::argv(["true"]).run(b"").unwrap();
+        support::proc_state(daemon).is_none_or(|(state, _)| state != 'Z').then_some(())
+    });
+    assert!(support::live_with_marker("sleep 61.105").is_empty());
+}
+
+#[test]
+fn a_failing_job_stops_its_setsid_process() {
+    let _cleanup = support::KillMarked("sleep 61.108");
+    let script =
+        format!("setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.108' & {WAIT_PID}; exit 3");
+    let (out, pids) = run_escaping(ShellCommand::shell(script));
+    assert_eq!(out.exit, ExitKind::Code(3), "{out:?}");
+    assert_eq!(pids.len(), 1);
+    all_gone("sleep 61.108", &pids);
+}
+
+#[test]
+fn a_cancelled_job_stops_its_setsid_process() {
+    let _cleanup = support::KillMarked("sleep 61.107");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let path = file.path().to_owned();
+    let out = ShellCommand::shell("setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.107' & sleep 60")
+        .env("F", &path)
+        .kill_grace(Duration::from_millis(300))
+        .run_with(b"", &[], &|| !support::pids_in(&path).is_empty(), &mut |_| {})
+        .unwrap();
+    assert!(out.cancelled, "{out:?}");
+    let pids = support::pids_in(&path);
+    assert_eq!(pids.len(), 1);
+    all_gone("sleep 61.107", &pids);
+}
+
+#[test]
+fn an_escaped_process_that_cleared_its_environment_is_found_through_its_parent() {
+    let _cleanup = support::KillMarked("sleep 61.109");
+    let script = format!(
+        "setsid sh -c 'trap \"\" TERM; env -i sleep 61.109 & echo $! >> \"$F\"; wait' & {WAIT_PID}; echo started"
+    );
+    let (out, pids) = run_escaping(ShellCommand::shell(script));
+    assert!(out.success(), "{out:?}");
+    assert_eq!(pids.len(), 1);
+    all_gone("sleep 61.109", &pids);
 }

@@ -614,3 +614,75 @@ pub fn failover_client<S: AsRef<str>>(servers: &[S]) -> gearframe::client::Clien
         .build()
         .unwrap()
 }
+
+/// Live processes (not zombies) whose command line contains `marker`.
+pub fn live_with_marker(marker: &str) -> Vec<u32> {
+    live_with_marker_except(marker, &[])
+}
+
+/// Live processes (not zombies) other than `except` whose command line
+/// contains `marker`.
+pub fn live_with_marker_except(marker: &str, except: &[u32]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmdline: Vec<u8> = cmdline.into_iter().map(|b| if b == 0 { b' ' } else { b }).collect();
+        if !except.contains(&pid)
+            && String::from_utf8_lossy(&cmdline).contains(marker)
+            && proc_state(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// `(state, ppid)` of a process, from `/proc/PID/stat`.
+pub fn proc_state(pid: u32) -> Option<(char, u32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut it = s[s.rfind(')')? + 1..].split_ascii_whitespace();
+    Some((it.next()?.chars().next()?, it.next()?.parse().ok()?))
+}
+
+/// Those of `pids` that are zombie children of `parent`.
+pub fn zombies_of(parent: u32, pids: &[u32]) -> Vec<u32> {
+    pids.iter().copied().filter(|&p| proc_state(p) == Some(('Z', parent))).collect()
+}
+
+/// The pids written one per line to `path`.
+pub fn pids_in(path: &Path) -> Vec<u32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_ascii_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Waits up to `limit` until no live process other than `except` has
+/// `marker` in its command line; fails the test naming those left.
+pub fn none_left(limit: Duration, marker: &str, except: &[u32]) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = live_with_marker_except(marker, except);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes with `{marker}` survived: {left:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills (SIGKILL) every live process with `marker` in its command line on
+/// drop, so a failing test leaves no daemon behind.
+pub struct KillMarked(pub &'static str);
+
+impl Drop for KillMarked {
+    fn drop(&mut self) {
+        for pid in live_with_marker(self.0) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+}

@@ -1008,3 +1008,85 @@ fn our_worker_serves_jobs_through_gears_server_which_ignores_the_push_option() {
         started.elapsed()
     );
 }
+
+/// A `gearframe worker` process serving `function` with `script`, its
+/// escaping process writing its pid to `pids`.
+fn escaping_worker(
+    srv: &Ours,
+    cfg: &tempfile::NamedTempFile,
+    pids: &std::path::Path,
+    function: &str,
+    extra: &[&str],
+    script: &str,
+) -> ChildGuard {
+    let child = bin()
+        .args(["-c", cfg.path().to_str().unwrap(), "worker", "-s", &srv.addr().to_string()])
+        .args(["--threads", "1", "--name", function, "-f", function])
+        .args(extra)
+        .args(["--", "sh", "-c", script])
+        .env("F", pids)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = ChildGuard(child);
+    support::eventually(LIMIT, "registration", || {
+        (workers_named(srv.addr(), function).len() == 1).then_some(())
+    });
+    guard
+}
+
+#[test]
+fn the_worker_binary_stops_and_reaps_what_a_job_detached() {
+    let _cleanup = support::KillMarked("sleep 61.201");
+    let srv = Ours::start(&Opts::default());
+    let cfg = empty_config();
+    let pids = tempfile::NamedTempFile::new().unwrap();
+    let script = "(setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.201' &) & \
+                  setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.201' & \
+                  while [ $(wc -l < \"$F\") -lt 2 ]; do sleep 0.01; done; echo started";
+    let worker = escaping_worker(&srv, &cfg, pids.path(), "detach", &[], script);
+    assert_eq!(run_fg(srv.addr(), "detach", b"", false), [Ev::Complete(b"started\n".to_vec())]);
+    let daemons = support::pids_in(pids.path());
+    assert_eq!(daemons.len(), 2, "both detached processes wrote their pid");
+    // The worker's own command line holds the script too.
+    support::none_left(LIMIT, "sleep 61.201", &[worker.id()]);
+    let zombies = support::zombies_of(worker.id(), &daemons);
+    assert!(zombies.is_empty(), "zombies of the worker: {zombies:?}");
+}
+
+#[test]
+fn the_worker_binary_keeps_daemons_with_keep_processes_and_reaps_them_later() {
+    let _cleanup = support::KillMarked("sleep 61.202");
+    let srv = Ours::start(&Opts::default());
+    let cfg = empty_config();
+    let pids = tempfile::NamedTempFile::new().unwrap();
+    let script = "setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.202' & \
+                  while [ ! -s \"$F\" ]; do sleep 0.01; done; echo started";
+    let worker = escaping_worker(&srv, &cfg, pids.path(), "daemon", &["--keep-processes"], script);
+    assert_eq!(run_fg(srv.addr(), "daemon", b"", false), [Ev::Complete(b"started\n".to_vec())]);
+    let daemon = support::pids_in(pids.path());
+    assert_eq!(daemon.len(), 1);
+    let daemon = daemon[0];
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        support::live_with_marker_except("sleep 61.202", &[worker.id()]),
+        [daemon],
+        "the daemon runs on"
+    );
+    assert_eq!(
+        support::proc_state(daemon).map(|(_, ppid)| ppid),
+        Some(worker.id()),
+        "the worker adopted the daemon"
+    );
+    let killed = Command::new("kill").args(["-KILL", &daemon.to_string()]).status().unwrap();
+    assert!(killed.success());
+    // Re-parented to the worker (its subreaper would be init otherwise), and
+    // reaped by it once it exited, with no other job running.
+    support::eventually(LIMIT, "the daemon reaped", || {
+        (support::proc_state(daemon)
+            .is_none_or(|(state, ppid)| state != 'Z' || ppid != worker.id()))
+        .then_some(())
+    });
+}
