@@ -692,7 +692,9 @@ impl ServerProc {
             .spawn()
             .map_err(|e| format!("spawn: {e}"))?;
         self.child = Some(child);
-        let until = Instant::now() + START_TIMEOUT;
+        // A restart replays the whole persistent queue first.
+        let limit = Duration::from_secs(120);
+        let until = Instant::now() + limit;
         loop {
             if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
                 self.child = None;
@@ -703,7 +705,11 @@ impl ServerProc {
                 return Ok(());
             }
             if Instant::now() > until {
-                return Err(format!("no answer on port {} within {START_TIMEOUT:?}", self.port));
+                if let Some(mut c) = self.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Err(format!("no answer on port {} within {limit:?}", self.port));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
