@@ -654,6 +654,7 @@ fn refused_with(path: &Path, message: &str) -> String {
         .unwrap_or_else(|| panic!("{name}: no line names {}: {stderr}", path.display()));
     assert!(line.contains(message), "{name}: {line:?} lacks SQLite's {message:?}");
     assert!(line.starts_with("gearframe: error: "), "{name}: {line:?}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{name}: more than the error line: {stderr}");
     line.to_string()
 }
 
