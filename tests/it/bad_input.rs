@@ -13,6 +13,7 @@ use gearframe::proto::{HEADER_LEN, Magic, Packet, PacketType, Priority, SubmitKi
 use gearframe::server::ServerConfig;
 
 use crate::peers::{Conn, IO_LIMIT, Reply, ServerGuard};
+use crate::support::Rng;
 
 /// How soon a connection must be closed once the server has seen the bad
 /// input.
@@ -178,26 +179,6 @@ fn response_magic_gets_invalid_magic_and_stays_open() {
     conn.echo(b"still here");
     assert_eq!(conn.admin("status"), "healthy-reverse\t0\t0\t1\n.\n");
     healthy.check();
-}
-
-/// xorshift64*: deterministic garbage, so a failure can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
 }
 
 /// One connection's worth of garbage: random bytes, headers with random

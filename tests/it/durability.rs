@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gearframe::proto::{Packet, PacketType};
 
-use crate::reliability::ServerProc;
+use crate::support::ServerProc;
 use crate::support::{ChildGuard, RawConn, bg, eventually, fg, free_port, missing, peer};
 
 /// Limit of every wait: a refused write takes the busy timeout (2 s) per

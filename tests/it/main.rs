@@ -32,6 +32,8 @@ mod reliability;
 mod server;
 /// The shell runner with real processes.
 mod shell;
+/// The reliability soak: kills, malformed streams and corrupt queues, repeated.
+mod soak;
 /// Peers, server guards, polling helpers and a raw protocol connection.
 mod support;
 /// The worker pool against both servers, and `gearframe worker`.

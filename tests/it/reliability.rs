@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,7 @@ use gearframe::proto::{Packet, PacketType, Priority, SubmitKind};
 use gearframe::server::ServerConfig;
 use gearframe::worker::{Job as WorkJob, JobContext, Worker};
 
-use crate::support::{Ours, bg, closed_by_peer, eventually, fg, free_port};
+use crate::support::{Ours, ServerProc, bg, closed_by_peer, eventually, fg};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -32,144 +32,6 @@ fn deadline() -> Option<Instant> {
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-// ----- a server process ------------------------------------------------
-
-/// `gearframe server` as a child process on a loopback port; killed and
-/// reaped on drop. It can be killed and started again on the same port
-/// with the same arguments.
-pub(crate) struct ServerProc {
-    child: Option<Child>,
-    port: u16,
-    args: Vec<String>,
-    log: PathBuf,
-}
-
-impl ServerProc {
-    /// Starts on a free port; `log` receives the server's stderr.
-    pub(crate) fn start(args: &[&str], log: &Path) -> ServerProc {
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let mut last = String::new();
-        // Another process may take the free port first: try a fresh one.
-        for _ in 0..5 {
-            let mut s =
-                ServerProc { child: None, port: free_port(), args: args.clone(), log: log.into() };
-            match s.spawn() {
-                Ok(()) => return s,
-                Err(e) => last = e,
-            }
-        }
-        panic!("gearframe server did not start: {last}");
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gearframe"))
-            .arg("server")
-            .args(["-L", &format!("127.0.0.1:{}", self.port)])
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("spawn: {e}"))?;
-        self.child = Some(child);
-        let until = Instant::now() + T;
-        loop {
-            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
-                self.child = None;
-                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-                return Err(format!("exited at start with {status}: {log}"));
-            }
-            if self.answers_as_itself() {
-                return Ok(());
-            }
-            if Instant::now() > until {
-                return Err(format!("no answer on port {} within {T:?}", self.port));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// True when the port is served by our child (`getpid` names it).
-    fn answers_as_itself(&self) -> bool {
-        let Ok(mut c) = Connection::connect(&self.addr().to_string(), Duration::from_millis(200))
-        else {
-            return false;
-        };
-        c.queue_bytes(b"getpid\n");
-        if c.flush().is_err() {
-            return false;
-        }
-        let line = c.recv_line(Some(Instant::now() + Duration::from_secs(2)));
-        matches!(line, Ok(l) if l == format!("OK {}", self.pid()))
-    }
-
-    pub(crate) fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    pub(crate) fn addr_string(&self) -> String {
-        self.addr().to_string()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
-    /// SIGKILL, then reap.
-    pub(crate) fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    /// SIGTERM; waits for a clean exit.
-    fn terminate(&mut self) {
-        let status = self.sigterm();
-        assert!(status.success(), "server exited with {status}");
-    }
-
-    /// SIGTERM; waits for the exit and returns its status.
-    pub(crate) fn sigterm(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let ok = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
-        assert!(ok.success());
-        eventually(T, "server exit after SIGTERM", || c.try_wait().unwrap())
-    }
-
-    /// Starts again on the same port with the same arguments.
-    pub(crate) fn restart(&mut self) {
-        assert!(self.child.is_none(), "restart of a running server");
-        let mut last = String::new();
-        // The old process is reaped, so its port is free at once; a start
-        // can still fail if someone else took it, which fails the test.
-        for _ in 0..3 {
-            match self.spawn() {
-                Ok(()) => return,
-                Err(e) => last = e,
-            }
-        }
-        panic!("restart on port {} failed: {last}", self.port);
-    }
-
-    /// A number of /proc/PID/status (VmRSS and VmHWM are in KiB).
-    fn status_field(&self, field: &str) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// A child process killed and reaped on drop.

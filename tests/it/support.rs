@@ -686,3 +686,221 @@ impl Drop for KillMarked {
         }
     }
 }
+
+/// Which server program a [`ServerProc`] runs.
+#[derive(Debug, Clone)]
+enum Program {
+    /// `gearframe server -L 127.0.0.1:PORT ARGS`.
+    Gearframe,
+    /// `gearmand --listen=127.0.0.1 --port=PORT --log-file=none ARGS`.
+    Gearmand(PathBuf),
+}
+
+/// A server as a child process on a loopback port (`gearframe server` or
+/// gearmand); killed and reaped on drop. It can be killed and started again
+/// on the same port with the same arguments.
+pub struct ServerProc {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+    log: PathBuf,
+    program: Program,
+}
+
+impl ServerProc {
+    /// Starts `gearframe server` on a free port; `log` receives its stderr.
+    pub fn start(args: &[&str], log: &Path) -> ServerProc {
+        ServerProc::start_program(Program::Gearframe, args, log)
+    }
+
+    /// Starts gearmand with `args` on a free port, or returns `None` when it
+    /// is not installed; `log` receives its stderr.
+    pub fn start_gearmand(args: &[&str], log: &Path) -> Option<ServerProc> {
+        let bin = peer("gearmand")?;
+        Some(ServerProc::start_program(Program::Gearmand(bin), args, log))
+    }
+
+    fn start_program(program: Program, args: &[&str], log: &Path) -> ServerProc {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut last = String::new();
+        // Another process may take the free port first: try a fresh one.
+        for _ in 0..5 {
+            let mut s = ServerProc {
+                child: None,
+                port: free_port(),
+                args: args.clone(),
+                log: log.into(),
+                program: program.clone(),
+            };
+            match s.spawn() {
+                Ok(()) => return s,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{} did not start: {last}", program.name());
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut cmd = match &self.program {
+            Program::Gearframe => {
+                let mut c = Command::new(env!("CARGO_BIN_EXE_gearframe"));
+                c.arg("server").args(["-L", &format!("127.0.0.1:{}", self.port)]);
+                c
+            }
+            Program::Gearmand(bin) => {
+                let mut c = Command::new(bin);
+                c.arg("--listen=127.0.0.1")
+                    .arg(format!("--port={}", self.port))
+                    .arg("--log-file=none");
+                c
+            }
+        };
+        let child = cmd
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn: {e}"))?;
+        self.child = Some(child);
+        // A restart replays the whole persistent queue first.
+        let limit = Duration::from_secs(120);
+        let until = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.as_mut().unwrap().try_wait() {
+                self.child = None;
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                return Err(format!("exited at start with {status}: {log}"));
+            }
+            if self.answers_as_itself() {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                if let Some(mut c) = self.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Err(format!("no answer on port {} within {limit:?}", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// True when the port is served by our child (`getpid` names it).
+    fn answers_as_itself(&self) -> bool {
+        let Ok(mut c) = gearframe::conn::Connection::connect(
+            &self.addr().to_string(),
+            Duration::from_millis(200),
+        ) else {
+            return false;
+        };
+        c.queue_bytes(b"getpid\n");
+        if c.flush().is_err() {
+            return false;
+        }
+        let line = c.recv_line(Some(Instant::now() + Duration::from_secs(2)));
+        matches!(line, Ok(l) if l == format!("OK {}", self.pid()))
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn addr_string(&self) -> String {
+        self.addr().to_string()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The exit status when the process has exited (it is reaped then).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM; waits for a clean exit.
+    pub fn terminate(&mut self) {
+        let status = self.sigterm();
+        assert!(status.success(), "server exited with {status}");
+    }
+
+    /// SIGTERM; waits for the exit and returns its status.
+    pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let ok = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+        eventually(START_TIMEOUT, "server exit after SIGTERM", || c.try_wait().unwrap())
+    }
+
+    /// Starts again on the same port with the same arguments.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a running server");
+        let mut last = String::new();
+        // The old process is reaped, so its port is free at once; a start
+        // can still fail if someone else took it, which fails the test.
+        for _ in 0..3 {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+        }
+        panic!("restart on port {} failed: {last}", self.port);
+    }
+
+    /// A number of /proc/PID/status (VmRSS and VmHWM are in KiB).
+    pub fn status_field(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+}
+
+impl Program {
+    fn name(&self) -> &'static str {
+        match self {
+            Program::Gearframe => "gearframe server",
+            Program::Gearmand(_) => "gearmand",
+        }
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// xorshift64*: deterministic random bytes, so a failure can be replayed
+/// from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
