@@ -221,16 +221,21 @@ const SCHEMA: &str = "
 fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     let db = Connection::open(path)?;
     db.busy_timeout(BUSY_TIMEOUT)?;
+    db.execute_batch(SCHEMA)?;
+    // The table must have the queue's columns before the file is switched
+    // to WAL, so a database that is refused is left as it was.
+    db.prepare(&format!("{SELECT_JOBS} LIMIT 0"))?;
     db.pragma_update(None, "journal_mode", "WAL")?;
     db.pragma_update(None, "synchronous", "FULL")?;
-    db.execute_batch(SCHEMA)?;
     Ok(db)
 }
 
+/// Reads every stored job (the columns `load` expects).
+const SELECT_JOBS: &str =
+    "SELECT id, function, unique_id, priority, data, when_to_run FROM gearframe_queue";
+
 fn load(db: &Connection) -> rusqlite::Result<Vec<StoredJob>> {
-    let mut stmt = db.prepare(
-        "SELECT id, function, unique_id, priority, data, when_to_run FROM gearframe_queue ORDER BY id",
-    )?;
+    let mut stmt = db.prepare(&format!("{SELECT_JOBS} ORDER BY id"))?;
     let rows = stmt.query_map([], |r| {
         Ok(StoredJob {
             key: r.get::<_, i64>(0)? as u64,
