@@ -3,8 +3,7 @@
 //! keep working while the bad input is handled and afterwards: ECHO round
 //! trips and a full submit, grab, complete cycle.
 
-use std::io::Read;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,7 +12,7 @@ use gearframe::proto::{HEADER_LEN, Magic, Packet, PacketType, Priority, SubmitKi
 use gearframe::server::ServerConfig;
 
 use crate::peers::{Conn, IO_LIMIT, Reply, ServerGuard};
-use crate::support::Rng;
+use crate::support::{Rng, spray_streams};
 
 /// How soon a connection must be closed once the server has seen the bad
 /// input.
@@ -238,30 +237,7 @@ fn garbage(rng: &mut Rng) -> Vec<u8> {
 /// half-closed and read until the server closes them; the others are
 /// dropped at once. Returns how many were not closed in time.
 fn spray(addr: SocketAddr, seed: u64, count: usize) -> usize {
-    let mut rng = Rng(seed);
-    let mut not_closed = 0;
-    for _ in 0..count {
-        let bytes = garbage(&mut rng);
-        let mut s = TcpStream::connect_timeout(&addr, IO_LIMIT).expect("the server accepts");
-        s.set_read_timeout(Some(IO_LIMIT)).expect("read timeout");
-        s.set_write_timeout(Some(IO_LIMIT)).expect("write timeout");
-        // The server may close mid-write after an error.
-        let _ = std::io::Write::write_all(&mut s, &bytes);
-        if rng.below(2) == 0 {
-            let _ = s.shutdown(Shutdown::Write);
-            let mut sink = Vec::new();
-            match s.read_to_end(&mut sink) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-                    ) => {}
-                Err(_) => not_closed += 1,
-            }
-        }
-    }
-    not_closed
+    spray_streams(addr, &mut Rng(seed), 0, count, IO_LIMIT, |rng, _| garbage(rng))
 }
 
 #[test]

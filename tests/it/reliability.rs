@@ -88,17 +88,7 @@ fn admin(addr: &str, line: &str, list: bool) -> Vec<String> {
 }
 
 fn admin_on(c: &mut Connection, line: &str, list: bool) -> Vec<String> {
-    c.queue_bytes(format!("{line}\n").as_bytes());
-    c.flush().unwrap();
-    let mut lines = Vec::new();
-    loop {
-        let l = c.recv_line(deadline()).unwrap();
-        let end = !list || l == "." || (lines.is_empty() && l.starts_with("ERR "));
-        lines.push(l);
-        if end {
-            return lines;
-        }
-    }
+    crate::support::admin_on(c, line, list, T)
 }
 
 /// `status` as function → (total, running, workers).

@@ -18,8 +18,7 @@
 //! Every test prints its figures on a line starting with `SOAK`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,7 +27,7 @@ use std::time::{Duration, Instant};
 use gearframe::conn::Connection;
 use gearframe::proto::{Magic, Packet, PacketType};
 
-use crate::support::{ChildGuard, Rng, ServerProc, bg, eventually, free_port};
+use crate::support::{self, ChildGuard, Rng, ServerProc, bg, eventually, free_port, spray_streams};
 
 /// How long one reply may take on a loaded machine.
 const T: Duration = Duration::from_secs(30);
@@ -67,18 +66,7 @@ fn echo(c: &mut Connection, data: &[u8]) {
 
 /// One admin command and its reply lines, up to the `.` line of a list.
 fn admin(addr: &str, line: &str, list: bool) -> Vec<String> {
-    let mut c = connect(addr);
-    c.queue_bytes(format!("{line}\n").as_bytes());
-    c.flush().unwrap();
-    let mut lines = Vec::new();
-    loop {
-        let l = c.recv_line(deadline()).unwrap();
-        let end = !list || l == "." || (lines.is_empty() && l.starts_with("ERR "));
-        lines.push(l);
-        if end {
-            return lines;
-        }
-    }
+    support::admin_on(&mut connect(addr), line, list, T)
 }
 
 /// Jobs queued or running for `function`, from `status`.
@@ -436,30 +424,7 @@ fn stream(rng: &mut Rng, i: usize) -> Vec<u8> {
 /// them are half-closed and read until the server closes them; the others
 /// are dropped at once. Returns how many were not closed within `T`.
 fn send_streams(addr: SocketAddr, seed: u64, first: usize, count: usize) -> usize {
-    let mut rng = Rng(seed);
-    let mut not_closed = 0;
-    for i in first..first + count {
-        let bytes = stream(&mut rng, i);
-        let mut s = TcpStream::connect_timeout(&addr, T).expect("the server accepts");
-        s.set_read_timeout(Some(T)).unwrap();
-        s.set_write_timeout(Some(T)).unwrap();
-        // The server may close mid-write after an error.
-        let _ = std::io::Write::write_all(&mut s, &bytes);
-        if rng.below(2) == 0 {
-            let _ = s.shutdown(Shutdown::Write);
-            let mut sink = Vec::new();
-            match s.read_to_end(&mut sink) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
-                    ) => {}
-                Err(_) => not_closed += 1,
-            }
-        }
-    }
-    not_closed
+    spray_streams(addr, &mut Rng(seed), first, count, T, stream)
 }
 
 /// A normal client's round trip: ECHO, then a background job acknowledged.

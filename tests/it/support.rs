@@ -904,3 +904,62 @@ impl Rng {
         (0..n).map(|_| self.next() as u8).collect()
     }
 }
+
+/// Sends `count` byte streams made by `make` (given the generator and the
+/// stream's index from `first`), one connection each. Half of them (drawn
+/// from `rng`) are half-closed and read until the server closes them; the
+/// others are dropped at once. Returns how many were not closed within
+/// `limit`.
+pub fn spray_streams(
+    addr: SocketAddr,
+    rng: &mut Rng,
+    first: usize,
+    count: usize,
+    limit: Duration,
+    mut make: impl FnMut(&mut Rng, usize) -> Vec<u8>,
+) -> usize {
+    let mut not_closed = 0;
+    for i in first..first + count {
+        let bytes = make(rng, i);
+        let mut s = TcpStream::connect_timeout(&addr, limit).expect("the server accepts");
+        s.set_read_timeout(Some(limit)).expect("read timeout");
+        s.set_write_timeout(Some(limit)).expect("write timeout");
+        // The server may close mid-write after an error.
+        let _ = s.write_all(&bytes);
+        if rng.below(2) == 0 {
+            let _ = s.shutdown(Shutdown::Write);
+            let mut sink = Vec::new();
+            match s.read_to_end(&mut sink) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(_) => not_closed += 1,
+            }
+        }
+    }
+    not_closed
+}
+
+/// One admin command on `c` and its reply lines, up to the `.` of a list
+/// (or a first `ERR` line), each within `limit`.
+pub fn admin_on(
+    c: &mut gearframe::conn::Connection,
+    line: &str,
+    list: bool,
+    limit: Duration,
+) -> Vec<String> {
+    c.queue_bytes(format!("{line}\n").as_bytes());
+    c.flush().unwrap();
+    let mut lines = Vec::new();
+    loop {
+        let l = c.recv_line(Some(Instant::now() + limit)).unwrap();
+        let end = !list || l == "." || (lines.is_empty() && l.starts_with("ERR "));
+        lines.push(l);
+        if end {
+            return lines;
+        }
+    }
+}
