@@ -339,7 +339,13 @@ fn run(w: Writer, mut report: Reporter) -> Result<(), String> {
                 // a nearly full disk alternates and is one failure.
                 let settled = last_failure.is_none_or(|t| t.elapsed() >= PROBE_EVERY);
                 if settled && health.failing_since.take().is_some() {
-                    log::info!("persistent queue {}: writes succeed again", path.display());
+                    // A warning, so that whoever saw the failure at the
+                    // default level also sees it end.
+                    log::warn!(
+                        "persistent queue {}: writes succeed again; background submissions are \
+                         accepted",
+                        path.display()
+                    );
                 }
                 health.rows = rows;
                 deletes.clear();
