@@ -573,11 +573,17 @@ fn run_timer(shared: &Shared) {
     let mut st = shared.lock();
     loop {
         let now = Instant::now();
+        // A stop asked for by another thread is acted on by that thread's
+        // own release, after it has sent its replies (the OK of `shutdown`):
+        // the timer acts only on a stop that its own timers brought.
+        let before = st.lifecycle;
         st.run_timers(now);
         st.timers_changed = false;
         let pending = !st.dirty.is_empty()
-            || (st.lifecycle.stop && !shared.stop.load(Ordering::SeqCst))
-            || (st.lifecycle.graceful && !shared.graceful.load(Ordering::SeqCst));
+            || (st.lifecycle.stop && !before.stop && !shared.stop.load(Ordering::SeqCst))
+            || (st.lifecycle.graceful
+                && !before.graceful
+                && !shared.graceful.load(Ordering::SeqCst));
         if pending {
             shared.release(st);
             st = shared.lock();
