@@ -592,6 +592,9 @@ fn empty_config() -> tempfile::NamedTempFile {
 fn sigterm_lets_running_jobs_finish_and_exits_zero() {
     let srv = Ours::start(&Opts::default());
     let cfg = empty_config();
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let script = format!("echo x >> '{}'; sleep 0.7; echo finished", started.display());
     let child = bin()
         .args([
             "-c",
@@ -602,7 +605,7 @@ fn sigterm_lets_running_jobs_finish_and_exits_zero() {
             "--threads",
             "3",
         ])
-        .args(["-f", "slow", "--", "sh", "-c", "sleep 0.7; echo finished"])
+        .args(["-f", "slow", "--", "sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -613,6 +616,13 @@ fn sigterm_lets_running_jobs_finish_and_exits_zero() {
     let clients: Vec<_> =
         (0..3).map(|_| std::thread::spawn(move || run_fg(addr, "slow", b"", false))).collect();
     support::eventually(LIMIT, "3 jobs running", || (status(addr, "slow").1 == 3).then_some(()));
+    // Assigned is not yet started: a job pushed to a slot that has not read
+    // it when the stop comes goes back to the server. Stop once all three
+    // commands run.
+    support::eventually(LIMIT, "3 commands started", || {
+        let n = std::fs::read_to_string(&started).unwrap_or_default().lines().count();
+        (n == 3).then_some(())
+    });
     let killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     for c in clients {
