@@ -64,7 +64,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use outbox::Outbox;
-use state::{Control, Settings, State};
+use state::{Control, Lifecycle, Settings, State};
 
 use crate::busy_poll::BusyPoll;
 use crate::proto::{DEFAULT_MAX_LINE, Decoder};
@@ -284,7 +284,14 @@ impl Shared {
             st.timers_changed = false;
             self.timer_cv.notify_one();
         }
-        let lifecycle = st.lifecycle;
+        // A stop is acted on by the release that takes it: the one whose
+        // batch asked for it, so its replies (the OK of `shutdown`) are
+        // sent before the sockets close.
+        let lifecycle = Lifecycle {
+            stop: st.lifecycle.stop && !st.lifecycle_taken.stop,
+            graceful: st.lifecycle.graceful && !st.lifecycle_taken.graceful,
+        };
+        st.lifecycle_taken = st.lifecycle;
         let dirty = std::mem::take(&mut st.dirty);
         drop(st);
         // Newest first: a batch's last replies are usually to workers (the
@@ -573,17 +580,11 @@ fn run_timer(shared: &Shared) {
     let mut st = shared.lock();
     loop {
         let now = Instant::now();
-        // A stop asked for by another thread is acted on by that thread's
-        // own release, after it has sent its replies (the OK of `shutdown`):
-        // the timer acts only on a stop that its own timers brought.
-        let before = st.lifecycle;
         st.run_timers(now);
         st.timers_changed = false;
         let pending = !st.dirty.is_empty()
-            || (st.lifecycle.stop && !before.stop && !shared.stop.load(Ordering::SeqCst))
-            || (st.lifecycle.graceful
-                && !before.graceful
-                && !shared.graceful.load(Ordering::SeqCst));
+            || st.lifecycle.stop != st.lifecycle_taken.stop
+            || st.lifecycle.graceful != st.lifecycle_taken.graceful;
         if pending {
             shared.release(st);
             st = shared.lock();

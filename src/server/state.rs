@@ -263,6 +263,10 @@ pub(crate) struct State {
     /// Set when a timer earlier than every other was added.
     pub(crate) timers_changed: bool,
     pub(crate) lifecycle: Lifecycle,
+    /// The part of `lifecycle` a release has already taken to act on: the
+    /// release that takes a request is the one that sends the replies
+    /// applied with it, before it acts.
+    pub(crate) lifecycle_taken: Lifecycle,
     /// Reply of `version`.
     pub(crate) version: String,
     /// Reply of `verbose`.
@@ -297,6 +301,7 @@ impl State {
             timers: BinaryHeap::new(),
             timers_changed: false,
             lifecycle: Lifecycle::default(),
+            lifecycle_taken: Lifecycle::default(),
             version: format!("gearframe-{}", env!("CARGO_PKG_VERSION")),
             verbose: "ERROR",
             dirty: Vec::new(),
