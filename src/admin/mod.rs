@@ -78,6 +78,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::client::JobStatus;
 use crate::conn::{Connection, with_default_port};
 use crate::proto::admin::is_listable_name;
 use crate::proto::{Packet, PacketType};
@@ -89,6 +90,11 @@ pub use ops::{
     StopTarget, StopWorkersOptions, clear, drain, stop_workers,
 };
 pub use parse::{decode_text, parse_error_line};
+
+/// A decimal field of a status reply, leniently: garbage is 0.
+fn parse_num(b: &[u8]) -> u64 {
+    std::str::from_utf8(b).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
 
 /// Default limit of each connect and reply wait.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -688,6 +694,77 @@ impl AdminClient {
                 Err(e)
             }
             Err(e) => Err(self.io_err(e)),
+        }
+    }
+
+    /// Sends a binary request on the admin connection and waits for a
+    /// reply of type `want` (an ERROR packet is [`AdminError::Server`]).
+    fn exchange(&mut self, req: &Packet<'_>, want: PacketType) -> Result<crate::conn::OwnedPacket> {
+        let deadline = Instant::now() + self.timeout;
+        let c = self.conn()?;
+        if let Err(e) = c.send(req) {
+            return Err(self.io_err(e));
+        }
+        let c = self.conn()?;
+        match c.recv(Some(deadline)) {
+            Ok(p) if p.kind == want => Ok(p),
+            Ok(p) => {
+                let e = match p.packet() {
+                    Ok(Packet::Error { code, text }) => AdminError::Server {
+                        server: self.server.clone(),
+                        code: String::from_utf8_lossy(code).into_owned(),
+                        message: String::from_utf8_lossy(text).into_owned(),
+                    },
+                    _ => self.parse_err(want.name(), &format!("{} packet", p.kind)),
+                };
+                if let Some(c) = self.conn.take() {
+                    c.close();
+                }
+                Err(e)
+            }
+            Err(e) => Err(self.io_err(e)),
+        }
+    }
+
+    /// GET_STATUS on the admin connection: what this server knows of the
+    /// job with this handle (`known: false` when it has none).
+    ///
+    /// # Errors
+    /// I/O, timeout, an ERROR packet or a malformed reply.
+    pub fn job_status(&mut self, handle: &str) -> Result<JobStatus> {
+        let p =
+            self.exchange(&Packet::GetStatus { handle: handle.as_bytes() }, PacketType::StatusRes)?;
+        match p.packet() {
+            Ok(Packet::StatusRes { known, running, numerator, denominator, .. }) => Ok(JobStatus {
+                known: known == b"1",
+                running: running == b"1",
+                numerator: parse_num(numerator),
+                denominator: parse_num(denominator),
+                clients: None,
+            }),
+            _ => Err(self.parse_err("STATUS_RES", "a malformed STATUS_RES")),
+        }
+    }
+
+    /// GET_STATUS_UNIQUE on the admin connection: the job with this unique
+    /// id in any function, with the count of waiting clients.
+    ///
+    /// # Errors
+    /// As [`AdminClient::job_status`].
+    pub fn job_status_unique(&mut self, unique: &str) -> Result<JobStatus> {
+        let req = Packet::GetStatusUnique { unique: unique.as_bytes() };
+        let p = self.exchange(&req, PacketType::StatusResUnique)?;
+        match p.packet() {
+            Ok(Packet::StatusResUnique {
+                known, running, numerator, denominator, clients, ..
+            }) => Ok(JobStatus {
+                known: known == b"1",
+                running: running == b"1",
+                numerator: parse_num(numerator),
+                denominator: parse_num(denominator),
+                clients: Some(parse_num(clients)),
+            }),
+            _ => Err(self.parse_err("STATUS_RES_UNIQUE", "a malformed STATUS_RES_UNIQUE")),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -222,6 +222,9 @@ pub struct StopWorkersOptions {
     pub wait: Duration,
     /// How often `workers` is read while waiting.
     pub poll: Duration,
+    /// Set (by a Ctrl-C handler) to stop early: the shutdown jobs no worker
+    /// has taken yet are cancelled, so that they cannot stop a worker later.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl Default for StopWorkersOptions {
@@ -230,7 +233,14 @@ impl Default for StopWorkersOptions {
             timeout: super::DEFAULT_TIMEOUT,
             wait: Duration::from_secs(30),
             poll: Duration::from_millis(50),
+            interrupt: None,
         }
+    }
+}
+
+impl StopWorkersOptions {
+    fn interrupted(&self) -> bool {
+        self.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst))
     }
 }
 
@@ -248,6 +258,8 @@ pub struct StopReport {
     /// Shutdown jobs no worker took in time, cancelled so that they cannot
     /// stop a worker started later.
     pub cancelled: u64,
+    /// Stopped early by [`StopWorkersOptions::interrupt`].
+    pub interrupted: bool,
 }
 
 /// Stops workers the way the original gearman_frame did: one
@@ -301,6 +313,7 @@ pub fn stop_workers(
         jobs: jobs.clone(),
         stopped: 0,
         cancelled: 0,
+        interrupted: false,
     };
     if before.is_empty() {
         return Ok(report);
@@ -313,8 +326,11 @@ pub fn stop_workers(
         .build()
         .map_err(|e| AdminError::InvalidArgument(e.to_string()))?;
     let mut handles = Vec::new();
-    for (f, n) in &jobs {
+    'submit: for (f, n) in &jobs {
         for _ in 0..*n {
+            if opts.interrupted() {
+                break 'submit;
+            }
             let job =
                 Job::new(f.clone(), SHUTDOWN_PAYLOAD).priority(Priority::High).background(true);
             let h = client
@@ -329,12 +345,16 @@ pub fn stop_workers(
     loop {
         let now = admin.workers()?.into_iter().filter(|w| target.matches(w)).count() as u64;
         report.stopped = want.saturating_sub(now);
+        if opts.interrupted() {
+            report.interrupted = true;
+            break;
+        }
         if report.stopped >= want || Instant::now() >= deadline {
             break;
         }
         std::thread::sleep(opts.poll);
     }
-    if report.stopped < want {
+    if report.stopped < want || report.interrupted {
         for h in &handles {
             let leftover = client.status(h).is_ok_and(|s| s.known && !s.running);
             if leftover && admin.cancel_job(h.as_str()).is_ok() {
