@@ -1,16 +1,20 @@
 //! `gearframe admin`: status, workers, queues and control of one or more
-//! servers, as aligned tables (with totals across servers) or JSON.
+//! servers, as aligned tables (with totals across servers) or JSON; and
+//! gearadmin's own flags with gearadmin's output (see [`gearadmin`]).
 //!
 //! Exit codes: 0 when every server that could be reached did what was
 //! asked; 1 when a server refused (an `ERR` reply, a job handle no server
-//! knows, fewer workers stopped than found, a persistent queue that is
-//! failing for `store`); 2 for bad input, or when no
-//! server could be reached at all. A server that is down is a row of its
-//! own in the output, not an error, while another one answers.
+//! knows, a function no server has, fewer workers stopped than found, a
+//! persistent queue that is failing for `store`); 2 for bad input, or when
+//! no server could be reached at all; 130 after Ctrl-C. A server that is
+//! down is a row of its own in the output, not an error, while another one
+//! answers.
 
+mod gearadmin;
 mod table;
 mod watch;
 
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,7 +24,8 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use gearframe::admin::{
     AdminClient, AdminError, ClearOptions, Cluster, FunctionStatus, MaxQueue, PerServer,
-    PriorityStatus, StopTarget, StopWorkersOptions, StoreStatus, sum_priority, sum_status,
+    PriorityStatus, StopTarget, StopWorkersOptions, StoreStatus, WorkerInfo, sum_priority,
+    sum_status,
 };
 use gearframe::config::{Config, parse_duration};
 use serde_json::{Value, json};
@@ -30,12 +35,23 @@ use table::Table;
 
 /// Options of `gearframe admin`.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:
+#[command(
+    disable_help_flag = true,
+    after_help = "Examples:
   gearframe admin status                      queues of 127.0.0.1:4730
   gearframe admin -s a:4730,b:4730 workers    workers of two servers
   gearframe admin status --json               for scripts
   gearframe admin watch                       live view, Ctrl-C to quit
-  gearframe admin clear resize                empty the queue of `resize`")]
+  gearframe admin clear resize                empty the queue of `resize`
+  gearframe admin job H:host:42               status of one job
+  gearframe admin -h host -p 4730 --status    gearadmin's flags and output
+
+Exit codes: 0 done; 1 a server refused, or no server knows the job handle or
+has the function named (status, workers, clear, drop, stop-workers, job); 2
+bad input or no server reachable; 130 interrupted. `create` and `maxqueue`
+make the function they name. gearadmin's flags exit as gearadmin does: 1 when
+the server cannot be reached, else 0 (an ERR answer is printed on stderr)."
+)]
 pub(crate) struct AdminArgs {
     /// Job server HOST[:PORT] (repeatable, or comma-separated) [default:
     /// GEARMAN_SERVERS, else admin.servers in config.yaml, else 127.0.0.1:4730].
@@ -47,8 +63,76 @@ pub(crate) struct AdminArgs {
     /// Limit of each connect and reply wait, e.g. 2s [default: admin.timeout, 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, global = true)]
     timeout: Option<Duration>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+    #[command(flatten)]
+    gearadmin: GearadminFlags,
     #[command(subcommand)]
-    command: AdminCommand,
+    command: Option<AdminCommand>,
+}
+
+/// gearadmin's flags, with its meaning and output.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "gearadmin's flags (its output, byte for byte)")]
+struct GearadminFlags {
+    /// The server's host, as gearadmin's -h (with -p; instead of -s) [default: localhost].
+    #[arg(short = 'h', long, value_name = "HOST")]
+    host: Option<String>,
+    /// The server's port, as gearadmin's -p [default: 4730].
+    #[arg(short = 'p', long, value_name = "PORT")]
+    port: Option<u16>,
+    /// The server's version.
+    #[arg(long)]
+    server_version: bool,
+    /// The server's verbose setting.
+    #[arg(long)]
+    server_verbose: bool,
+    /// Creates the function.
+    #[arg(long, value_name = "FUNCTION")]
+    create_function: Option<String>,
+    /// Cancels a queued job.
+    #[arg(long, value_name = "HANDLE")]
+    cancel_job: Option<String>,
+    /// Drops the function.
+    #[arg(long, value_name = "FUNCTION")]
+    drop_function: Option<String>,
+    /// Unique ids of the jobs on the server.
+    #[arg(long)]
+    show_unique_jobs: bool,
+    /// Every job on the server.
+    #[arg(long)]
+    show_jobs: bool,
+    /// The server's process id.
+    #[arg(long)]
+    getpid: bool,
+    /// Status (function, total, running, workers).
+    #[arg(long)]
+    status: bool,
+    /// Queued jobs per priority.
+    #[arg(long)]
+    priority_status: bool,
+    /// Worker connections.
+    #[arg(long)]
+    workers: bool,
+}
+
+impl GearadminFlags {
+    fn script(&self) -> gearadmin::Script {
+        gearadmin::Script {
+            getpid: self.getpid,
+            create_function: self.create_function.clone(),
+            drop_function: self.drop_function.clone(),
+            show_jobs: self.show_jobs,
+            show_unique_jobs: self.show_unique_jobs,
+            cancel_job: self.cancel_job.clone(),
+            server_verbose: self.server_verbose,
+            server_version: self.server_version,
+            workers: self.workers,
+            priority_status: self.priority_status,
+            status: self.status,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,13 +142,29 @@ enum AdminCommand {
         /// Only this function.
         function: Option<String>,
     },
-    /// Worker connections: IP, name (client id) and functions.
+    /// Worker processes: IP, name (client id), slots (connections) and
+    /// functions; the connections of one process share its client id.
     Workers {
         /// Only workers registered for this function.
         function: Option<String>,
         /// Also connections without functions (clients, admin sessions).
         #[arg(long)]
         all: bool,
+        /// One row per connection (with the server's fd), not per process.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Status of one job: by handle (GET_STATUS) or by unique id
+    /// (GET_STATUS_UNIQUE, which also counts the waiting clients). Every
+    /// server is asked; exit 1 when none knows the job.
+    Job {
+        /// The job handle, e.g. H:host:42.
+        #[arg(required_unless_present = "unique", conflicts_with = "unique")]
+        handle: Option<String>,
+        /// The job's unique id instead of a handle (the server matches it in
+        /// any function).
+        #[arg(long, value_name = "UNIQUE")]
+        unique: Option<String>,
     },
     /// Queued jobs per priority (gearmand and gearframe).
     Priority,
@@ -91,7 +191,8 @@ enum AdminCommand {
         #[arg(value_name = "N", num_args = 1..=3, required = true)]
         limits: Vec<u32>,
     },
-    /// Cancels a job by handle (the server that issued it answers).
+    /// Cancels a job by handle: the servers are asked in turn, and the
+    /// first that has the handle cancels it.
     Cancel {
         /// The job handle, e.g. H:host:42.
         handle: String,
@@ -137,6 +238,12 @@ enum AdminCommand {
         /// Exit after N refreshes.
         #[arg(long, value_name = "N")]
         count: Option<u64>,
+        /// Only this function (repeatable).
+        #[arg(short = 'f', long = "function", value_name = "FUNCTION")]
+        functions: Vec<String>,
+        /// Only functions matching this pattern (`*` any characters, `?` one).
+        #[arg(value_name = "PATTERN")]
+        pattern: Option<String>,
     },
 }
 
@@ -180,16 +287,67 @@ fn check_name(what: &str, s: &str) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The admin command's help, as `gearframe admin --help` prints it.
+fn help() -> String {
+    use clap::CommandFactory;
+    let mut cmd = super::Cli::command();
+    cmd.build();
+    match cmd.find_subcommand_mut("admin") {
+        Some(admin) => admin.render_long_help().to_string(),
+        None => String::new(),
+    }
+}
+
+/// The server of gearadmin's `-h HOST -p PORT`, when either is given.
+fn gearadmin_server(args: &AdminArgs) -> Result<Option<String>, Failure> {
+    let g = &args.gearadmin;
+    if g.host.is_none() && g.port.is_none() {
+        return Ok(None);
+    }
+    if !args.servers.is_empty() {
+        return Err(Failure(
+            "-h/-p and -s both name servers: give -h HOST -p PORT or -s HOST:PORT".into(),
+        ));
+    }
+    let host = g.host.as_deref().unwrap_or("localhost");
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    Ok(Some(format!("{host}:{}", g.port.unwrap_or(4730))))
+}
+
 pub(crate) fn run(args: AdminArgs, config: &Config) -> Result<ExitCode, Failure> {
-    let list = servers(&args, config)?;
+    let script = args.gearadmin.script();
+    if args.command.is_none() && script.is_empty() {
+        emit(&help());
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.command.is_some() && !script.is_empty() {
+        return Err(Failure(
+            "gearadmin's flags (--status, --workers, ...) and a subcommand were both given: use one of them".into(),
+        ));
+    }
+    let list = match gearadmin_server(&args)? {
+        Some(s) => vec![s],
+        None => servers(&args, config)?,
+    };
     let timeout = args.timeout.unwrap_or(config.admin.timeout.0);
     if timeout.is_zero() {
         return Err(Failure("--timeout must be more than 0".into()));
     }
+    let Some(command) = args.command else {
+        if args.json {
+            return Err(Failure(
+                "--json does not apply to gearadmin's flags, which print the server's answer: use a subcommand, e.g. `admin status --json`".into(),
+            ));
+        }
+        return Ok(gearadmin::run(&script, &list, timeout));
+    };
     let ctx = Ctx { cluster: Cluster::new(&list, timeout), json: args.json };
-    match args.command {
+    match command {
         AdminCommand::Status { function } => status(&ctx, function.as_deref()),
-        AdminCommand::Workers { function, all } => workers(&ctx, function.as_deref(), all),
+        AdminCommand::Workers { function, all, raw } => {
+            workers(&ctx, function.as_deref(), all, raw)
+        }
+        AdminCommand::Job { handle, unique } => job(&ctx, handle.as_deref(), unique.as_deref()),
         AdminCommand::Priority => priority(&ctx),
         AdminCommand::Jobs { unique } => jobs(&ctx, unique),
         AdminCommand::Ping => ping(&ctx),
@@ -218,8 +376,7 @@ pub(crate) fn run(args: AdminArgs, config: &Config) -> Result<ExitCode, Failure>
         }
         AdminCommand::Cancel { handle } => {
             check_name("job handle", &handle)?;
-            let rs = ctx.cluster.cancel_job(&handle);
-            done(&ctx, &rs, Some(&format!("job {handle}")))
+            cancel(&ctx, &handle)
         }
         AdminCommand::Create { function } => {
             check_name("function name", &function)?;
@@ -228,8 +385,7 @@ pub(crate) fn run(args: AdminArgs, config: &Config) -> Result<ExitCode, Failure>
         }
         AdminCommand::Drop { function } => {
             check_name("function name", &function)?;
-            let rs = ctx.cluster.drop_function(&function);
-            done(&ctx, &rs, None)
+            drop_function(&ctx, &function)
         }
         AdminCommand::Clear { function, stall } => {
             check_name("function name", &function)?;
@@ -242,7 +398,7 @@ pub(crate) fn run(args: AdminArgs, config: &Config) -> Result<ExitCode, Failure>
             stop_workers(&ctx, &target, wait)
         }
         AdminCommand::StopServer { graceful } => stop_server(&ctx, graceful),
-        AdminCommand::Watch { interval, count } => {
+        AdminCommand::Watch { interval, count, functions, pattern } => {
             let interval = interval.unwrap_or(config.admin.interval.0);
             if interval.is_zero() {
                 return Err(Failure("--interval must be more than 0, e.g. 1s".into()));
@@ -250,7 +406,11 @@ pub(crate) fn run(args: AdminArgs, config: &Config) -> Result<ExitCode, Failure>
             if count == Some(0) {
                 return Err(Failure("--count must be at least 1".into()));
             }
-            watch::run(&ctx.cluster, ctx.json, interval, count)
+            for f in &functions {
+                check_name("function name", f)?;
+            }
+            let filter = watch::Filter { functions, pattern };
+            watch::run(&ctx.cluster, ctx.json, interval, count, &filter)
         }
     }
 }
@@ -371,9 +531,76 @@ fn status(ctx: &Ctx, function: Option<&str>) -> Result<ExitCode, Failure> {
     Ok(exit_code(&rs))
 }
 
-fn workers(ctx: &Ctx, function: Option<&str>, all: bool) -> Result<ExitCode, Failure> {
+/// The connections of one worker process on one server: the slots of a
+/// gearframe worker share its client id. Connections without a client id
+/// (`-`) are a group each.
+#[derive(Debug, Clone, serde::Serialize)]
+struct WorkerGroup {
+    ip: String,
+    name: String,
+    slots: usize,
+    fds: Vec<i64>,
+    functions: Vec<String>,
+}
+
+fn group_workers(list: &[WorkerInfo]) -> Vec<WorkerGroup> {
+    let mut groups: BTreeMap<(String, String, i64), WorkerGroup> = BTreeMap::new();
+    for w in list {
+        let key = if w.client_id == "-" {
+            (w.ip.clone(), w.client_id.clone(), w.fd)
+        } else {
+            (w.ip.clone(), w.client_id.clone(), -1)
+        };
+        let g = groups.entry(key).or_insert_with(|| WorkerGroup {
+            ip: w.ip.clone(),
+            name: w.client_id.clone(),
+            slots: 0,
+            fds: Vec::new(),
+            functions: Vec::new(),
+        });
+        g.slots += 1;
+        g.fds.push(w.fd);
+        g.functions.extend(w.functions.iter().cloned());
+    }
+    let mut out: Vec<WorkerGroup> = groups.into_values().collect();
+    for g in &mut out {
+        g.fds.sort_unstable();
+        g.functions.sort();
+        g.functions.dedup();
+    }
+    out
+}
+
+/// Whether any server that answered `status` lists `function`; `Err`
+/// with the exit code when none does (a message on stderr names the
+/// function and the servers).
+fn known_function(ctx: &Ctx, function: &str) -> Result<(), ExitCode> {
+    let rs = ctx.cluster.status();
+    if all_down(&rs) {
+        return Ok(());
+    }
+    let listed = rs
+        .iter()
+        .filter_map(|r| r.result.as_ref().ok())
+        .any(|l| l.iter().any(|f| f.function == function));
+    if listed {
+        return Ok(());
+    }
+    let asked: Vec<&str> =
+        rs.iter().filter(|r| r.result.is_ok()).map(|r| r.server.as_str()).collect();
+    eprintln!(
+        "gearframe: no function `{function}` on {} (see `gearframe admin status` for the functions there)",
+        asked.join(", ")
+    );
+    Err(ExitCode::from(1))
+}
+
+fn workers(ctx: &Ctx, function: Option<&str>, all: bool, raw: bool) -> Result<ExitCode, Failure> {
     if let Some(f) = function {
         check_name("function name", f)?;
+        if let Err(code) = known_function(ctx, f) {
+            return Ok(code);
+        }
     }
     let mut rs = ctx.cluster.workers();
     for r in &mut rs {
@@ -386,11 +613,32 @@ fn workers(ctx: &Ctx, function: Option<&str>, all: bool) -> Result<ExitCode, Fai
         }
     }
     let count: usize = rs.iter().filter_map(|r| r.result.as_ref().ok()).map(Vec::len).sum();
-    if ctx.json {
+    let groups: Vec<PerServer<Vec<WorkerGroup>>> = rs
+        .iter()
+        .map(|r| PerServer {
+            server: r.server.clone(),
+            result: match &r.result {
+                Ok(list) => Ok(group_workers(list)),
+                Err(e) => Err(AdminError::InvalidArgument(e.to_string())),
+            },
+        })
+        .collect();
+    let processes: usize = groups.iter().filter_map(|r| r.result.as_ref().ok()).map(Vec::len).sum();
+    if ctx.json && raw {
         let servers: Vec<Value> =
             rs.iter().map(|r| server_json(r, "workers", |v| json!(v))).collect();
         emit_json(&json!({"servers": servers, "total": count}));
-    } else {
+    } else if ctx.json {
+        let servers: Vec<Value> = rs
+            .iter()
+            .zip(&groups)
+            .map(|(r, g)| match &g.result {
+                Ok(v) => json!({"server": r.server, "up": true, "error": null, "workers": v}),
+                Err(_) => server_json(r, "workers", |_| Value::Null),
+            })
+            .collect();
+        emit_json(&json!({"servers": servers, "total": processes, "connections": count}));
+    } else if raw {
         let mut t = Table::new(&["SERVER", "FD", "IP", "NAME", "FUNCTIONS"]);
         let mut per = Vec::new();
         for r in &rs {
@@ -411,7 +659,7 @@ fn workers(ctx: &Ctx, function: Option<&str>, all: bool) -> Result<ExitCode, Fai
             }
         }
         let mut text = t.render();
-        let noun = if all && function.is_none() { "connection" } else { "worker" };
+        let noun = if all && function.is_none() { "connection" } else { "worker connection" };
         let plural = if count == 1 { "" } else { "s" };
         text.push_str(&format!("{count} {noun}{plural}"));
         if rs.len() > 1 {
@@ -419,8 +667,183 @@ fn workers(ctx: &Ctx, function: Option<&str>, all: bool) -> Result<ExitCode, Fai
         }
         text.push('\n');
         emit(&text);
+    } else {
+        let mut t = Table::new(&["SERVER", "IP", "NAME", "SLOTS", "FUNCTIONS"]);
+        let mut per = Vec::new();
+        for (r, g) in rs.iter().zip(&groups) {
+            match (&r.result, &g.result) {
+                (Ok(_), Ok(list)) => {
+                    per.push(format!("{} on {}", list.len(), r.server));
+                    for w in list {
+                        t.row(vec![
+                            r.server.clone(),
+                            w.ip.clone(),
+                            w.name.clone(),
+                            w.slots.to_string(),
+                            w.functions.join(" "),
+                        ]);
+                    }
+                }
+                (Err(e), _) => t.note(&r.server, problem(&r.server, e)),
+                (Ok(_), Err(_)) => {}
+            }
+        }
+        let mut text = t.render();
+        let noun = if all && function.is_none() { "process" } else { "worker" };
+        let plural = match (processes == 1, noun) {
+            (true, _) => "",
+            (false, "process") => "es",
+            (false, _) => "s",
+        };
+        let slots = if count == 1 { "slot" } else { "slots" };
+        text.push_str(&format!("{processes} {noun}{plural}, {count} {slots}"));
+        if rs.len() > 1 {
+            text.push_str(&format!(" ({})", per.join(", ")));
+        }
+        text.push('\n');
+        emit(&text);
     }
     Ok(exit_code(&rs))
+}
+
+/// Status of one job on every server.
+fn job(ctx: &Ctx, handle: Option<&str>, unique: Option<&str>) -> Result<ExitCode, Failure> {
+    let (what, rs) = match (handle, unique) {
+        (Some(h), _) => {
+            check_name("job handle", h)?;
+            (format!("job {h}"), ctx.cluster.each(|c| c.job_status(h)))
+        }
+        (None, Some(u)) => {
+            if u.is_empty() || u.contains('\0') {
+                return Err(Failure(
+                    "invalid unique id: it must be non-empty and without NUL bytes".into(),
+                ));
+            }
+            (format!("the job with unique id {u:?}"), ctx.cluster.each(|c| c.job_status_unique(u)))
+        }
+        (None, None) => return Err(Failure("give a job handle, or --unique UNIQUE".into())),
+    };
+    let known: Vec<&str> = rs
+        .iter()
+        .filter(|r| matches!(&r.result, Ok(s) if s.known))
+        .map(|r| r.server.as_str())
+        .collect();
+    let status_json = |s: &gearframe::client::JobStatus| {
+        json!({
+            "known": s.known,
+            "running": s.running,
+            "numerator": s.numerator,
+            "denominator": s.denominator,
+            "clients": s.clients,
+        })
+    };
+    if ctx.json {
+        let servers: Vec<Value> =
+            rs.iter().map(|r| server_json(r, "status", status_json)).collect();
+        emit_json(&json!({"servers": servers, "known_by": known}));
+    } else {
+        let by_unique = unique.is_some() && handle.is_none();
+        let mut head = vec!["SERVER", "KNOWN", "RUNNING", "NUMERATOR", "DENOMINATOR"];
+        if by_unique {
+            head.push("CLIENTS");
+        }
+        let mut t = Table::new(&head);
+        let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+        for r in &rs {
+            match &r.result {
+                Ok(s) => {
+                    let mut row = vec![
+                        r.server.clone(),
+                        yes(s.known),
+                        yes(s.running),
+                        s.numerator.to_string(),
+                        s.denominator.to_string(),
+                    ];
+                    if by_unique {
+                        row.push(s.clients.unwrap_or(0).to_string());
+                    }
+                    t.row(row);
+                }
+                Err(e) => t.note(&r.server, problem(&r.server, e)),
+            }
+        }
+        let mut text = t.render();
+        if !known.is_empty() {
+            text.push_str(&format!("{what} is known by {}\n", known.join(", ")));
+        }
+        emit(&text);
+    }
+    if all_down(&rs) {
+        return Ok(exit_code(&rs));
+    }
+    if known.is_empty() {
+        let asked: Vec<&str> =
+            rs.iter().filter(|r| r.result.is_ok()).map(|r| r.server.as_str()).collect();
+        eprintln!("gearframe: no server knows {what} (asked {})", asked.join(", "));
+        return Ok(ExitCode::from(1));
+    }
+    Ok(exit_code(&rs))
+}
+
+/// Cancels a job on the first server, in the given order, that has it.
+fn cancel(ctx: &Ctx, handle: &str) -> Result<ExitCode, Failure> {
+    let mut rs: Vec<PerServer<()>> = Vec::new();
+    for server in ctx.cluster.servers() {
+        let mut c = AdminClient::lazy(server, ctx.cluster.timeout());
+        let result = c.cancel_job(handle);
+        let ok = result.is_ok();
+        rs.push(PerServer { server: server.clone(), result });
+        if ok {
+            break;
+        }
+    }
+    done(ctx, &rs, Some(&format!("job {handle}")))
+}
+
+/// `drop function`; when a server refuses, says what holds the function
+/// there, read from `status`.
+fn drop_function(ctx: &Ctx, function: &str) -> Result<ExitCode, Failure> {
+    let rs = ctx.cluster.drop_function(function);
+    let code = done(ctx, &rs, None)?;
+    for r in &rs {
+        let Err(e) = &r.result else { continue };
+        if e.is_down() {
+            continue;
+        }
+        let held = AdminClient::lazy(&r.server, ctx.cluster.timeout())
+            .function_status(function)
+            .ok()
+            .flatten();
+        match held {
+            Some(f) => {
+                let mut why = Vec::new();
+                if f.queued() > 0 {
+                    why.push(format!("{} queued job{}", f.queued(), plural(f.queued())));
+                }
+                if f.running > 0 {
+                    why.push(format!("{} running job{}", f.running, plural(f.running)));
+                }
+                if f.workers > 0 {
+                    why.push(format!("{} connected worker{}", f.workers, plural(f.workers)));
+                }
+                if why.is_empty() {
+                    eprintln!("gearframe: {e}");
+                } else {
+                    eprintln!(
+                        "gearframe: cannot drop `{function}` on {}: it has {} (empty it with `gearframe admin clear {function}`, stop its workers with `gearframe admin stop-workers {function}`)",
+                        r.server,
+                        why.join(", ")
+                    );
+                }
+            }
+            None => eprintln!("gearframe: no function `{function}` on {}", r.server),
+        }
+    }
+    Ok(code)
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "" } else { "s" }
 }
 
 fn priority_cells(server: &str, f: &PriorityStatus) -> Vec<String> {
@@ -671,7 +1094,18 @@ fn clear(ctx: &Ctx, function: &str, stall: Duration) -> Result<ExitCode, Failure
 }
 
 fn stop_workers(ctx: &Ctx, target: &StopTarget, wait: Duration) -> Result<ExitCode, Failure> {
-    let opts = StopWorkersOptions { timeout: ctx.cluster.timeout(), wait, ..Default::default() };
+    if let StopTarget::Function(f) = target {
+        if let Err(code) = known_function(ctx, f) {
+            return Ok(code);
+        }
+    }
+    let (stop, _rx) = interrupt()?;
+    let opts = StopWorkersOptions {
+        timeout: ctx.cluster.timeout(),
+        wait,
+        interrupt: Some(stop.clone()),
+        ..Default::default()
+    };
     let rs = ctx.cluster.each(|c| gearframe::admin::stop_workers(c.server(), target, &opts));
     let ok = || rs.iter().filter_map(|r| r.result.as_ref().ok());
     let found: u64 = ok().map(|r| r.workers).sum();
@@ -698,6 +1132,14 @@ fn stop_workers(ctx: &Ctx, target: &StopTarget, wait: Duration) -> Result<ExitCo
             StopTarget::Function(f) => format!(" of `{f}`"),
         };
         emit(&format!("{}stopped {stopped} of {found} workers{what}\n", t.render()));
+    }
+    if stop.load(Ordering::SeqCst) {
+        let cancelled: u64 = ok().map(|r| r.cancelled).sum();
+        eprintln!(
+            "gearframe: interrupted: cancelled {cancelled} shutdown job{} no worker had taken",
+            plural(cancelled)
+        );
+        return Ok(ExitCode::from(130));
     }
     let code = exit_code(&rs);
     if code == ExitCode::SUCCESS && stopped < found {

@@ -6,17 +6,132 @@
 //! (negative: the backlog shrinks). On a terminal the screen is cleared
 //! and redrawn; otherwise frames follow each other, separated by a blank
 //! line. With `--json`, one JSON object per refresh and line.
+//!
+//! The function rows are cut to the terminal's height (`LINES`, else the
+//! terminal's size) with a `… N more` line, so the header stays on screen.
+//! TOTAL WORKERS counts each worker connection once, however many of the
+//! shown functions it serves. The watch ends, with exit code 0, as soon as
+//! its output is closed (`| head -3`).
 
-use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::collections::{BTreeSet, HashMap};
+use std::io::{IsTerminal, Write};
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use gearframe::admin::{Cluster, FunctionStatus, sum_status};
+use gearframe::admin::{Cluster, FunctionStatus, PerServer, sum_status};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde_json::{Value, json};
 
 use super::table::Table;
-use super::{Failure, emit, emit_json, interrupt, problem};
+use super::{Failure, interrupt, problem};
+
+/// Which functions are shown: those named with `-f`, and those matching
+/// the pattern; every function when neither is given.
+#[derive(Debug, Default)]
+pub(super) struct Filter {
+    pub(super) functions: Vec<String>,
+    pub(super) pattern: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, function: &str) -> bool {
+        if self.functions.is_empty() && self.pattern.is_none() {
+            return true;
+        }
+        self.functions.iter().any(|f| f == function)
+            || self.pattern.as_deref().is_some_and(|p| glob(p.as_bytes(), function.as_bytes()))
+    }
+}
+
+/// `*` matches any run of characters, `?` one; the rest matches itself.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    pi = sp + 1;
+                    si = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Writes a frame; `false` when stdout is closed (the reader went away).
+fn write_out(text: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_ok()
+}
+
+/// True when stdout is a pipe or socket whose reader is gone.
+fn output_closed() -> bool {
+    let out = std::io::stdout();
+    let mut fds = [PollFd::new(out.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) if n > 0 => {
+            fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
+        }
+        _ => false,
+    }
+}
+
+/// The rows the terminal has room for, when it is known.
+fn terminal_rows(tty: bool) -> Option<usize> {
+    if let Some(n) = std::env::var("LINES").ok().and_then(|l| l.trim().parse::<usize>().ok()) {
+        return (n > 0).then_some(n);
+    }
+    if !tty {
+        return None;
+    }
+    console::Term::stdout().size_checked().map(|(rows, _)| usize::from(rows))
+}
+
+/// One refresh of one server: its status, filtered, and how many distinct
+/// worker connections serve the functions shown.
+struct Sample {
+    status: Vec<PerServer<Vec<FunctionStatus>>>,
+    workers: u64,
+}
+
+fn sample(cluster: &Cluster, filter: &Filter) -> Sample {
+    let rs = cluster.each(|c| {
+        let mut status = c.status()?;
+        status.retain(|f| filter.matches(&f.function));
+        let shown: BTreeSet<&str> = status.iter().map(|f| f.function.as_str()).collect();
+        let workers = c
+            .workers()?
+            .iter()
+            .filter(|w| w.functions.iter().any(|f| shown.contains(f.as_str())))
+            .count() as u64;
+        Ok((status, workers))
+    });
+    let mut workers = 0;
+    let status = rs
+        .into_iter()
+        .map(|r| PerServer {
+            server: r.server,
+            result: r.result.map(|(s, w)| {
+                workers += w;
+                s
+            }),
+        })
+        .collect();
+    Sample { status, workers }
+}
 
 /// Previous sample: job totals per function and when they were read.
 #[derive(Debug, Default)]
@@ -60,6 +175,7 @@ pub(super) fn run(
     json: bool,
     interval: Duration,
     count: Option<u64>,
+    filter: &Filter,
 ) -> Result<ExitCode, Failure> {
     let (_stop, rx) = interrupt()?;
     let tty = std::io::stdout().is_terminal() && !json;
@@ -68,7 +184,7 @@ pub(super) fn run(
     let mut all_down;
     loop {
         let started = Instant::now();
-        let rs = cluster.status();
+        let Sample { status: rs, workers } = sample(cluster, filter);
         let totals = sum_status(&rs);
         let per_sec = rates.update(started, &totals);
         let down = rs.iter().filter(|r| r.result.is_err()).count();
@@ -96,18 +212,32 @@ pub(super) fn run(
                     })
                 })
                 .collect();
-            emit_json(&json!({"time": secs, "servers": servers, "functions": functions}));
+            let line = json!({
+                "time": secs,
+                "servers": servers,
+                "functions": functions,
+                "total_workers": workers,
+            });
+            if !write_out(&format!("{line}\n")) {
+                return Ok(ExitCode::SUCCESS);
+            }
         } else {
             let mut t = Table::new(&["FUNCTION", "QUEUED", "RUNNING", "WORKERS", "JOBS/S"]);
-            let mut sum = (0u64, 0u64, 0u64, 0f64);
-            for f in &totals {
+            let mut sum = (0u64, 0u64, 0f64);
+            // Header, blank, table header, TOTAL, blank, server header,
+            // one line per server, and the line the cursor rests on.
+            let fixed = 7 + rs.len();
+            let room = terminal_rows(tty).map(|h| h.saturating_sub(fixed));
+            let shown = match room {
+                Some(room) if totals.len() > room => room.saturating_sub(1),
+                _ => totals.len(),
+            };
+            for (i, f) in totals.iter().enumerate() {
                 let r = per_sec.get(&f.function);
-                sum = (
-                    sum.0 + f.queued(),
-                    sum.1 + f.running,
-                    sum.2 + f.workers,
-                    sum.3 + r.unwrap_or(&0.0),
-                );
+                sum = (sum.0 + f.queued(), sum.1 + f.running, sum.2 + r.unwrap_or(&0.0));
+                if i >= shown {
+                    continue;
+                }
                 t.row(vec![
                     f.function.clone(),
                     f.queued().to_string(),
@@ -116,12 +246,16 @@ pub(super) fn run(
                     rate_text(r),
                 ]);
             }
+            if shown < totals.len() {
+                let more = totals.len() - shown;
+                t.note(&format!("… {more} more"), format!("function{}", plural(more)));
+            }
             t.row(vec![
                 "TOTAL".into(),
                 sum.0.to_string(),
                 sum.1.to_string(),
-                sum.2.to_string(),
-                rate_text((!per_sec.is_empty() || n > 0).then_some(&sum.3)),
+                workers.to_string(),
+                rate_text((!per_sec.is_empty() || n > 0).then_some(&sum.2)),
             ]);
             let mut frame = String::new();
             if tty {
@@ -154,15 +288,28 @@ pub(super) fn run(
             if !tty {
                 frame.push('\n');
             }
-            emit(&frame);
+            if !write_out(&frame) {
+                return Ok(ExitCode::SUCCESS);
+            }
         }
         n += 1;
         if count.is_some_and(|c| n >= c) {
             break;
         }
-        let wait = interval.saturating_sub(started.elapsed());
-        if rx.recv_timeout(wait).is_ok() {
-            break;
+        // Wait for the next refresh in short steps, to end at once when
+        // the output is closed.
+        let deadline = started + interval;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if rx.recv_timeout(left.min(Duration::from_millis(100))).is_ok() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if output_closed() {
+                return Ok(ExitCode::SUCCESS);
+            }
         }
     }
     Ok(if all_down && count.is_some() {
@@ -173,9 +320,25 @@ pub(super) fn run(
     })
 }
 
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns() {
+        assert!(glob(b"resize*", b"resize_big"));
+        assert!(glob(b"*big", b"resize_big"));
+        assert!(!glob(b"r?s*", b"rsz_x"));
+        assert!(glob(b"r?s*", b"ras"));
+        assert!(!glob(b"resize", b"resize_big"));
+        let f = Filter { functions: vec!["a".into()], pattern: Some("b*".into()) };
+        assert!(f.matches("a") && f.matches("bx") && !f.matches("c"));
+        assert!(Filter::default().matches("anything"));
+    }
 
     #[test]
     fn rates_are_change_per_second() {
