@@ -18,38 +18,38 @@ use serde_json::Value;
 
 use crate::support::{self, ChildGuard, Gearmand, Opts, Ours, eventually, free_port};
 
-const LIMIT: Duration = Duration::from_secs(20);
-const T: Duration = Duration::from_secs(5);
+pub(crate) const LIMIT: Duration = Duration::from_secs(20);
+pub(crate) const T: Duration = Duration::from_secs(5);
 
 /// A running server of either kind.
-enum Srv {
+pub(crate) enum Srv {
     Ours(Ours),
     Gearmand(Gearmand),
 }
 
 impl Srv {
-    fn addr(&self) -> String {
+    pub(crate) fn addr(&self) -> String {
         match self {
             Srv::Ours(s) => s.addr().to_string(),
             Srv::Gearmand(g) => g.addr().to_string(),
         }
     }
 
-    fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         match self {
             Srv::Ours(s) => s.addr().port(),
             Srv::Gearmand(g) => g.addr().port(),
         }
     }
 
-    fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Srv::Ours(_) => "embedded",
             Srv::Gearmand(_) => "gearmand",
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         match self {
             Srv::Ours(_) => std::process::id(),
             Srv::Gearmand(g) => g.pid(),
@@ -58,7 +58,7 @@ impl Srv {
 }
 
 /// The embedded server, and gearmand when it is installed.
-fn servers() -> Vec<Srv> {
+pub(crate) fn servers() -> Vec<Srv> {
     let mut v = vec![Srv::Ours(Ours::start(&Opts::default()))];
     if let Some(g) = Gearmand::start(&Opts::default()) {
         v.push(Srv::Gearmand(g));
@@ -66,16 +66,16 @@ fn servers() -> Vec<Srv> {
     v
 }
 
-fn admin(addr: &str) -> AdminClient {
+pub(crate) fn admin(addr: &str) -> AdminClient {
     AdminClient::connect(addr, T).unwrap()
 }
 
-fn client(addr: &str) -> Client {
+pub(crate) fn client(addr: &str) -> Client {
     Client::builder().servers([addr]).ack_timeout(T).job_timeout(LIMIT).build().unwrap()
 }
 
 /// Submits `n` background jobs to `function` in one pipelined batch.
-fn submit_many(addr: &str, function: &str, n: usize, priority: Priority) {
+pub(crate) fn submit_many(addr: &str, function: &str, n: usize, priority: Priority) {
     let jobs: Vec<Job> = (0..n)
         .map(|i| Job::new(function, format!("p{i}")).priority(priority).background(true))
         .collect();
@@ -84,18 +84,18 @@ fn submit_many(addr: &str, function: &str, n: usize, priority: Priority) {
 }
 
 /// `(total, running, workers)` of `function`, if listed.
-fn figures(addr: &str, function: &str) -> Option<(u64, u64, u64)> {
+pub(crate) fn figures(addr: &str, function: &str) -> Option<(u64, u64, u64)> {
     admin(addr).function_status(function).unwrap().map(|f| (f.total, f.running, f.workers))
 }
 
 /// A worker whose `function` jobs block until released (bounded by LIMIT).
-struct Gated {
+pub(crate) struct Gated {
     worker: Option<Worker>,
     release: Sender<()>,
 }
 
 impl Gated {
-    fn start(addr: &str, name: &str, threads: usize, functions: &[&str]) -> Gated {
+    pub(crate) fn start(addr: &str, name: &str, threads: usize, functions: &[&str]) -> Gated {
         let (tx, rx): (Sender<()>, Receiver<()>) = crossbeam_channel::unbounded();
         let mut b = Worker::builder().servers([addr]).client_id(name).threads(threads);
         for f in functions {
@@ -125,30 +125,30 @@ impl Drop for Gated {
 }
 
 /// A temporary config file for the binary (never ./config.yaml).
-struct Cfg {
+pub(crate) struct Cfg {
     _dir: tempfile::TempDir,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
-fn config(text: &str) -> Cfg {
+pub(crate) fn config(text: &str) -> Cfg {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, text).unwrap();
     Cfg { _dir: dir, path }
 }
 
-struct Out {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Out {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Out {
-    fn code(&self) -> Option<i32> {
+    pub(crate) fn code(&self) -> Option<i32> {
         self.status.code()
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(self.stdout.trim())
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
     }
@@ -156,7 +156,7 @@ impl Out {
 
 /// Runs `gearframe -c CONFIG ARGS` with a deadline; the child is killed if
 /// it overruns.
-fn run_with(cfg: &Cfg, args: &[&str], env: &[(&str, &str)]) -> Out {
+pub(crate) fn run_with(cfg: &Cfg, args: &[&str], env: &[(&str, &str)]) -> Out {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gearframe"));
     cmd.arg("-c")
         .arg(&cfg.path)
@@ -190,12 +190,12 @@ fn run_with(cfg: &Cfg, args: &[&str], env: &[(&str, &str)]) -> Out {
     Out { status, stdout: o.join().unwrap(), stderr: e.join().unwrap() }
 }
 
-fn run(cfg: &Cfg, args: &[&str]) -> Out {
+pub(crate) fn run(cfg: &Cfg, args: &[&str]) -> Out {
     run_with(cfg, args, &[])
 }
 
 /// The data rows of a table (header skipped), split on runs of 2+ spaces.
-fn table_rows(text: &str) -> Vec<Vec<String>> {
+pub(crate) fn table_rows(text: &str) -> Vec<Vec<String>> {
     text.lines()
         .skip(1)
         .map(|l| {
@@ -444,7 +444,7 @@ fn native_clear_function_on_the_embedded_server() {
 }
 
 /// Starts `gearframe worker -f FUNCTION -t N -- cat` on `addr`.
-fn worker_process(cfg: &Cfg, addr: &str, function: &str, threads: usize) -> ChildGuard {
+pub(crate) fn worker_process(cfg: &Cfg, addr: &str, function: &str, threads: usize) -> ChildGuard {
     let child = Command::new(env!("CARGO_BIN_EXE_gearframe"))
         .arg("-c")
         .arg(&cfg.path)
@@ -459,7 +459,7 @@ fn worker_process(cfg: &Cfg, addr: &str, function: &str, threads: usize) -> Chil
     ChildGuard(child)
 }
 
-fn registered(addr: &str, function: &str) -> usize {
+pub(crate) fn registered(addr: &str, function: &str) -> usize {
     admin(addr).workers().unwrap().iter().filter(|w| w.can_do(function)).count()
 }
 
@@ -596,7 +596,7 @@ fn cli_commands_on_both_servers() {
         eventually(LIMIT, "3 workers", || {
             (registered(&addr, "cw_a") == 2 && registered(&addr, "cw_c") == 1).then_some(())
         });
-        let out = run(&cfg, &["admin", "workers", "cw_a", "-s", &addr]);
+        let out = run(&cfg, &["admin", "workers", "cw_a", "-s", &addr, "--raw"]);
         assert_eq!(out.code(), Some(0), "{ctx}: {}", out.stderr);
         let rows = table_rows(&out.stdout);
         assert_eq!(rows.len(), 3, "{ctx}: {}", out.stdout);
@@ -604,8 +604,8 @@ fn cli_commands_on_both_servers() {
             assert_eq!((r[2].as_str(), r[3].as_str()), ("127.0.0.1", "cli named worker"), "{ctx}");
             assert!(r[4].split(' ').any(|f| f == "cw_a"), "{ctx}: {r:?}");
         }
-        assert_eq!(rows[2], ["2 workers"]);
-        let j = run(&cfg, &["admin", "workers", "-s", &addr, "--json"]).json();
+        assert_eq!(rows[2], ["2 worker connections"]);
+        let j = run(&cfg, &["admin", "workers", "-s", &addr, "--json", "--raw"]).json();
         assert_eq!(j["total"], 3, "{ctx}: {j}");
 
         submit_many(&addr, "cp", 2, Priority::High);

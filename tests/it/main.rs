@@ -18,6 +18,8 @@ mod durability;
 mod fds;
 /// `gearframe demo` and `gearframe up` as a user runs them.
 mod framework;
+/// gearadmin's flags on `gearframe admin`, compared with gearadmin byte for byte.
+mod gearadmin_flags;
 /// The real gearman tools against the embedded server.
 mod interop;
 /// Memory and connection time under abuse: partial packets, slow senders, bogus headers.
