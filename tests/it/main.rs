@@ -2,6 +2,8 @@
 
 /// The admin library and `gearframe admin` against both servers.
 mod admin;
+/// `gearframe admin` as a user runs it: job status, watch, workers, exit codes, Ctrl-C.
+mod admin_cli;
 /// Malformed input against the embedded server.
 mod bad_input;
 /// `gearframe bench` runs every scenario and reports them as JSON.

@@ -524,7 +524,7 @@ fn status(ctx: &Ctx, function: Option<&str>) -> Result<ExitCode, Failure> {
     }
     if let Some(f) = function {
         if totals.is_empty() && !all_down(&rs) {
-            eprintln!("gearframe: no server has a function `{f}`");
+            eprintln!("gearframe: no function `{f}` on {}", answered(&rs));
             return Ok(ExitCode::from(1));
         }
     }
@@ -586,11 +586,9 @@ fn known_function(ctx: &Ctx, function: &str) -> Result<(), ExitCode> {
     if listed {
         return Ok(());
     }
-    let asked: Vec<&str> =
-        rs.iter().filter(|r| r.result.is_ok()).map(|r| r.server.as_str()).collect();
     eprintln!(
         "gearframe: no function `{function}` on {} (see `gearframe admin status` for the functions there)",
-        asked.join(", ")
+        answered(&rs)
     );
     Err(ExitCode::from(1))
 }
@@ -842,6 +840,16 @@ fn drop_function(ctx: &Ctx, function: &str) -> Result<ExitCode, Failure> {
     Ok(code)
 }
 
+/// The servers that answered, comma-separated.
+fn answered<T>(rs: &[PerServer<T>]) -> String {
+    let up: Vec<&str> = rs
+        .iter()
+        .filter(|r| !matches!(&r.result, Err(e) if e.is_down()))
+        .map(|r| r.server.as_str())
+        .collect();
+    up.join(", ")
+}
+
 fn plural(n: u64) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
@@ -1074,7 +1082,7 @@ fn clear(ctx: &Ctx, function: &str, stall: Duration) -> Result<ExitCode, Failure
         && results.iter().all(|r| matches!(&r.result, Err(e) if unknown(e) || e.is_down()))
         && !all_down(&results)
     {
-        eprintln!("gearframe: no server has a function `{function}`");
+        eprintln!("gearframe: no function `{function}` on {}", answered(&results));
         return Ok(ExitCode::from(1));
     }
     if stop.load(Ordering::SeqCst) {
