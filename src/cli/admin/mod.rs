@@ -799,45 +799,67 @@ fn cancel(ctx: &Ctx, handle: &str) -> Result<ExitCode, Failure> {
 }
 
 /// `drop function`; when a server refuses, says what holds the function
-/// there, read from `status`.
+/// there, read from `status` (the server's own text says `there are still
+/// connected workers or executing clients` whatever the cause; gearmand
+/// drops a function with queued jobs, gearframe's server refuses).
 fn drop_function(ctx: &Ctx, function: &str) -> Result<ExitCode, Failure> {
-    let rs = ctx.cluster.drop_function(function);
+    let rs: Vec<PerServer<()>> = ctx
+        .cluster
+        .drop_function(function)
+        .into_iter()
+        .map(|r| match r.result {
+            Err(e) if !e.is_down() => {
+                let why = drop_refusal(&r.server, ctx.cluster.timeout(), function);
+                PerServer { server: r.server, result: Err(why.unwrap_or(e)) }
+            }
+            other => PerServer { server: r.server, result: other },
+        })
+        .collect();
     let code = done(ctx, &rs, None)?;
     for r in &rs {
-        let Err(e) = &r.result else { continue };
-        if e.is_down() {
-            continue;
-        }
-        let held = AdminClient::lazy(&r.server, ctx.cluster.timeout())
-            .function_status(function)
-            .ok()
-            .flatten();
-        match held {
-            Some(f) => {
-                let mut why = Vec::new();
-                if f.queued() > 0 {
-                    why.push(format!("{} queued job{}", f.queued(), plural(f.queued())));
-                }
-                if f.running > 0 {
-                    why.push(format!("{} running job{}", f.running, plural(f.running)));
-                }
-                if f.workers > 0 {
-                    why.push(format!("{} connected worker{}", f.workers, plural(f.workers)));
-                }
-                if why.is_empty() {
-                    eprintln!("gearframe: {e}");
-                } else {
-                    eprintln!(
-                        "gearframe: cannot drop `{function}` on {}: it has {} (empty it with `gearframe admin clear {function}`, stop its workers with `gearframe admin stop-workers {function}`)",
-                        r.server,
-                        why.join(", ")
-                    );
-                }
+        if let Err(e) = &r.result {
+            if !e.is_down() {
+                eprintln!(
+                    "gearframe: {}: {}",
+                    r.server,
+                    problem(&r.server, e).trim_start_matches("error: ")
+                );
             }
-            None => eprintln!("gearframe: no function `{function}` on {}", r.server),
         }
     }
     Ok(code)
+}
+
+/// What keeps `function` on `server` from being dropped, as an error to
+/// show in place of the server's answer.
+fn drop_refusal(server: &str, timeout: Duration, function: &str) -> Option<AdminError> {
+    let held = AdminClient::lazy(server, timeout).function_status(function).ok()?;
+    let Some(f) = held else {
+        return Some(AdminError::InvalidArgument(format!("no function `{function}`")));
+    };
+    let mut has = Vec::new();
+    let mut fix = Vec::new();
+    if f.queued() > 0 {
+        has.push(format!("{} queued job{}", f.queued(), plural(f.queued())));
+        fix.push(format!("empty it with `gearframe admin clear {function}`"));
+    }
+    if f.running > 0 {
+        has.push(format!("{} running job{}", f.running, plural(f.running)));
+    }
+    if f.workers > 0 {
+        has.push(format!("{} connected worker{}", f.workers, plural(f.workers)));
+        fix.push(format!("stop them with `gearframe admin stop-workers {function}`"));
+    } else if f.running > 0 {
+        fix.push("wait until the running jobs end".to_string());
+    }
+    if has.is_empty() {
+        return None;
+    }
+    Some(AdminError::InvalidArgument(format!(
+        "cannot drop `{function}`: it has {} ({})",
+        has.join(", "),
+        fix.join("; ")
+    )))
 }
 
 /// The servers that answered, comma-separated.
