@@ -163,6 +163,12 @@ fn bare_admin_prints_its_help_and_flags_mix_with_no_subcommand() {
     for word in ["Commands:", "stop-workers", "watch", "--status", "--show-jobs", "Exit codes"] {
         assert!(out.stdout.contains(word), "{word}: {}", out.stdout);
     }
+    // `admin -h` is gearadmin's host; the subcommands keep `-h` for help.
+    for sub in ["status", "priority", "watch", "stop-workers"] {
+        let out = run(&cfg, &["admin", sub, "-h"]);
+        assert_eq!(out.code(), Some(0), "{sub}: {}{}", out.stdout, out.stderr);
+        assert!(out.stdout.contains(&format!("Usage: gearframe admin {sub}")), "{}", out.stdout);
+    }
     let out = run(&cfg, &["admin", "--status", "status"]);
     assert_eq!(out.code(), Some(2), "{}{}", out.stdout, out.stderr);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);

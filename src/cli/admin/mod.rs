@@ -141,6 +141,8 @@ enum AdminCommand {
     Status {
         /// Only this function.
         function: Option<String>,
+        #[command(flatten)]
+        _help: HelpFlag,
     },
     /// Worker processes: IP, name (client id), slots (connections) and
     /// functions; the connections of one process share its client id.
@@ -153,6 +155,8 @@ enum AdminCommand {
         /// One row per connection (with the server's fd), not per process.
         #[arg(long)]
         raw: bool,
+        #[command(flatten)]
+        _help: HelpFlag,
     },
     /// Status of one job: by handle (GET_STATUS) or by unique id
     /// (GET_STATUS_UNIQUE, which also counts the waiting clients). Every
@@ -165,24 +169,28 @@ enum AdminCommand {
         /// any function).
         #[arg(long, value_name = "UNIQUE")]
         unique: Option<String>,
+        #[command(flatten)]
+        _help: HelpFlag,
     },
     /// Queued jobs per priority (gearmand and gearframe).
-    Priority,
+    Priority(HelpFlag),
     /// Jobs the servers hold (handle, retries, cancelled).
     Jobs {
         /// List the unique ids instead.
         #[arg(long)]
         unique: bool,
+        #[command(flatten)]
+        _help: HelpFlag,
     },
     /// Round-trip time of an ECHO to each server.
-    Ping,
+    Ping(HelpFlag),
     /// Server versions.
-    Version,
+    Version(HelpFlag),
     /// Server process ids.
-    Pid,
+    Pid(HelpFlag),
     /// The persistent queue: file, durability, whether writes succeed, rows
     /// (gearframe's server only).
-    Store,
+    Store(HelpFlag),
     /// Limits the queue of FUNCTION: N for every priority, or HIGH NORMAL LOW (0 = unlimited).
     Maxqueue {
         /// The function.
@@ -190,22 +198,30 @@ enum AdminCommand {
         /// N, or HIGH NORMAL LOW.
         #[arg(value_name = "N", num_args = 1..=3, required = true)]
         limits: Vec<u32>,
+        #[command(flatten)]
+        _help: HelpFlag,
     },
     /// Cancels a job by handle: the servers are asked in turn, and the
     /// first that has the handle cancels it.
     Cancel {
         /// The job handle, e.g. H:host:42.
         handle: String,
+        #[command(flatten)]
+        _help: HelpFlag,
     },
     /// Creates an empty function.
     Create {
         /// The function.
         function: String,
+        #[command(flatten)]
+        _help: HelpFlag,
     },
     /// Drops a function that has no workers and no jobs.
     Drop {
         /// The function.
         function: String,
+        #[command(flatten)]
+        _help: HelpFlag,
     },
     /// Empties the queue of FUNCTION and stops when it is empty.
     Clear {
@@ -214,6 +230,8 @@ enum AdminCommand {
         /// Give up when the queue did not move for this long.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
         stall: Duration,
+        #[command(flatten)]
+        _help: HelpFlag,
     },
     /// Stops the workers of FUNCTION (or all) with priority shutdown jobs.
     StopWorkers {
@@ -223,12 +241,16 @@ enum AdminCommand {
         /// How long to wait for the workers to disconnect.
         #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
         wait: Duration,
+        #[command(flatten)]
+        _help: HelpFlag,
     },
     /// Stops the server (gearframe's server; gearmand removed this command).
     StopServer {
         /// Stop accepting connections, exit once no job is left.
         #[arg(long)]
         graceful: bool,
+        #[command(flatten)]
+        _help: HelpFlag,
     },
     /// A live table like top, refreshed until Ctrl-C.
     Watch {
@@ -244,7 +266,18 @@ enum AdminCommand {
         /// Only functions matching this pattern (`*` any characters, `?` one).
         #[arg(value_name = "PATTERN")]
         pattern: Option<String>,
+        #[command(flatten)]
+        _help: HelpFlag,
     },
+}
+
+/// `-h`/`--help` of each admin subcommand: `gearframe admin -h` is
+/// gearadmin's host, so clap's own help flag is off for the whole tree.
+#[derive(Debug, Args)]
+struct HelpFlag {
+    /// Print help.
+    #[arg(short = 'h', long = "help", action = clap::ArgAction::Help)]
+    _help: Option<bool>,
 }
 
 /// The resolved settings.
@@ -343,24 +376,24 @@ pub(crate) fn run(args: AdminArgs, config: &Config) -> Result<ExitCode, Failure>
     };
     let ctx = Ctx { cluster: Cluster::new(&list, timeout), json: args.json };
     match command {
-        AdminCommand::Status { function } => status(&ctx, function.as_deref()),
-        AdminCommand::Workers { function, all, raw } => {
+        AdminCommand::Status { function, .. } => status(&ctx, function.as_deref()),
+        AdminCommand::Workers { function, all, raw, .. } => {
             workers(&ctx, function.as_deref(), all, raw)
         }
-        AdminCommand::Job { handle, unique } => job(&ctx, handle.as_deref(), unique.as_deref()),
-        AdminCommand::Priority => priority(&ctx),
-        AdminCommand::Jobs { unique } => jobs(&ctx, unique),
-        AdminCommand::Ping => ping(&ctx),
-        AdminCommand::Version => {
+        AdminCommand::Job { handle, unique, .. } => job(&ctx, handle.as_deref(), unique.as_deref()),
+        AdminCommand::Priority(_) => priority(&ctx),
+        AdminCommand::Jobs { unique, .. } => jobs(&ctx, unique),
+        AdminCommand::Ping(_) => ping(&ctx),
+        AdminCommand::Version(_) => {
             let rs = ctx.cluster.version();
             single(&ctx, &rs, "VERSION", "version", |v| v.clone(), |v| json!(v))
         }
-        AdminCommand::Pid => {
+        AdminCommand::Pid(_) => {
             let rs = ctx.cluster.getpid();
             single(&ctx, &rs, "PID", "pid", |v| v.to_string(), |v| json!(v))
         }
-        AdminCommand::Store => store(&ctx),
-        AdminCommand::Maxqueue { function, limits } => {
+        AdminCommand::Store(_) => store(&ctx),
+        AdminCommand::Maxqueue { function, limits, .. } => {
             check_name("function name", &function)?;
             let limits = match limits[..] {
                 [n] => MaxQueue::all(n),
@@ -374,31 +407,31 @@ pub(crate) fn run(args: AdminArgs, config: &Config) -> Result<ExitCode, Failure>
             let rs = ctx.cluster.set_max_queue(&function, limits);
             done(&ctx, &rs, None)
         }
-        AdminCommand::Cancel { handle } => {
+        AdminCommand::Cancel { handle, .. } => {
             check_name("job handle", &handle)?;
             cancel(&ctx, &handle)
         }
-        AdminCommand::Create { function } => {
+        AdminCommand::Create { function, .. } => {
             check_name("function name", &function)?;
             let rs = ctx.cluster.create_function(&function);
             done(&ctx, &rs, None)
         }
-        AdminCommand::Drop { function } => {
+        AdminCommand::Drop { function, .. } => {
             check_name("function name", &function)?;
             drop_function(&ctx, &function)
         }
-        AdminCommand::Clear { function, stall } => {
+        AdminCommand::Clear { function, stall, .. } => {
             check_name("function name", &function)?;
             clear(&ctx, &function, stall)
         }
-        AdminCommand::StopWorkers { target, wait } => {
+        AdminCommand::StopWorkers { target, wait, .. } => {
             check_name("function name", &target)?;
             let target =
                 if target == "all" { StopTarget::All } else { StopTarget::Function(target) };
             stop_workers(&ctx, &target, wait)
         }
-        AdminCommand::StopServer { graceful } => stop_server(&ctx, graceful),
-        AdminCommand::Watch { interval, count, functions, pattern } => {
+        AdminCommand::StopServer { graceful, .. } => stop_server(&ctx, graceful),
+        AdminCommand::Watch { interval, count, functions, pattern, .. } => {
             let interval = interval.unwrap_or(config.admin.interval.0);
             if interval.is_zero() {
                 return Err(Failure("--interval must be more than 0, e.g. 1s".into()));
