@@ -164,6 +164,8 @@ pub(crate) fn run_with(cfg: &Cfg, args: &[&str], env: &[(&str, &str)]) -> Out {
         .env_remove("GEARMAN_SERVERS")
         .env_remove("GEARFRAME_CONFIG")
         .env_remove("RUST_LOG")
+        .env_remove("LINES")
+        .env_remove("COLUMNS")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -224,6 +224,10 @@ fn watch_filters_counts_workers_once_and_fits_the_terminal() {
         assert_eq!(out.code(), Some(0), "{}", out.stderr);
         let lines: Vec<&str> = out.stdout.lines().collect();
         assert!(lines.len() <= 14, "{ctx}: {} lines:\n{}", lines.len(), out.stdout);
+        let env = [("LINES", "14"), ("COLUMNS", "30")];
+        let narrow = run_with(&cfg, &["admin", "watch", "--count", "1", "-s", &addr], &env);
+        assert!(narrow.stdout.lines().all(|l| l.chars().count() <= 30), "{}", narrow.stdout);
+        assert!(narrow.stdout.starts_with("gearframe admin watch"), "{}", narrow.stdout);
         assert!(lines[0].starts_with("gearframe admin watch"), "{ctx}: {}", out.stdout);
         assert!(lines.iter().any(|l| l.starts_with("TOTAL")), "{ctx}: {}", out.stdout);
         let more = lines.iter().find(|l| l.starts_with("… ")).expect("a `… N more` line");

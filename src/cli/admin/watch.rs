@@ -89,15 +89,35 @@ fn output_closed() -> bool {
     }
 }
 
-/// The rows the terminal has room for, when it is known.
-fn terminal_rows(tty: bool) -> Option<usize> {
-    if let Some(n) = std::env::var("LINES").ok().and_then(|l| l.trim().parse::<usize>().ok()) {
-        return (n > 0).then_some(n);
-    }
-    if !tty {
-        return None;
-    }
-    console::Term::stdout().size_checked().map(|(rows, _)| usize::from(rows))
+/// The terminal's `(rows, columns)`, each when known: `LINES` and
+/// `COLUMNS`, else the size of the terminal on stdout.
+fn terminal_size(tty: bool) -> (Option<usize>, Option<usize>) {
+    let env = |name: &str| {
+        std::env::var(name).ok().and_then(|l| l.trim().parse::<usize>().ok()).filter(|&n| n > 0)
+    };
+    let size = if tty { console::Term::stdout().size_checked() } else { None };
+    (
+        env("LINES").or(size.map(|(rows, _)| usize::from(rows))),
+        env("COLUMNS").or(size.map(|(_, cols)| usize::from(cols))),
+    )
+}
+
+/// Cuts every line of `frame` to `width` characters, so that none wraps.
+fn fit_width(frame: &str, width: usize) -> String {
+    frame
+        .split_inclusive('\n')
+        .map(|l| {
+            let body = l.strip_suffix('\n').unwrap_or(l);
+            if body.chars().count() <= width {
+                return l.to_string();
+            }
+            let mut cut: String = body.chars().take(width).collect();
+            if l.ends_with('\n') {
+                cut.push('\n');
+            }
+            cut
+        })
+        .collect()
 }
 
 /// One refresh of one server: its status, filtered, and how many distinct
@@ -227,7 +247,8 @@ pub(super) fn run(
             // Header, blank, table header, TOTAL, blank, server header,
             // one line per server, and the line the cursor rests on.
             let fixed = 7 + rs.len();
-            let room = terminal_rows(tty).map(|h| h.saturating_sub(fixed));
+            let (rows, columns) = terminal_size(tty);
+            let room = rows.map(|h| h.saturating_sub(fixed));
             let shown = match room {
                 Some(room) if totals.len() > room => room.saturating_sub(1),
                 _ => totals.len(),
@@ -258,9 +279,6 @@ pub(super) fn run(
                 rate_text((!per_sec.is_empty() || n > 0).then_some(&sum.2)),
             ]);
             let mut frame = String::new();
-            if tty {
-                frame.push_str("\x1b[H\x1b[2J");
-            }
             frame.push_str(&format!(
                 "gearframe admin watch  {} server{} ({} down)  every {:?}  {time}  (Ctrl-C to quit)\n\n",
                 rs.len(),
@@ -287,6 +305,12 @@ pub(super) fn run(
             frame.push_str(&s.render());
             if !tty {
                 frame.push('\n');
+            }
+            if let Some(width) = columns {
+                frame = fit_width(&frame, width);
+            }
+            if tty {
+                frame.insert_str(0, "\x1b[H\x1b[2J");
             }
             if !write_out(&frame) {
                 return Ok(ExitCode::SUCCESS);
@@ -327,6 +351,12 @@ fn plural(n: usize) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_cut_to_the_width() {
+        assert_eq!(fit_width("abcdef\nab\n\n", 3), "abc\nab\n\n");
+        assert_eq!(fit_width("… 3 more", 3), "… 3");
+    }
 
     #[test]
     fn patterns() {
