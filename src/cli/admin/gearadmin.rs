@@ -174,8 +174,11 @@ fn run_one(script: &Script, server: &str, timeout: Duration) -> Result<(), Failu
             )));
         };
         let (o, e) = render(&a);
-        // A closed stdout (`| head`) is not an error of the server.
-        let _ = out.lock().write_all(&o).and_then(|()| out.lock().flush());
+        // A closed stdout (`| head`) is not an error of the server: the
+        // remaining commands still run, as with gearadmin.
+        let mut o_lock = out.lock();
+        let _ = o_lock.write_all(&o).and_then(|()| o_lock.flush());
+        drop(o_lock);
         let _ = err.lock().write_all(&e);
     }
     Ok(())
