@@ -259,7 +259,7 @@ fn workers_shows_a_10_slot_worker_as_one_row() {
         let j = run(&cfg, &["admin", "workers", "ten_slots", "-s", &addr, "--json"]).json();
         let w = &j["servers"][0]["workers"];
         assert_eq!(w.as_array().map(Vec::len), Some(1), "{ctx}: {j}");
-        assert_eq!((&w[0]["slots"], &w[0]["name"]), (&10.into(), &"stoppable".into()), "{j}");
+        assert_eq!((&w[0]["slots"], &w[0]["client_id"]), (&10.into(), &"stoppable".into()), "{j}");
         assert_eq!(w[0]["fds"].as_array().map(Vec::len), Some(10), "{j}");
         assert_eq!((&j["total"], &j["connections"]), (&1.into(), &10.into()), "{j}");
         let out = run(&cfg, &["admin", "workers", "-s", &addr, "--raw"]);

@@ -570,6 +570,7 @@ fn status(ctx: &Ctx, function: Option<&str>) -> Result<ExitCode, Failure> {
 #[derive(Debug, Clone, serde::Serialize)]
 struct WorkerGroup {
     ip: String,
+    #[serde(rename = "client_id")]
     name: String,
     slots: usize,
     fds: Vec<i64>,
@@ -810,7 +811,10 @@ fn job(ctx: &Ctx, handle: Option<&str>, unique: Option<&str>) -> Result<ExitCode
     if known.is_empty() {
         let asked: Vec<&str> =
             rs.iter().filter(|r| r.result.is_ok()).map(|r| r.server.as_str()).collect();
-        eprintln!("gearframe: no server knows {what} (asked {})", asked.join(", "));
+        eprintln!(
+            "gearframe: no server knows {what} (asked {}; a finished job is forgotten: check the handle and the servers)",
+            asked.join(", ")
+        );
         return Ok(ExitCode::from(1));
     }
     Ok(exit_code(&rs))
