@@ -145,7 +145,9 @@ enum AdminCommand {
         _help: HelpFlag,
     },
     /// Worker processes: IP, name (client id), slots (connections) and
-    /// functions; the connections of one process share its client id.
+    /// functions. The connections sharing a client id and IP are one row
+    /// (a gearframe worker's slots share its --name: give each process its
+    /// own); connections without a client id are a row each.
     Workers {
         /// Only workers registered for this function.
         function: Option<String>,
