@@ -1188,9 +1188,21 @@ impl State {
             }
             self.send(c, PacketType::WorkFail, &[&handle]);
         }
-        if matches!(self.jobs[&id].state, JobState::Scheduled | JobState::Storing) {
+        match self.jobs[&id].state {
             // Not in any queue: nothing would reap it later.
-            self.free_job(id);
+            JobState::Scheduled | JobState::Storing => self.free_job(id),
+            // Out of its queue at once, so that `status` stops counting it.
+            JobState::Queued => {
+                let job = &self.jobs[&id];
+                let q = &mut self.functions[job.func].queues[job.priority.index()];
+                if let Some(i) = q.iter().position(|&j| j == id) {
+                    q.remove(i);
+                }
+                self.free_job(id);
+            }
+            // The worker keeps running it: it counts as running until it
+            // reports, and its result goes to nobody.
+            JobState::Running { .. } => {}
         }
         true
     }
@@ -1626,6 +1638,44 @@ mod tests {
         assert_eq!(st.jobs[&1].state, JobState::Scheduled);
         assert_eq!(st.functions[0].scheduled, 1);
         assert!(!st.jobs.contains_key(&2));
+    }
+
+    #[test]
+    fn a_cancelled_job_leaves_status_at_once_and_a_running_one_counts_until_it_reports() {
+        let mut st = state();
+        let client = conn(&mut st, 1);
+        let admin = conn(&mut st, 2);
+        let worker = conn(&mut st, 3);
+        for u in [&b"a"[..], b"b", b"c"] {
+            apply(&mut st, 1, submit(b"f", u, b"d", Priority::Normal, true));
+        }
+        apply(&mut st, 1, submit(b"f", b"fg", b"d", Priority::Normal, false));
+        client.take_now();
+        let status = |st: &mut State| {
+            st.admin(2, b"status");
+            String::from_utf8(admin.take_now()).unwrap()
+        };
+        assert_eq!(status(&mut st), "f\t4\t0\t0\n.\n");
+        st.admin(2, b"cancel job H:t:2");
+        assert_eq!(admin.take_now(), b"OK\r\n");
+        assert_eq!(status(&mut st), "f\t3\t0\t0\n.\n");
+        st.admin(2, b"cancel job H:t:4");
+        assert_eq!(admin.take_now(), b"OK\r\n");
+        assert_eq!(sent(&client), ["WORK_FAIL H:t:4"]);
+        assert_eq!(status(&mut st), "f\t2\t0\t0\n.\n");
+        // A running job stays counted as running until its worker reports.
+        apply(&mut st, 3, Packet::CanDo { function: b"f" });
+        apply(&mut st, 3, Packet::GrabJob);
+        assert_eq!(sent(&worker), ["JOB_ASSIGN H:t:1,f,d"]);
+        st.admin(2, b"cancel job H:t:1");
+        assert_eq!(admin.take_now(), b"OK\r\n");
+        assert_eq!(status(&mut st), "f\t2\t1\t1\n.\n");
+        apply(&mut st, 3, Packet::WorkComplete { handle: b"H:t:1", data: b"" });
+        assert_eq!(status(&mut st), "f\t1\t0\t1\n.\n");
+        // The cancelled ones are never handed out.
+        apply(&mut st, 3, Packet::GrabJob);
+        apply(&mut st, 3, Packet::GrabJob);
+        assert_eq!(sent(&worker), ["JOB_ASSIGN H:t:3,f,d", "NO_JOB"]);
     }
 
     #[test]
