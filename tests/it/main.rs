@@ -34,6 +34,8 @@ mod server;
 mod shell;
 /// The reliability soak: kills, malformed streams and corrupt queues, repeated.
 mod soak;
+/// Stopping the server: signals under load, the graceful stop.
+mod stops;
 /// Peers, server guards, polling helpers and a raw protocol connection.
 mod support;
 /// The worker pool against both servers, and `gearframe worker`.
