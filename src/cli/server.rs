@@ -24,7 +24,7 @@ pub(crate) struct ServerArgs {
     /// Rotate each worker's function order after every job.
     #[arg(short = 'R', long)]
     round_robin: bool,
-    /// Job handle prefix [default: H:<hostname>].
+    /// Job handle prefix [default: H:<hostname>:<port>:<start time>, unique per server and run].
     #[arg(long, value_name = "PREFIX")]
     job_handle_prefix: Option<String>,
     /// Largest packet body accepted, in bytes.

@@ -82,7 +82,8 @@ pub struct ServerConfig {
     pub worker_wakeup: u32,
     /// Rotate the function order of a worker after every job it is given.
     pub round_robin: bool,
-    /// Prefix of job handles (default `H:<hostname>`); handles are `PREFIX:N`.
+    /// Prefix of job handles (default `H:<hostname>:<port>:<start time>`,
+    /// unique per server and per run); handles are `PREFIX:N`.
     pub job_handle_prefix: Option<String>,
     /// Largest accepted packet body in bytes; a larger one is refused from
     /// its header with `ARGUMENT_TOO_LARGE` and the connection is closed.
@@ -228,13 +229,39 @@ fn listen(addr: &str) -> io::Result<TcpListener> {
     Err(last)
 }
 
-/// The host name, for the default job handle prefix.
+/// The host name, for the default job handle prefix: letters, digits, `-`
+/// and `.` only, at most 24 of them, so that a handle stays within the 63
+/// bytes peers allow.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    let name: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        .take(24)
+        .collect();
+    if name.is_empty() { "localhost".into() } else { name }
+}
+
+/// The default job handle prefix, `H:<host>:<port>:<start>`: the port tells
+/// two servers on one host apart, and the start time (milliseconds since the
+/// epoch, base 36) one run of a server from the next, so that a handle
+/// issued before a restart never names a job made after it. Handles are
+/// ASCII without spaces, such as `H:vm:4730:miocq2zk:17`.
+fn default_handle_prefix(port: u16) -> String {
+    let mut ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut start = Vec::new();
+    loop {
+        start.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(ms % 36) as usize]);
+        ms /= 36;
+        if ms == 0 {
+            break;
+        }
+    }
+    start.reverse();
+    format!("H:{}:{port}:{}", hostname(), String::from_utf8_lossy(&start))
 }
 
 #[derive(Debug)]
@@ -377,7 +404,7 @@ impl Server {
             ip => ip,
         };
         let prefix =
-            config.job_handle_prefix.clone().unwrap_or_else(|| format!("H:{}", hostname()));
+            config.job_handle_prefix.clone().unwrap_or_else(|| default_handle_prefix(addr.port()));
         let settings = Settings {
             job_retries: config.job_retries,
             worker_wakeup: config.worker_wakeup,

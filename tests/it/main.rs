@@ -14,6 +14,8 @@ mod client;
 mod diff;
 /// The persistent queue under real faults: locked database, full disk, failed dump.
 mod durability;
+/// Server and `send` edges: unique handles, cancel, relative plans, interrupts.
+mod edges;
 /// File descriptor limits: connections that fit are served, the rest refused at once.
 mod fds;
 /// `gearframe demo` and `gearframe up` as a user runs them.
