@@ -268,11 +268,10 @@ fn default_handle_prefix(port: u16) -> String {
 struct Shared {
     state: Mutex<State>,
     /// Paired with `state`: wakes the timer thread when an earlier deadline
-    /// is added, and the accept thread when the server must stop.
+    /// is added.
     timer_cv: Condvar,
     stop_cv: Condvar,
     stop: AtomicBool,
-    graceful: AtomicBool,
     timer_quit: AtomicBool,
     wake_addr: SocketAddr,
     config: ServerConfig,
@@ -327,9 +326,6 @@ impl Shared {
         // finishes sooner; each connection's own order is unchanged.
         for out in dirty.iter().rev() {
             out.flush();
-        }
-        if lifecycle.graceful && !self.graceful.swap(true, Ordering::SeqCst) {
-            self.wake_acceptor();
         }
         if lifecycle.stop && !self.stop.load(Ordering::SeqCst) {
             {
@@ -444,7 +440,6 @@ impl Server {
             timer_cv: Condvar::new(),
             stop_cv: Condvar::new(),
             stop: AtomicBool::new(false),
-            graceful: AtomicBool::new(false),
             timer_quit: AtomicBool::new(false),
             wake_addr: SocketAddr::new(wake_ip, addr.port()),
             config,
@@ -508,13 +503,12 @@ impl Stopper {
         self.shared.release(st);
     }
 
-    /// Stops accepting connections and stops once no job is left.
+    /// Takes no new jobs and stops once no job is left; workers and admin
+    /// connections are still accepted meanwhile, so the queue can drain and
+    /// the wait be watched (`status`, `stopping`).
     pub fn shutdown_graceful(&self) {
         let mut st = self.shared.lock();
-        st.lifecycle.graceful = true;
-        if st.jobs.is_empty() {
-            st.lifecycle.stop = true;
-        }
+        st.start_graceful();
         self.shared.release(st);
     }
 }
@@ -553,7 +547,8 @@ impl ServerHandle {
         self.stopper().shutdown();
     }
 
-    /// Stops accepting connections, then stops once no job is left.
+    /// Takes no new jobs, then stops once no job is left (see
+    /// [`Stopper::shutdown_graceful`]).
     pub fn shutdown_graceful(&self) {
         self.stopper().shutdown_graceful();
     }
@@ -608,6 +603,7 @@ fn run_timer(shared: &Shared) {
     loop {
         let now = Instant::now();
         st.run_timers(now);
+        st.report_graceful(now);
         st.timers_changed = false;
         let pending = !st.dirty.is_empty()
             || st.lifecycle.stop != st.lifecycle_taken.stop
@@ -677,7 +673,9 @@ fn run_acceptor(
             .into(),
     );
     loop {
-        if shared.stop.load(Ordering::SeqCst) || shared.graceful.load(Ordering::SeqCst) {
+        // A graceful stop keeps accepting: workers drain the queue and admin
+        // connections watch; submissions are refused by the state.
+        if shared.stop.load(Ordering::SeqCst) {
             break;
         }
         let accepted = listener.accept();
@@ -755,12 +753,8 @@ fn run_acceptor(
     for r in [&mut over_limit, &mut no_descriptor, &mut no_thread] {
         r.finish();
     }
-    // Graceful: keep serving until the last job is gone.
     {
-        let mut st = shared.lock();
-        while !shared.stop.load(Ordering::SeqCst) {
-            st = shared.stop_cv.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
+        let st = shared.lock();
         for c in st.conns.values() {
             c.out.shutdown_socket();
         }

@@ -47,6 +47,9 @@ pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 /// Collections smaller than this many entries keep their capacity.
 const SHRINK_MIN: usize = 1024;
 
+/// How often a graceful stop logs what it still waits for.
+pub(crate) const GRACEFUL_REPORT: Duration = Duration::from_secs(5);
+
 /// Whether a collection of `len` entries in room for `cap` should give
 /// memory back: only when it is both large and mostly empty, and then to
 /// twice its length, so a busy server that fills and empties the same room
@@ -267,6 +270,8 @@ pub(crate) struct State {
     /// release that takes a request is the one that sends the replies
     /// applied with it, before it acts.
     pub(crate) lifecycle_taken: Lifecycle,
+    /// When a graceful stop next logs what it waits for.
+    pub(crate) graceful_report: Option<Instant>,
     /// Reply of `version`.
     pub(crate) version: String,
     /// Reply of `verbose`.
@@ -302,6 +307,7 @@ impl State {
             timers_changed: false,
             lifecycle: Lifecycle::default(),
             lifecycle_taken: Lifecycle::default(),
+            graceful_report: None,
             version: format!("gearframe-{}", env!("CARGO_PKG_VERSION")),
             verbose: "ERROR",
             dirty: Vec::new(),
@@ -421,6 +427,14 @@ impl State {
         epoch: Option<u64>,
         reducer: Option<&[u8]>,
     ) {
+        if self.lifecycle.graceful {
+            self.send_error(
+                conn,
+                "SERVER_STOPPING",
+                "the server is stopping gracefully and takes no new jobs; submit to another server",
+            );
+            return;
+        }
         if unique.len() > 64 {
             self.send_error(conn, "ARGUMENT_TOO_LARGE", "Unique value too large");
             return;
@@ -883,6 +897,50 @@ impl State {
         if self.lifecycle.graceful && self.jobs.is_empty() {
             self.lifecycle.stop = true;
         }
+    }
+
+    /// Begins a graceful stop: no new jobs are taken, and the server stops
+    /// once it holds none (queued jobs that no worker serves keep it
+    /// waiting, as in gearmand).
+    pub(crate) fn start_graceful(&mut self) {
+        self.lifecycle.graceful = true;
+        if self.jobs.is_empty() {
+            self.lifecycle.stop = true;
+        } else {
+            self.graceful_report = None;
+            self.report_graceful(Instant::now());
+        }
+    }
+
+    /// What a graceful stop waits for, logged at most every
+    /// [`GRACEFUL_REPORT`]: `N jobs: f (1 running, 2 queued), ...`.
+    pub(crate) fn report_graceful(&mut self, now: Instant) {
+        if !self.lifecycle.graceful || self.lifecycle.stop || self.jobs.is_empty() {
+            return;
+        }
+        if self.graceful_report.is_some_and(|at| now < at) {
+            return;
+        }
+        self.graceful_report = Some(now + GRACEFUL_REPORT);
+        let per_function: Vec<String> = self
+            .functions
+            .iter()
+            .filter(|f| f.job_total > 0)
+            .map(|f| {
+                format!(
+                    "{} ({} running, {} queued)",
+                    String::from_utf8_lossy(&f.name),
+                    f.job_running,
+                    f.job_total.saturating_sub(f.job_running)
+                )
+            })
+            .collect();
+        log::warn!(
+            "graceful stop: waiting for {} jobs: {}; new jobs are refused, workers and admin \
+             may connect (`shutdown` or `clear function` to drop the rest)",
+            self.jobs.len(),
+            per_function.join(", ")
+        );
     }
 
     /// Finds the next runnable job for a worker, reaping ignored jobs on the

@@ -143,3 +143,59 @@ fn signals_during_a_background_load_neither_panic_nor_lose_acknowledged_jobs() {
         assert_no_panic(&log, &format!("round {round}, after the restart"));
     }
 }
+
+/// A graceful stop with a job nobody serves: it says what it waits for,
+/// again every few seconds, at the default log level; `status` and
+/// `stopping` answer on new connections; a new submission gets an ERROR
+/// naming the stop; a worker that connects drains the job and the server
+/// then exits cleanly.
+#[test]
+fn a_graceful_stop_says_what_it_waits_for_and_lets_workers_drain_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let mut server = ServerProc::start(&[], &log);
+    let addr = server.addr();
+    let mut client = RawConn::connect(addr, "client");
+    client.send(bg(b"nobody", b"u1", b"x"));
+    let created = client.recv_packet();
+    assert_eq!(created.kind, PacketType::JobCreated);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gearframe"))
+        .args(["admin", "-s", &server.addr_string(), "stop-server", "--graceful"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let waiting = "graceful stop: waiting for 1 jobs: nobody (0 running, 1 queued)";
+    let logged = |n: usize| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        (text.matches(waiting).count() >= n).then_some(())
+    };
+    eventually(LIMIT, "the graceful stop's first report", || logged(1));
+    // Still there, and watchable from a new connection.
+    assert!(server.exited().is_none(), "the server stopped with a job left");
+    let mut admin = RawConn::connect(addr, "admin");
+    admin.send_line("status");
+    assert_eq!(admin.recv_admin_list(), [b"nobody\t1\t0\t0\n".to_vec(), b".\n".to_vec()]);
+    admin.send_line("stopping");
+    assert_eq!(admin.recv_line(), b"OK graceful jobs=1\r\n");
+    // No new job is taken, on an old or a new connection.
+    for c in [&mut client, &mut RawConn::connect(addr, "late client")] {
+        c.send(bg(b"nobody", b"u2", b"y"));
+        let p = c.recv_packet();
+        assert_eq!(p.kind, PacketType::Error, "{p:?}");
+        assert_eq!(p.arg_str(0), "SERVER_STOPPING");
+    }
+    // Repeated while it waits.
+    eventually(LIMIT, "a second report of the graceful stop", || logged(2));
+    // A worker may connect and drain the queue; then the server stops.
+    let mut worker = RawConn::connect(addr, "worker");
+    worker.send(gearframe::proto::Packet::CanDo { function: b"nobody" });
+    worker.send(gearframe::proto::Packet::GrabJob);
+    let assigned = worker.recv_packet();
+    assert_eq!(assigned.kind, PacketType::JobAssign, "{assigned:?}");
+    let handle = assigned.arg(0).to_vec();
+    worker.send(gearframe::proto::Packet::WorkComplete { handle: &handle, data: b"" });
+    let status =
+        eventually(LIMIT, "the server's exit once its last job is done", || server.exited());
+    assert!(status.success(), "{status}");
+    assert_no_panic(&log, "graceful stop");
+}
