@@ -97,3 +97,124 @@ fn a_cancelled_job_leaves_status_at_once() {
     assert_eq!(row["function"], "cancelme", "{text}");
     assert_eq!((row["total"].as_u64(), row["queued"].as_u64()), (Some(2), Some(2)), "{text}");
 }
+
+/// `send --plan plan.sh` runs the executable `plan.sh` of the current
+/// directory (the README's form), as `./plan.sh`.
+#[test]
+fn send_runs_a_relative_plan_executable_from_the_current_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProc::start(&[], &dir.path().join("s.log"));
+    let plan = dir.path().join("plan.sh");
+    std::fs::write(&plan, "#!/bin/sh\necho '[{\"function\": \"relplan\", \"data\": \"x\"}]'\n")
+        .unwrap();
+    std::fs::set_permissions(&plan, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gearframe"))
+        .args(["send", "-s", &s.addr_string(), "--plan", "plan.sh", "--mode", "async"])
+        .env_remove("GEARMAN_SERVERS")
+        .env_remove("GEARFRAME_CONFIG")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("sent 1, accepted 1, failed 0"), "{err}");
+    assert_eq!(queued(s.addr(), "relplan"), 1);
+}
+
+/// `gearframe send` with stdout read line by line as it comes.
+struct Send {
+    child: crate::support::ChildGuard,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Send {
+    fn start(addr: &str, plan: &str) -> Send {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.keep().join("plan.yaml");
+        std::fs::write(&path, plan).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gearframe"))
+            .args(["send", "-s", addr, "--mode", "sync", "--plan", path.to_str().unwrap()])
+            .env_remove("GEARMAN_SERVERS")
+            .env_remove("GEARFRAME_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Send { child: crate::support::ChildGuard(child), lines }
+    }
+
+    fn line(&self) -> String {
+        self.lines.recv_timeout(LIMIT).expect("a result line from send")
+    }
+
+    /// Waits for the exit; the status and stderr.
+    fn finish(&mut self) -> (std::process::ExitStatus, String) {
+        let c = &mut self.child.0;
+        let status = crate::support::eventually(LIMIT, "send exits", || c.try_wait().unwrap());
+        let mut err = String::new();
+        std::io::Read::read_to_string(c.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (status, err)
+    }
+}
+
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sync results are printed as they finish: a fast job's line comes while
+/// a slow job of the plan (listed first) still runs.
+#[test]
+fn send_prints_each_result_as_it_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProc::start(&[], &dir.path().join("s.log"));
+    let addr = s.addr_string();
+    let (c, seen, gate) = crate::client::ctl();
+    let _slow = crate::client::RawWorker::start(&addr, &["hold"], c.clone());
+    let _fast = crate::client::RawWorker::start(&addr, &["reverse"], c);
+    let mut send =
+        Send::start(&addr, "- function: hold\n  data: slow\n- function: reverse\n  data: abc\n");
+    assert_eq!(seen.recv_timeout(LIMIT).unwrap(), b"slow");
+    assert_eq!(send.line(), "reverse\tcomplete\tcba", "the fast job's line comes first");
+    gate.send(()).unwrap();
+    assert_eq!(send.line(), "hold\tcomplete\theld:slow");
+    let (status, err) = send.finish();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("sent 2, completed 2, failed 0"), "{err}");
+}
+
+/// Ctrl-C while a job runs: the results that had finished stay printed, a
+/// summary says what was done, and send exits 130 at once.
+#[test]
+fn send_interrupted_keeps_finished_results_and_prints_a_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ServerProc::start(&[], &dir.path().join("s.log"));
+    let addr = s.addr_string();
+    let (c, seen, gate) = crate::client::ctl();
+    let _slow = crate::client::RawWorker::start(&addr, &["hold"], c.clone());
+    let _fast = crate::client::RawWorker::start(&addr, &["reverse", "fail"], c);
+    let mut send = Send::start(
+        &addr,
+        "- function: hold\n  data: never\n- function: reverse\n  data: abc\n- function: fail\n",
+    );
+    assert_eq!(seen.recv_timeout(LIMIT).unwrap(), b"never");
+    let mut lines = vec![send.line(), send.line()];
+    lines.sort();
+    assert_eq!(lines[1], "reverse\tcomplete\tcba");
+    assert!(lines[0].starts_with("fail\tfail"), "{lines:?}");
+    let pid = send.child.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let (status, err) = send.finish();
+    gate.send(()).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted: 1 of 3 done, 1 failed, 1 not finished"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.contains("interrupted")).count(), 1, "{err}");
+    assert!(send.lines.recv_timeout(LIMIT).is_err(), "no line after the interrupt");
+}
