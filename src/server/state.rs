@@ -1737,6 +1737,33 @@ mod tests {
     }
 
     #[test]
+    fn a_graceful_stop_refuses_new_jobs_and_stops_with_the_last_one() {
+        let mut st = state();
+        let client = conn(&mut st, 1);
+        let admin = conn(&mut st, 2);
+        let worker = conn(&mut st, 3);
+        apply(&mut st, 1, submit(b"f", b"a", b"d", Priority::Normal, true));
+        client.take_now();
+        st.admin(2, b"stopping");
+        assert_eq!(admin.take_now(), b"OK running\r\n");
+        st.admin(2, b"shutdown graceful");
+        assert_eq!(admin.take_now(), b"OK\r\n");
+        assert!(st.lifecycle.graceful && !st.lifecycle.stop, "a job is left");
+        st.admin(2, b"stopping");
+        assert_eq!(admin.take_now(), b"OK graceful jobs=1\r\n");
+        apply(&mut st, 1, submit(b"f", b"b", b"d", Priority::Normal, true));
+        apply(&mut st, 1, submit(b"f", b"c", b"d", Priority::High, false));
+        assert_eq!(error_codes(&client), ["SERVER_STOPPING", "SERVER_STOPPING"]);
+        assert_eq!(st.jobs.len(), 1);
+        apply(&mut st, 3, Packet::CanDo { function: b"f" });
+        apply(&mut st, 3, Packet::GrabJob);
+        assert_eq!(sent(&worker), ["JOB_ASSIGN H:t:1,f,d"]);
+        assert!(!st.lifecycle.stop);
+        apply(&mut st, 3, Packet::WorkComplete { handle: b"H:t:1", data: b"" });
+        assert!(st.lifecycle.stop, "the last job is done");
+    }
+
+    #[test]
     fn shutdown_only_from_loopback() {
         let mut st = state();
         let remote = Arc::new(Outbox::new(None, 1 << 20));

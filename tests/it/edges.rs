@@ -218,3 +218,32 @@ fn send_interrupted_keeps_finished_results_and_prints_a_summary() {
     assert_eq!(err.lines().filter(|l| l.contains("interrupted")).count(), 1, "{err}");
     assert!(send.lines.recv_timeout(LIMIT).is_err(), "no line after the interrupt");
 }
+
+/// A worker config whose on_failure chain loops is refused at load, in one
+/// line naming the chain, before any server is contacted.
+#[test]
+fn an_on_failure_cycle_is_refused_when_the_worker_loads_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    for (functions, chain) in [
+        ("    a:\n      builtin: echo\n      on_failure: a\n", "a -> a"),
+        (
+            "    a:\n      builtin: echo\n      on_failure: b\n    b:\n      builtin: echo\n      on_failure: a\n",
+            "a -> b -> a",
+        ),
+    ] {
+        std::fs::write(&cfg, format!("worker:\n  functions:\n{functions}")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_gearframe"))
+            .arg("-c")
+            .arg(&cfg)
+            .args(["worker", "-s", "127.0.0.1:1"])
+            .env_remove("GEARMAN_SERVERS")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("on_failure: {chain} loops")), "{err}");
+    }
+}
