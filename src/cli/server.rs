@@ -127,7 +127,7 @@ pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure
     let server = Server::bind(cfg)?;
     let stopper = server.stopper();
     ctrlc::set_handler(move || {
-        log::info!("signal received: stopping");
+        eprintln!("gearframe server: signal received: stopping");
         stopper.shutdown();
     })
     .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;

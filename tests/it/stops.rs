@@ -127,6 +127,8 @@ fn signals_during_a_background_load_neither_panic_nor_lose_acknowledged_jobs() {
         }
         assert_no_panic(&log, &format!("round {round}, SIG{sig}"));
         assert!(status.success(), "round {round}: SIG{sig} ended the server with {status}");
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(said.contains("signal received: stopping"), "round {round}: {said}");
         let acked = acked.lock().unwrap().clone();
         assert!(!acked.is_empty());
         server.restart();
