@@ -87,7 +87,7 @@ pub struct ServerSection {
     pub worker_wakeup: u32,
     /// Rotate each worker's function order after every job.
     pub round_robin: bool,
-    /// Job handle prefix (default `H:<hostname>`).
+    /// Job handle prefix (default `H:<hostname>:<port>:<start time>`).
     pub job_handle_prefix: Option<String>,
     /// Largest packet body accepted, in bytes.
     pub max_packet_size: u32,

@@ -12,13 +12,18 @@
 //!     unique: optional-id              # default: derived from function and data
 //! ```
 //!
-//! The top level may also be the bare list.
+//! The top level may also be the bare list. An executable plan given by a
+//! relative path is run from the current directory (`--plan plan.sh` runs
+//! `./plan.sh`), never looked up in `PATH`.
+//!
+//! In sync mode each result is printed as it arrives; Ctrl-C then ends at
+//! once with `interrupted: D of N done, F failed, R not finished`.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -163,8 +168,11 @@ fn is_executable(_meta: &std::fs::Metadata) -> bool {
 }
 
 /// Runs an executable plan and returns its stdout, within [`PLAN_RUN_LIMIT`].
+/// A relative path is run from the current directory (`plan.sh` as
+/// `./plan.sh`), never looked up in `PATH`: the plan is the file named.
 fn run_plan(path: &Path) -> Result<String, String> {
-    let mut child = Command::new(path)
+    let program = if path.is_relative() { Path::new(".").join(path) } else { path.to_path_buf() };
+    let mut child = Command::new(program)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -198,9 +206,56 @@ fn run_plan(path: &Path) -> Result<String, String> {
 #[derive(Debug, Default)]
 struct Totals {
     sent: usize,
-    completed: usize,
+    /// Completed (sync) or accepted (async).
+    ok: usize,
     failed: usize,
     errors: usize,
+}
+
+/// Where the batch being sent stands, for the summary printed on Ctrl-C.
+#[derive(Debug, Default)]
+struct Progress {
+    /// A batch of foreground jobs is waiting for its results.
+    waiting: bool,
+    total: usize,
+    done: usize,
+    failed: usize,
+}
+
+impl Progress {
+    /// `interrupted: 3 of 5 done, 1 failed, 1 not finished`.
+    fn interrupted(&self) -> String {
+        format!(
+            "interrupted: {} of {} done, {} failed, {} not finished",
+            self.done,
+            self.total,
+            self.failed,
+            self.total.saturating_sub(self.done + self.failed)
+        )
+    }
+}
+
+/// How one outcome counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    Ok,
+    Failed,
+    Error,
+}
+
+/// How one job's outcome counts, its status word and its text.
+fn describe(o: &gearframe::client::Result<JobOutcome>) -> (Counted, &'static str, String) {
+    match o {
+        Ok(JobOutcome::Accepted { handle }) => (Counted::Ok, "accepted", handle.to_string()),
+        Ok(JobOutcome::Complete { data, .. }) => {
+            (Counted::Ok, "complete", String::from_utf8_lossy(data).into_owned())
+        }
+        Ok(other) => {
+            let text = other.data().map(|d| String::from_utf8_lossy(d).into_owned());
+            (Counted::Failed, other.name(), text.unwrap_or_default())
+        }
+        Err(e) => (Counted::Error, "error", e.to_string()),
+    }
 }
 
 pub(crate) fn run(args: SendArgs, config: &Config) -> Result<ExitCode, Failure> {
@@ -214,11 +269,17 @@ pub(crate) fn run(args: SendArgs, config: &Config) -> Result<ExitCode, Failure> 
     let client = args.server.client(config)?;
     let mut loaded = Instant::now();
 
+    // Ctrl-C while foreground jobs run (or a second one) ends at once with
+    // the batch's summary: the finished results are printed already.
+    // Otherwise the batch being accepted is finished first.
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let (flag, shown) = (stop.clone(), progress.clone());
     ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("gearframe: interrupted");
+        let again = flag.swap(true, Ordering::SeqCst);
+        let p = shown.lock().unwrap_or_else(|e| e.into_inner());
+        if again || p.waiting {
+            eprintln!("gearframe: {}", p.interrupted());
             std::process::exit(130);
         }
         eprintln!("gearframe: finishing the current batch (Ctrl-C again to quit now)");
@@ -248,49 +309,47 @@ pub(crate) fn run(args: SendArgs, config: &Config) -> Result<ExitCode, Failure> 
             );
             b
         });
-        let outs = client
+        *progress.lock().unwrap_or_else(|e| e.into_inner()) =
+            Progress { waiting: mode == SendMode::Sync, total: jobs.len(), done: 0, failed: 0 };
+        client
             .batch(&jobs)
-            .on_done(|_, _| {
+            .on_done(|i, o| {
+                let (counted, status, text) = describe(o);
+                // Counted and printed under the lock, so that a Ctrl-C
+                // summary agrees with the lines printed before it.
+                let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                totals.sent += 1;
+                match counted {
+                    Counted::Ok => {
+                        totals.ok += 1;
+                        p.done += 1;
+                    }
+                    Counted::Failed | Counted::Error => {
+                        totals.failed += 1;
+                        totals.errors += usize::from(counted == Counted::Error);
+                        p.failed += 1;
+                    }
+                }
+                if mode == SendMode::Sync || counted == Counted::Error {
+                    let line = format!("{}\t{status}\t{}", jobs[i].function(), text.escape_debug());
+                    match &bar {
+                        Some(b) => b.println(line),
+                        None => {
+                            // A closed stdout (`| head`) loses the lines only.
+                            let mut out = std::io::stdout().lock();
+                            let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+                        }
+                    }
+                }
                 if let Some(b) = &bar {
                     b.inc(1);
                 }
             })
             .run();
+        progress.lock().unwrap_or_else(|e| e.into_inner()).waiting = false;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
-        let mut out = std::io::stdout().lock();
-        for (job, o) in jobs.iter().zip(&outs) {
-            totals.sent += 1;
-            let (status, text) = match o {
-                Ok(JobOutcome::Accepted { handle }) => {
-                    totals.completed += 1;
-                    ("accepted", handle.to_string())
-                }
-                Ok(JobOutcome::Complete { data, .. }) => {
-                    totals.completed += 1;
-                    ("complete", String::from_utf8_lossy(data).into_owned())
-                }
-                Ok(other) => {
-                    totals.failed += 1;
-                    let text = other.data().map(|d| String::from_utf8_lossy(d).into_owned());
-                    (other.name(), text.unwrap_or_default())
-                }
-                Err(e) => {
-                    totals.failed += 1;
-                    totals.errors += 1;
-                    ("error", e.to_string())
-                }
-            };
-            if mode == SendMode::Sync || status == "error" {
-                let line = format!("{}\t{status}\t{}\n", job.function(), text.escape_debug());
-                if out.write_all(line.as_bytes()).is_err() {
-                    break;
-                }
-            }
-        }
-        let _ = out.flush();
-        drop(out);
         if cycle.is_zero() || stop.load(Ordering::SeqCst) {
             break;
         }
@@ -303,9 +362,10 @@ pub(crate) fn run(args: SendArgs, config: &Config) -> Result<ExitCode, Failure> 
         }
     }
     eprintln!(
-        "sent {}, completed {}, failed {}, {:.2}s",
+        "sent {}, {} {}, failed {}, {:.2}s",
         totals.sent,
-        totals.completed,
+        if mode == SendMode::Async { "accepted" } else { "completed" },
+        totals.ok,
         totals.failed,
         started.elapsed().as_secs_f64()
     );

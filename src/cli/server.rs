@@ -24,7 +24,7 @@ pub(crate) struct ServerArgs {
     /// Rotate each worker's function order after every job.
     #[arg(short = 'R', long)]
     round_robin: bool,
-    /// Job handle prefix [default: H:<hostname>].
+    /// Job handle prefix [default: H:<hostname>:<port>:<start time>, unique per server and run].
     #[arg(long, value_name = "PREFIX")]
     job_handle_prefix: Option<String>,
     /// Largest packet body accepted, in bytes.
@@ -127,7 +127,7 @@ pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure
     let server = Server::bind(cfg)?;
     let stopper = server.stopper();
     ctrlc::set_handler(move || {
-        log::info!("signal received: stopping");
+        eprintln!("gearframe server: signal received: stopping");
         stopper.shutdown();
     })
     .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;

@@ -58,6 +58,9 @@ pub enum AdminRequest<'a> {
     /// `store` (gearframe's own): the persistent queue's state, one line
     /// then `.` (see the server's admin docs).
     Store,
+    /// `stopping` (gearframe's own): `OK running`, or `OK graceful jobs=N`
+    /// while a graceful stop waits for N jobs.
+    Stopping,
     /// `shutdown [graceful]`.
     Shutdown {
         /// Drain the jobs first.
@@ -222,6 +225,8 @@ pub fn parse_request(line: &[u8]) -> AdminRequest<'_> {
         }
     } else if n == 1 && is(w, "store") {
         AdminRequest::Store
+    } else if n == 1 && is(w, "stopping") {
+        AdminRequest::Stopping
     } else if is(w, "verbose") {
         AdminRequest::Verbose
     } else if is(w, "version") {

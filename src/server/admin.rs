@@ -10,6 +10,8 @@
 //!   DURABILITY is `sync` or `on-shutdown`, N the rows in the table after the
 //!   last commit, UNIX the time the failure started and TEXT its cause (to
 //!   the end of the line).
+//! - `stopping`: `OK running`, or `OK graceful jobs=N` while a graceful stop
+//!   waits for the N jobs the server still holds.
 
 use std::io::Write;
 
@@ -60,6 +62,13 @@ impl State {
                 let _ = writeln!(out, "OK {}", self.version);
             }
             AdminRequest::Store => self.render_store(&mut out),
+            AdminRequest::Stopping => {
+                if self.lifecycle.graceful {
+                    let _ = write!(out, "OK graceful jobs={}\r\n", self.jobs.len());
+                } else {
+                    out.extend_from_slice(b"OK running\r\n");
+                }
+            }
             AdminRequest::MaxQueue { function, limits } => {
                 self.set_max_queue(function, limits);
                 out.extend_from_slice(b"OK\r\n");
@@ -92,10 +101,7 @@ impl State {
                         if graceful { " graceful" } else { "" }
                     );
                     if graceful {
-                        self.lifecycle.graceful = true;
-                        if self.jobs.is_empty() {
-                            self.lifecycle.stop = true;
-                        }
+                        self.start_graceful();
                     } else {
                         self.lifecycle.stop = true;
                     }

@@ -82,7 +82,8 @@ pub struct ServerConfig {
     pub worker_wakeup: u32,
     /// Rotate the function order of a worker after every job it is given.
     pub round_robin: bool,
-    /// Prefix of job handles (default `H:<hostname>`); handles are `PREFIX:N`.
+    /// Prefix of job handles (default `H:<hostname>:<port>:<start time>`,
+    /// unique per server and per run); handles are `PREFIX:N`.
     pub job_handle_prefix: Option<String>,
     /// Largest accepted packet body in bytes; a larger one is refused from
     /// its header with `ARGUMENT_TOO_LARGE` and the connection is closed.
@@ -228,24 +229,49 @@ fn listen(addr: &str) -> io::Result<TcpListener> {
     Err(last)
 }
 
-/// The host name, for the default job handle prefix.
+/// The host name, for the default job handle prefix: letters, digits, `-`
+/// and `.` only, at most 24 of them, so that a handle stays within the 63
+/// bytes peers allow.
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "localhost".into())
+    let name: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+        .take(24)
+        .collect();
+    if name.is_empty() { "localhost".into() } else { name }
+}
+
+/// The default job handle prefix, `H:<host>:<port>:<start>`: the port tells
+/// two servers on one host apart, and the start time (milliseconds since the
+/// epoch, base 36) one run of a server from the next, so that a handle
+/// issued before a restart never names a job made after it. Handles are
+/// ASCII without spaces, such as `H:vm:4730:miocq2zk:17`.
+fn default_handle_prefix(port: u16) -> String {
+    let mut ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut start = Vec::new();
+    loop {
+        start.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(ms % 36) as usize]);
+        ms /= 36;
+        if ms == 0 {
+            break;
+        }
+    }
+    start.reverse();
+    format!("H:{}:{port}:{}", hostname(), String::from_utf8_lossy(&start))
 }
 
 #[derive(Debug)]
 struct Shared {
     state: Mutex<State>,
     /// Paired with `state`: wakes the timer thread when an earlier deadline
-    /// is added, and the accept thread when the server must stop.
+    /// is added.
     timer_cv: Condvar,
     stop_cv: Condvar,
     stop: AtomicBool,
-    graceful: AtomicBool,
     timer_quit: AtomicBool,
     wake_addr: SocketAddr,
     config: ServerConfig,
@@ -300,9 +326,6 @@ impl Shared {
         // finishes sooner; each connection's own order is unchanged.
         for out in dirty.iter().rev() {
             out.flush();
-        }
-        if lifecycle.graceful && !self.graceful.swap(true, Ordering::SeqCst) {
-            self.wake_acceptor();
         }
         if lifecycle.stop && !self.stop.load(Ordering::SeqCst) {
             {
@@ -377,7 +400,7 @@ impl Server {
             ip => ip,
         };
         let prefix =
-            config.job_handle_prefix.clone().unwrap_or_else(|| format!("H:{}", hostname()));
+            config.job_handle_prefix.clone().unwrap_or_else(|| default_handle_prefix(addr.port()));
         let settings = Settings {
             job_retries: config.job_retries,
             worker_wakeup: config.worker_wakeup,
@@ -417,7 +440,6 @@ impl Server {
             timer_cv: Condvar::new(),
             stop_cv: Condvar::new(),
             stop: AtomicBool::new(false),
-            graceful: AtomicBool::new(false),
             timer_quit: AtomicBool::new(false),
             wake_addr: SocketAddr::new(wake_ip, addr.port()),
             config,
@@ -481,13 +503,12 @@ impl Stopper {
         self.shared.release(st);
     }
 
-    /// Stops accepting connections and stops once no job is left.
+    /// Takes no new jobs and stops once no job is left; workers and admin
+    /// connections are still accepted meanwhile, so the queue can drain and
+    /// the wait be watched (`status`, `stopping`).
     pub fn shutdown_graceful(&self) {
         let mut st = self.shared.lock();
-        st.lifecycle.graceful = true;
-        if st.jobs.is_empty() {
-            st.lifecycle.stop = true;
-        }
+        st.start_graceful();
         self.shared.release(st);
     }
 }
@@ -526,7 +547,8 @@ impl ServerHandle {
         self.stopper().shutdown();
     }
 
-    /// Stops accepting connections, then stops once no job is left.
+    /// Takes no new jobs, then stops once no job is left (see
+    /// [`Stopper::shutdown_graceful`]).
     pub fn shutdown_graceful(&self) {
         self.stopper().shutdown_graceful();
     }
@@ -581,6 +603,7 @@ fn run_timer(shared: &Shared) {
     loop {
         let now = Instant::now();
         st.run_timers(now);
+        st.report_graceful(now);
         st.timers_changed = false;
         let pending = !st.dirty.is_empty()
             || st.lifecycle.stop != st.lifecycle_taken.stop
@@ -650,7 +673,9 @@ fn run_acceptor(
             .into(),
     );
     loop {
-        if shared.stop.load(Ordering::SeqCst) || shared.graceful.load(Ordering::SeqCst) {
+        // A graceful stop keeps accepting: workers drain the queue and admin
+        // connections watch; submissions are refused by the state.
+        if shared.stop.load(Ordering::SeqCst) {
             break;
         }
         let accepted = listener.accept();
@@ -728,12 +753,8 @@ fn run_acceptor(
     for r in [&mut over_limit, &mut no_descriptor, &mut no_thread] {
         r.finish();
     }
-    // Graceful: keep serving until the last job is gone.
     {
-        let mut st = shared.lock();
-        while !shared.stop.load(Ordering::SeqCst) {
-            st = shared.stop_cv.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
+        let st = shared.lock();
         for c in st.conns.values() {
             c.out.shutdown_socket();
         }

@@ -204,6 +204,13 @@ impl Outbox {
         let mut g = self.lock();
         g.dirty = false;
         loop {
+            if g.dead {
+                // Shut down at a stop: nothing can be sent any more, and
+                // holds must not outlive the bytes they point into.
+                g.buf.clear();
+                g.holds.clear();
+                return;
+            }
             if g.writing || g.handoff || g.sendable() == 0 {
                 return;
             }
@@ -420,6 +427,30 @@ mod tests {
         assert_eq!(i.holds.front(), Some(&hold(2, 2, 4)));
         i.resolve(2, None);
         assert_eq!(i.take_sendable(), b"ldmore");
+    }
+
+    /// A send that fails at a stop (the socket was shut down) with several
+    /// replies still held: the rest of the holds go with the bytes, so the
+    /// store's later answers find nothing to send instead of offsets past
+    /// the end of an emptied buffer.
+    #[test]
+    fn holds_go_with_the_bytes_when_a_send_fails_at_a_stop() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let _peer = listener.accept().unwrap();
+        let out = Arc::new(Outbox::new(Some(Arc::new(stream)), 1 << 20));
+        out.push_with(|b| b.extend_from_slice(b"before;"));
+        for seq in 1..=3 {
+            out.push_held(seq, |b| b.extend_from_slice(b"JOB_CREATED H:vm:1;"));
+        }
+        out.shutdown_socket();
+        out.resolve(1, None);
+        out.flush();
+        out.resolve(2, None);
+        out.flush();
+        out.resolve(3, Some(b"ERROR;"));
+        out.flush();
+        assert_eq!(out.take_now(), b"");
     }
 
     #[test]

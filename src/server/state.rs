@@ -47,6 +47,9 @@ pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 /// Collections smaller than this many entries keep their capacity.
 const SHRINK_MIN: usize = 1024;
 
+/// How often a graceful stop logs what it still waits for.
+pub(crate) const GRACEFUL_REPORT: Duration = Duration::from_secs(5);
+
 /// Whether a collection of `len` entries in room for `cap` should give
 /// memory back: only when it is both large and mostly empty, and then to
 /// twice its length, so a busy server that fills and empties the same room
@@ -267,6 +270,8 @@ pub(crate) struct State {
     /// release that takes a request is the one that sends the replies
     /// applied with it, before it acts.
     pub(crate) lifecycle_taken: Lifecycle,
+    /// When a graceful stop next logs what it waits for.
+    pub(crate) graceful_report: Option<Instant>,
     /// Reply of `version`.
     pub(crate) version: String,
     /// Reply of `verbose`.
@@ -302,6 +307,7 @@ impl State {
             timers_changed: false,
             lifecycle: Lifecycle::default(),
             lifecycle_taken: Lifecycle::default(),
+            graceful_report: None,
             version: format!("gearframe-{}", env!("CARGO_PKG_VERSION")),
             verbose: "ERROR",
             dirty: Vec::new(),
@@ -421,6 +427,14 @@ impl State {
         epoch: Option<u64>,
         reducer: Option<&[u8]>,
     ) {
+        if self.lifecycle.graceful {
+            self.send_error(
+                conn,
+                "SERVER_STOPPING",
+                "the server is stopping gracefully and takes no new jobs; submit to another server",
+            );
+            return;
+        }
         if unique.len() > 64 {
             self.send_error(conn, "ARGUMENT_TOO_LARGE", "Unique value too large");
             return;
@@ -885,6 +899,50 @@ impl State {
         }
     }
 
+    /// Begins a graceful stop: no new jobs are taken, and the server stops
+    /// once it holds none (queued jobs that no worker serves keep it
+    /// waiting, as in gearmand).
+    pub(crate) fn start_graceful(&mut self) {
+        self.lifecycle.graceful = true;
+        if self.jobs.is_empty() {
+            self.lifecycle.stop = true;
+        } else {
+            self.graceful_report = None;
+            self.report_graceful(Instant::now());
+        }
+    }
+
+    /// What a graceful stop waits for, logged at most every
+    /// [`GRACEFUL_REPORT`]: `N jobs: f (1 running, 2 queued), ...`.
+    pub(crate) fn report_graceful(&mut self, now: Instant) {
+        if !self.lifecycle.graceful || self.lifecycle.stop || self.jobs.is_empty() {
+            return;
+        }
+        if self.graceful_report.is_some_and(|at| now < at) {
+            return;
+        }
+        self.graceful_report = Some(now + GRACEFUL_REPORT);
+        let per_function: Vec<String> = self
+            .functions
+            .iter()
+            .filter(|f| f.job_total > 0)
+            .map(|f| {
+                format!(
+                    "{} ({} running, {} queued)",
+                    String::from_utf8_lossy(&f.name),
+                    f.job_running,
+                    f.job_total.saturating_sub(f.job_running)
+                )
+            })
+            .collect();
+        log::warn!(
+            "graceful stop: waiting for {} jobs: {}; new jobs are refused, workers and admin \
+             may connect (`shutdown` or `clear function` to drop the rest)",
+            self.jobs.len(),
+            per_function.join(", ")
+        );
+    }
+
     /// Finds the next runnable job for a worker, reaping ignored jobs on the
     /// way. With `take`, the job is removed from its queue; the index of the
     /// registration it was found under is returned with it.
@@ -1188,9 +1246,21 @@ impl State {
             }
             self.send(c, PacketType::WorkFail, &[&handle]);
         }
-        if matches!(self.jobs[&id].state, JobState::Scheduled | JobState::Storing) {
+        match self.jobs[&id].state {
             // Not in any queue: nothing would reap it later.
-            self.free_job(id);
+            JobState::Scheduled | JobState::Storing => self.free_job(id),
+            // Out of its queue at once, so that `status` stops counting it.
+            JobState::Queued => {
+                let job = &self.jobs[&id];
+                let q = &mut self.functions[job.func].queues[job.priority.index()];
+                if let Some(i) = q.iter().position(|&j| j == id) {
+                    q.remove(i);
+                }
+                self.free_job(id);
+            }
+            // The worker keeps running it: it counts as running until it
+            // reports, and its result goes to nobody.
+            JobState::Running { .. } => {}
         }
         true
     }
@@ -1626,6 +1696,71 @@ mod tests {
         assert_eq!(st.jobs[&1].state, JobState::Scheduled);
         assert_eq!(st.functions[0].scheduled, 1);
         assert!(!st.jobs.contains_key(&2));
+    }
+
+    #[test]
+    fn a_cancelled_job_leaves_status_at_once_and_a_running_one_counts_until_it_reports() {
+        let mut st = state();
+        let client = conn(&mut st, 1);
+        let admin = conn(&mut st, 2);
+        let worker = conn(&mut st, 3);
+        for u in [&b"a"[..], b"b", b"c"] {
+            apply(&mut st, 1, submit(b"f", u, b"d", Priority::Normal, true));
+        }
+        apply(&mut st, 1, submit(b"f", b"fg", b"d", Priority::Normal, false));
+        client.take_now();
+        let status = |st: &mut State| {
+            st.admin(2, b"status");
+            String::from_utf8(admin.take_now()).unwrap()
+        };
+        assert_eq!(status(&mut st), "f\t4\t0\t0\n.\n");
+        st.admin(2, b"cancel job H:t:2");
+        assert_eq!(admin.take_now(), b"OK\r\n");
+        assert_eq!(status(&mut st), "f\t3\t0\t0\n.\n");
+        st.admin(2, b"cancel job H:t:4");
+        assert_eq!(admin.take_now(), b"OK\r\n");
+        assert_eq!(sent(&client), ["WORK_FAIL H:t:4"]);
+        assert_eq!(status(&mut st), "f\t2\t0\t0\n.\n");
+        // A running job stays counted as running until its worker reports.
+        apply(&mut st, 3, Packet::CanDo { function: b"f" });
+        apply(&mut st, 3, Packet::GrabJob);
+        assert_eq!(sent(&worker), ["JOB_ASSIGN H:t:1,f,d"]);
+        st.admin(2, b"cancel job H:t:1");
+        assert_eq!(admin.take_now(), b"OK\r\n");
+        assert_eq!(status(&mut st), "f\t2\t1\t1\n.\n");
+        apply(&mut st, 3, Packet::WorkComplete { handle: b"H:t:1", data: b"" });
+        assert_eq!(status(&mut st), "f\t1\t0\t1\n.\n");
+        // The cancelled ones are never handed out.
+        apply(&mut st, 3, Packet::GrabJob);
+        apply(&mut st, 3, Packet::GrabJob);
+        assert_eq!(sent(&worker), ["JOB_ASSIGN H:t:3,f,d", "NO_JOB"]);
+    }
+
+    #[test]
+    fn a_graceful_stop_refuses_new_jobs_and_stops_with_the_last_one() {
+        let mut st = state();
+        let client = conn(&mut st, 1);
+        let admin = conn(&mut st, 2);
+        let worker = conn(&mut st, 3);
+        apply(&mut st, 1, submit(b"f", b"a", b"d", Priority::Normal, true));
+        client.take_now();
+        st.admin(2, b"stopping");
+        assert_eq!(admin.take_now(), b"OK running\r\n");
+        st.admin(2, b"shutdown graceful");
+        assert_eq!(admin.take_now(), b"OK\r\n");
+        assert!(st.lifecycle.graceful && !st.lifecycle.stop, "a job is left");
+        st.admin(2, b"stopping");
+        assert_eq!(admin.take_now(), b"OK graceful jobs=1\r\n");
+        apply(&mut st, 1, submit(b"f", b"b", b"d", Priority::Normal, true));
+        apply(&mut st, 1, submit(b"f", b"c", b"d", Priority::High, false));
+        assert_eq!(error_codes(&client), ["SERVER_STOPPING", "SERVER_STOPPING"]);
+        assert_eq!(st.jobs.len(), 1);
+        apply(&mut st, 3, Packet::CanDo { function: b"f" });
+        apply(&mut st, 3, Packet::GrabJob);
+        assert_eq!(sent(&worker), ["JOB_ASSIGN H:t:1,f,d"]);
+        assert!(!st.lifecycle.stop);
+        apply(&mut st, 3, Packet::WorkComplete { handle: b"H:t:1", data: b"" });
+        assert!(st.lifecycle.stop, "the last job is done");
     }
 
     #[test]

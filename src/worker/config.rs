@@ -175,6 +175,29 @@ impl WorkerSection {
         for (name, f) in &self.functions {
             f.validate().map_err(|e| format!("worker.functions.{name}: {e}"))?;
         }
+        self.check_on_failure_cycles()
+    }
+
+    /// Refuses an `on_failure` chain among these functions that comes back
+    /// to a function already in it (`a` naming itself, or `a -> b -> a`): a
+    /// job failing there would be resubmitted forever.
+    fn check_on_failure_cycles(&self) -> Result<(), String> {
+        for start in self.functions.keys() {
+            let mut chain = vec![start.as_str()];
+            let mut at = start.as_str();
+            while let Some(next) = self.functions.get(at).and_then(|f| f.on_failure.as_deref()) {
+                if chain.contains(&next) {
+                    chain.push(next);
+                    return Err(format!(
+                        "worker.functions.{at}.on_failure: {} loops, so a failing job would be \
+                         resubmitted forever; end the chain at a function without on_failure",
+                        chain.join(" -> ")
+                    ));
+                }
+                chain.push(next);
+                at = next;
+            }
+        }
         Ok(())
     }
 }
@@ -315,5 +338,21 @@ mod tests {
         assert!(c.worker.validate().unwrap_err().contains("only one"));
         let e = Config::parse("worker:\n  functions:\n    f:\n      output: pipe\n").unwrap_err();
         assert!(e.0.contains("pipe"), "{}", e.0);
+    }
+
+    #[test]
+    fn on_failure_cycles_are_refused_with_the_chain() {
+        let check = |text: &str| Config::parse(text).unwrap().worker.validate();
+        let own =
+            check("worker:\n  functions:\n    a:\n      builtin: echo\n      on_failure: a\n");
+        let e = own.unwrap_err();
+        assert!(e.starts_with("worker.functions.a.on_failure: a -> a loops"), "{e}");
+        let two = "worker:\n  functions:\n    a:\n      builtin: echo\n      on_failure: b\n    b:\n      builtin: echo\n      on_failure: a\n";
+        let e = check(two).unwrap_err();
+        assert!(e.contains("a -> b -> a loops"), "{e}");
+        assert_eq!(e.lines().count(), 1);
+        // A chain that ends, here or at a function served elsewhere, is fine.
+        let ends = "worker:\n  functions:\n    a:\n      builtin: echo\n      on_failure: b\n    b:\n      builtin: echo\n      on_failure: dead\n";
+        check(ends).unwrap();
     }
 }

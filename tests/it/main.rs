@@ -16,6 +16,8 @@ mod client;
 mod diff;
 /// The persistent queue under real faults: locked database, full disk, failed dump.
 mod durability;
+/// Server and `send` edges: unique handles, cancel, relative plans, interrupts.
+mod edges;
 /// File descriptor limits: connections that fit are served, the rest refused at once.
 mod fds;
 /// `gearframe demo` and `gearframe up` as a user runs them.
@@ -38,6 +40,8 @@ mod server;
 mod shell;
 /// The reliability soak: kills, malformed streams and corrupt queues, repeated.
 mod soak;
+/// Stopping the server: signals under load, the graceful stop.
+mod stops;
 /// Peers, server guards, polling helpers and a raw protocol connection.
 mod support;
 /// The worker pool against both servers, and `gearframe worker`.

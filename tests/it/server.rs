@@ -93,7 +93,7 @@ fn a_bad_busy_poll_value_is_refused_naming_the_option() {
 }
 
 #[test]
-fn shutdown_graceful_stops_accepting_and_exits_when_the_last_job_is_done() {
+fn shutdown_graceful_takes_no_new_jobs_and_exits_when_the_last_job_is_done() {
     let server = Ours::start(&Opts::default());
     let addr = server.addr();
     let mut client = connect(addr);
@@ -103,11 +103,21 @@ fn shutdown_graceful_stops_accepting_and_exits_when_the_last_job_is_done() {
     echo(&mut worker, b"registered");
 
     assert_eq!(admin(addr, "shutdown graceful"), "OK");
-    // The listener closes; existing connections keep being served.
-    eventually(T, "listener closed", || {
-        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err().then_some(())
-    });
+    // Existing connections keep being served, new ones are accepted (for
+    // workers and admin), and no new job is taken.
     echo(&mut client, b"still served");
+    let mut late = connect(addr);
+    echo(&mut late, b"accepted while stopping");
+    late.send(&Packet::Submit {
+        kind: SubmitKind { priority: Priority::Normal, background: true },
+        function: b"g",
+        unique: b"",
+        data: b"late",
+    })
+    .unwrap();
+    let refused = late.recv(deadline()).unwrap();
+    assert_eq!(refused.kind, PacketType::Error);
+    assert!(refused.body.starts_with(b"SERVER_STOPPING\0"), "{:?}", refused.body);
 
     let handle = server.into_handle();
     let (tx, rx) = mpsc::channel();

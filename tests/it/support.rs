@@ -836,10 +836,16 @@ impl ServerProc {
 
     /// SIGTERM; waits for the exit and returns its status.
     pub fn sigterm(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM", START_TIMEOUT)
+    }
+
+    /// Sends `SIG` (`INT`, `TERM`...); waits up to `limit` for the exit and
+    /// returns its status.
+    pub fn signal(&mut self, sig: &str, limit: Duration) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        let ok = Command::new("kill").args(["-TERM", &c.id().to_string()]).status().unwrap();
-        assert!(ok.success());
-        eventually(START_TIMEOUT, "server exit after SIGTERM", || c.try_wait().unwrap())
+        let ok = Command::new("kill").args([&format!("-{sig}"), &c.id().to_string()]).status();
+        assert!(ok.unwrap().success());
+        eventually(limit, &format!("server exit after SIG{sig}"), || c.try_wait().unwrap())
     }
 
     /// Starts again on the same port with the same arguments.
