@@ -15,10 +15,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .or_else(|| std::env::var("GEARMAN_SERVERS").ok())
         .unwrap_or_else(|| "127.0.0.1:4730".into());
-    let client = Client::builder()
-        .servers(gearframe::conn::parse_server_list(&servers))
-        .connect_timeout(Duration::from_secs(2))
-        .build()?;
+    let client =
+        Client::builder().servers([&servers]).connect_timeout(Duration::from_secs(2)).build()?;
     let job = Job::new("reverse", "hello, gearman")
         .priority(Priority::High)
         .timeout(Duration::from_secs(10));

@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .or_else(|| std::env::var("GEARMAN_SERVERS").ok())
         .unwrap_or_else(|| "127.0.0.1:4730".into());
     let worker = Worker::builder()
-        .servers(gearframe::conn::parse_server_list(&servers))
+        .servers([&servers])
         .client_id("reverse-example")
         .register("reverse", |job: &Job, ctx: &mut JobContext<'_>| {
             if job.payload().is_empty() {

@@ -144,6 +144,23 @@ pub(crate) fn raise_fd_limit() {
     }
 }
 
+/// The servers of a command, by the one rule of the README's "Which servers"
+/// section: `-s` (all its values) replaces every other list, else
+/// `GEARMAN_SERVERS`, else the config section's list (`key`), else
+/// 127.0.0.1:4730.
+pub(crate) fn servers(
+    flags: &[String],
+    section: &gearframe::config::ServerList,
+    key: &str,
+) -> Result<Vec<String>, Failure> {
+    let configured = section.to_vec().map_err(|e| Failure(format!("{key}: {e}")))?;
+    let explicit = (!flags.is_empty()).then_some(flags);
+    gearframe::conn::resolve_servers(explicit, &configured).map_err(|e| match explicit {
+        Some(_) => Failure(format!("-s: {e}")),
+        None => Failure(e.to_string()),
+    })
+}
+
 /// Loads the config file named with `-c`, or ./config.yaml when present.
 fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
     match path {

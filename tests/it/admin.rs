@@ -735,7 +735,7 @@ fn bad_input_is_one_line_and_exit_2() {
     let cases: &[(&[&str], &str)] = &[
         (&["admin", "maxqueue", "f", "x"], "invalid value 'x'"),
         (&["admin", "maxqueue", "f", "1", "2"], "HIGH NORMAL LOW"),
-        (&["admin", "status", "-s", "127.0.0.1:notaport"], "invalid server `127.0.0.1:notaport`"),
+        (&["admin", "status", "-s", "127.0.0.1:notaport"], "bad server `127.0.0.1:notaport`"),
         (&["admin", "create", "a b"], "invalid function name"),
         (&["admin", "cancel", ""], "invalid job handle"),
         (&["admin", "watch", "--count", "0"], "--count"),
