@@ -30,6 +30,8 @@ mod readme;
 mod reliability;
 /// The embedded server's lifecycle, slow readers and connection limits.
 mod server;
+/// Which servers each command and builder uses: -s, GEARMAN_SERVERS, config, default.
+mod servers;
 /// The shell runner with real processes.
 mod shell;
 /// The reliability soak: kills, malformed streams and corrupt queues, repeated.
