@@ -402,6 +402,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Writes a duration the way [`parse_duration`] reads it (`0`, `100us`,
+/// `500ms`, `15s`, `2m`, `1h`).
+pub fn format_duration(d: Duration) -> String {
+    let us = d.as_micros();
+    match us {
+        0 => "0".into(),
+        _ if us % 3_600_000_000 == 0 => format!("{}h", us / 3_600_000_000),
+        _ if us % 60_000_000 == 0 => format!("{}m", us / 60_000_000),
+        _ if us % 1_000_000 == 0 => format!("{}s", us / 1_000_000),
+        _ if us % 1000 == 0 => format!("{}ms", us / 1000),
+        _ => format!("{us}us"),
+    }
+}
+
 /// Why a config file could not be used.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -575,6 +589,9 @@ mod tests {
         assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
         assert_eq!(parse_duration("50µs"), Ok(Duration::from_micros(50)));
         assert!(parse_duration("15").is_err());
+        for d in ["0", "100us", "500ms", "15s", "2m", "1h", "90s"] {
+            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
+        }
         assert!(parse_duration("fast").is_err());
     }
 

@@ -19,8 +19,9 @@ pub(crate) struct ServerArgs {
     /// 127.0.0.1:4730].
     #[arg(short = 's', long = "server", value_name = "HOST:PORT")]
     servers: Vec<String>,
-    /// Overall limit of each job, e.g. 30s [default: client.job_timeout, 1h].
-    #[arg(short = 't', long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Overall limit of each job, e.g. 30s (no short flag: -t is --threads)
+    /// [default: client.job_timeout, 1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
 }
 
@@ -55,8 +56,8 @@ pub(crate) struct SubmitArgs {
     /// High priority (same as --priority high).
     #[arg(short = 'I', long = "high", conflicts_with = "low")]
     high: bool,
-    /// Low priority (same as --priority low).
-    #[arg(short = 'L', long = "low")]
+    /// Low priority (same as --priority low; no short flag: -L is --listen).
+    #[arg(long = "low")]
     low: bool,
     /// Unique id: jobs with the same one coalesce [default: random].
     #[arg(short = 'u', long, value_name = "UNIQUE")]

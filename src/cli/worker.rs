@@ -25,8 +25,9 @@ pub(crate) struct WorkerArgs {
     /// Slots (threads and connections) per server [default: 10].
     #[arg(short = 't', long, value_name = "N")]
     threads: Option<usize>,
-    /// Client id shown by the admin `workers` command.
-    #[arg(short = 'n', long, value_name = "NAME")]
+    /// Client id shown by the admin `workers` command (no short flag: -n is
+    /// --interval) [default: worker.name, gearframe-worker].
+    #[arg(long, value_name = "NAME")]
     name: Option<String>,
     /// Registers FUNCTION to run the command given after `--`.
     #[arg(short = 'f', long = "function", value_name = "FUNCTION", requires = "command")]

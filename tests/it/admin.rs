@@ -448,7 +448,7 @@ fn worker_process(cfg: &Cfg, addr: &str, function: &str, threads: usize) -> Chil
     let child = Command::new(env!("CARGO_BIN_EXE_gearframe"))
         .arg("-c")
         .arg(&cfg.path)
-        .args(["-q", "worker", "-s", addr, "-n", "stoppable", "-t", &threads.to_string()])
+        .args(["-q", "worker", "-s", addr, "--name", "stoppable", "-t", &threads.to_string()])
         .args(["-f", function, "--", "cat"])
         .env_remove("GEARMAN_SERVERS")
         .stdin(Stdio::null())

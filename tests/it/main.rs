@@ -8,6 +8,8 @@ mod bad_input;
 mod bench;
 /// `gearframe submit` and `gearframe send` as a user runs them.
 mod cli_client;
+/// The command line: help, typo suggestions, defaults, config and log file errors.
+mod cli_usage;
 /// The client library: both servers, failover, timeouts, batches.
 mod client;
 /// Differential scenarios: the same conversation against gearmand and gearframe.
