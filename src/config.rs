@@ -667,7 +667,7 @@ mod tests {
     #[test]
     fn shipped_config_parses_with_defaults() {
         let text = include_str!("../config.yaml");
-        let c = Config::parse(text).unwrap();
+        let c = Config::read(text).unwrap();
         let d = ClientSection::default();
         assert_eq!(c.client.ack_timeout, d.ack_timeout);
         assert_eq!(c.client.job_timeout, d.job_timeout);

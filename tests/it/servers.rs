@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Output, Stdio};
+use std::process::{ChildStderr, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
@@ -94,6 +94,12 @@ fn run(cfg: &tempfile::NamedTempFile, env: Option<&str>, args: &[&str]) -> Outpu
 
 fn echo_worker(addr: SocketAddr) -> Worker {
     Worker::builder().servers([addr.to_string()]).threads(2).register("echo", Echo).build().unwrap()
+}
+
+/// The next line of `from` that contains `want` (an empty string at its
+/// end); the caller keeps `from` open so the child never writes to a closed pipe.
+fn line_with(from: &mut BufReader<ChildStderr>, want: &str) -> String {
+    from.lines().map_while(Result::ok).find(|l| l.contains(want)).unwrap_or_default()
 }
 
 fn show(o: &Output) -> String {
@@ -187,10 +193,9 @@ fn worker_uses_only_the_flag_or_env_list() {
         args.extend(&flags);
         args.push("echo");
         let mut child = bin(&cfg, env).args(&args).stderr(Stdio::piped()).spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let _guard = ChildGuard(child);
-        let mut line = String::new();
-        BufReader::new(stderr).read_line(&mut line).unwrap();
+        let line = line_with(&mut stderr, "gearframe worker:");
         assert!(line.contains(&format!("on {live} for echo")), "{env:?}: {line}");
         let payload = format!("via-{i}");
         let outcome = client.submit_job(&Job::new("echo", payload.clone()).timeout(LIMIT)).unwrap();
@@ -214,10 +219,9 @@ fn up_serves_its_own_server_and_says_worker_servers_is_unused() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let _guard = ChildGuard(child);
-    let mut line = String::new();
-    BufReader::new(stderr).read_line(&mut line).unwrap();
+    let line = line_with(&mut stderr, "gearframe up:");
     assert!(
         line.contains(&format!("worker.servers ({}) is not used", dead.addr))
             && line.contains(&listen),
@@ -236,7 +240,7 @@ fn builders_replace_the_config_list() {
     let srv = Ours::start(&Opts::default());
     let live = srv.addr().to_string();
     let cfg = Config::read(&format!(
-        "client:\n  servers: \"{d}\"\n  retry_timeout: 1h\nworker:\n  servers: [{d}]\n",
+        "client:\n  servers: \"{d}\"\n  retry_timeout: 1h\nworker:\n  servers: [{d}]\nadmin:\n  servers: [{d}]\n",
         d = dead.addr
     ))
     .unwrap();
@@ -257,9 +261,13 @@ fn builders_replace_the_config_list() {
     }
     drop(worker);
     assert_eq!(dead.accepts(), 0, "the config's server was connected to");
-    // The config helper alone uses the config's list.
+    // The config helpers alone use the config's list.
     let from_config = cfg.client.to_builder().build().unwrap();
     assert_eq!(from_config.servers().collect::<Vec<_>>(), [dead.addr.to_string()]);
+    let admin = Config::read(&format!("admin:\n  servers: {live}\n")).unwrap();
+    let cluster = admin.admin.to_cluster().unwrap();
+    assert_eq!(cluster.servers(), [live.clone()]);
+    assert!(cluster.status().iter().all(|r| r.result.is_ok()), "the live server answers");
 }
 
 #[test]
