@@ -463,6 +463,20 @@ impl Config {
         }
         let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| {
+            // Not YAML at all: the parser's position is the one to show.
+            if let Err(syntax) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+                let mut msg = syntax.to_string();
+                if let Some(loc) = syntax.location() {
+                    let at = format!(" at line {} column {}", loc.line(), loc.column());
+                    msg = msg.replacen(&at, "", 1);
+                }
+                return ConfigError(located(
+                    text,
+                    "",
+                    syntax.location(),
+                    &format!("{msg}; fix the YAML (indent with spaces, `key: value`)"),
+                ));
+            }
             let mut key: Vec<String> = e
                 .path()
                 .iter()
@@ -493,6 +507,9 @@ impl Config {
                     key.push(field.to_string());
                 }
                 msg = format!("{msg}; remove it or fix its spelling");
+            }
+            if let Some(hint) = type_hint(&msg) {
+                msg = format!("{msg}; {hint}");
             }
             if msg.contains("untagged enum ServerList") {
                 msg = "give a list such as [127.0.0.1:4730, b] or a string such as \"127.0.0.1:4730,b\"".into();
@@ -530,6 +547,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// What to write instead, for serde's "expected ..." messages.
+fn type_hint(msg: &str) -> Option<&'static str> {
+    let expected = msg.rsplit("expected ").next()?;
+    Some(match expected {
+        "usize" | "u64" | "u32" | "u16" | "u8" => "give a whole number such as 4",
+        "a boolean" => "give true or false",
+        "a sequence" => "give a list such as [a, b]",
+        "a string" => "give a string (quote it if it looks like a number or a list)",
+        e if e.starts_with("struct ") || e.starts_with("a map") => {
+            "give a mapping of `key: value` lines"
+        }
+        _ => return None,
+    })
 }
 
 /// `line L column C: KEY: MSG`, with the position of `key` in `text` (else
@@ -619,6 +651,11 @@ mod tests {
         assert!(e.starts_with("line 4 column 7: worker.functions.f.command: give"), "{e}");
         let e = Config::read("server:\n  queue: mysql:x\n").unwrap_err().0;
         assert!(e.starts_with("line 2 column 3: server.queue: unknown queue"), "{e}");
+        let e = Config::parse("server:\n  listen: a\n   job_retries: 2\n").unwrap_err().0;
+        assert!(e.starts_with("line 3 column 15: mapping values are not allowed"), "{e}");
+        assert!(e.contains("fix the YAML"), "{e}");
+        let e = Config::parse("worker:\n  threads: -1\n").unwrap_err().0;
+        assert!(e.ends_with("expected usize; give a whole number such as 4"), "{e}");
         let e = Config::parse("worker:\n  servers: {a: 1}\n").unwrap_err().0;
         assert!(e.contains("worker.servers: give a list"), "{e}");
     }
