@@ -270,6 +270,37 @@ fn builders_replace_the_config_list() {
     assert!(cluster.status().iter().all(|r| r.result.is_ok()), "the live server answers");
 }
 
+/// An example binary that `cargo test` built next to the gearframe binary.
+fn example(name: &str) -> Command {
+    let dir =
+        std::path::Path::new(env!("CARGO_BIN_EXE_gearframe")).parent().unwrap().join("examples");
+    let mut c = Command::new(dir.join(name));
+    c.stdin(Stdio::null());
+    c
+}
+
+#[test]
+fn builders_without_a_list_take_gearman_servers() {
+    let srv = Ours::start(&Opts::default());
+    let live = srv.addr().to_string();
+    let worker = example("worker")
+        .env("GEARMAN_SERVERS", &live)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _worker = ChildGuard(worker);
+    let out = example("client").env("GEARMAN_SERVERS", &live).output().unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("namraeg ,olleh\n") && text.contains(&live), "{text}");
+    let out = example("client").env("GEARMAN_SERVERS", "gearman://x").output().unwrap();
+    assert!(!out.status.success());
+    // The example prints the error's Debug form.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("BadServer") && err.contains("gearman://x"), "{err}");
+}
+
 #[test]
 fn every_command_refuses_a_bad_entry_in_one_line() {
     let dead = Dead::start();
