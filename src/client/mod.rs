@@ -43,9 +43,11 @@
 //!
 //! # Servers
 //!
-//! Servers come from [`ClientBuilder::servers`], else from the
-//! `GEARMAN_SERVERS` environment variable (`host[:port],...`), else
-//! `127.0.0.1:4730`. The port defaults to 4730.
+//! Servers come from [`ClientBuilder::servers`] (the last call replaces
+//! the list), else from the `GEARMAN_SERVERS` environment variable
+//! (`host[:port],...`), else `127.0.0.1:4730`; the forms accepted are those
+//! of [`parse_server_list`], the same for
+//! every command and builder. The port defaults to 4730.
 //!
 //! A job goes to the server chosen by a stable hash of its unique id
 //! ([`stable_hash`] modulo the number of servers), so that jobs with the
