@@ -11,14 +11,12 @@ use gearframe::client::{Client, Job, JobOutcome};
 use gearframe::proto::Priority;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let servers = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("GEARMAN_SERVERS").ok())
-        .unwrap_or_else(|| "127.0.0.1:4730".into());
-    let client = Client::builder()
-        .servers(gearframe::conn::parse_server_list(&servers))
-        .connect_timeout(Duration::from_secs(2))
-        .build()?;
+    // Without an argument the builder takes GEARMAN_SERVERS, else 127.0.0.1:4730.
+    let mut builder = Client::builder().connect_timeout(Duration::from_secs(2));
+    if let Some(servers) = std::env::args().nth(1) {
+        builder = builder.servers([servers]);
+    }
+    let client = builder.build()?;
     let job = Job::new("reverse", "hello, gearman")
         .priority(Priority::High)
         .timeout(Duration::from_secs(10));

@@ -7,12 +7,12 @@
 use gearframe::worker::{Job, JobContext, JobError, Worker};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let servers = std::env::args()
-        .nth(1)
-        .or_else(|| std::env::var("GEARMAN_SERVERS").ok())
-        .unwrap_or_else(|| "127.0.0.1:4730".into());
-    let worker = Worker::builder()
-        .servers(gearframe::conn::parse_server_list(&servers))
+    // Without an argument the builder takes GEARMAN_SERVERS, else 127.0.0.1:4730.
+    let mut builder = Worker::builder();
+    if let Some(servers) = std::env::args().nth(1) {
+        builder = builder.servers([servers]);
+    }
+    let worker = builder
         .client_id("reverse-example")
         .register("reverse", |job: &Job, ctx: &mut JobContext<'_>| {
             if job.payload().is_empty() {
@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     let stopper = worker.stopper();
     ctrlc::set_handler(move || stopper.shutdown())?;
-    println!("serving `reverse` on {servers}; Ctrl-C stops");
+    println!("serving `reverse` with {} slot(s); Ctrl-C stops", worker.live_slots());
     worker.join();
     Ok(())
 }

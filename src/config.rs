@@ -122,6 +122,41 @@ pub struct ServerSection {
     pub admin_allow: Vec<String>,
 }
 
+/// A server list in the file: `[a:4730, b]` or `"a:4730,b"`, each entry as
+/// [`parse_server_list`](crate::conn::parse_server_list) reads it. Empty:
+/// `GEARMAN_SERVERS`, else 127.0.0.1:4730.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum ServerList {
+    /// None given.
+    #[default]
+    #[serde(skip)]
+    None,
+    /// A YAML list.
+    List(Vec<String>),
+    /// A comma-separated string.
+    Text(String),
+}
+
+impl ServerList {
+    /// The entries as written.
+    pub fn entries(&self) -> Vec<String> {
+        match self {
+            ServerList::None => Vec::new(),
+            ServerList::List(v) => v.clone(),
+            ServerList::Text(s) => vec![s.clone()],
+        }
+    }
+
+    /// The servers, each with its port.
+    ///
+    /// # Errors
+    /// An entry that is not `HOST[:PORT]`.
+    pub fn to_vec(&self) -> Result<Vec<String>, crate::conn::BadServer> {
+        crate::conn::parse_server_list(self.entries())
+    }
+}
+
 /// Parses `sqlite:PATH`.
 ///
 /// # Errors
@@ -208,9 +243,9 @@ impl ServerSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientSection {
-    /// Job servers (`host[:port]`); empty means `GEARMAN_SERVERS`, else
-    /// 127.0.0.1:4730.
-    pub servers: Vec<String>,
+    /// Job servers, as a list or a comma-separated string (empty:
+    /// `GEARMAN_SERVERS`, else 127.0.0.1:4730).
+    pub servers: ServerList,
     /// Limit of one TCP connect.
     pub connect_timeout: DurationStr,
     /// Limit of the wait for JOB_CREATED and other replies.
@@ -238,7 +273,7 @@ pub struct ClientSection {
 impl Default for ClientSection {
     fn default() -> Self {
         ClientSection {
-            servers: Vec::new(),
+            servers: ServerList::None,
             connect_timeout: DurationStr(Duration::from_secs(3)),
             ack_timeout: DurationStr(Duration::from_secs(10)),
             retry_timeout: DurationStr(Duration::from_secs(30)),
@@ -267,8 +302,9 @@ impl ClientSection {
             .backoff(self.backoff_min.0, self.backoff_max.0)
             .exceptions(self.exceptions)
             .busy_poll(self.busy_poll.0);
-        if !self.servers.is_empty() {
-            b = b.servers(&self.servers);
+        let servers = self.servers.entries();
+        if !servers.is_empty() {
+            b = b.servers(servers);
         }
         if let Some(id) = &self.client_id {
             b = b.client_id(id.clone());
@@ -366,6 +402,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Writes a duration the way [`parse_duration`] reads it (`0`, `100us`,
+/// `500ms`, `15s`, `2m`, `1h`).
+pub fn format_duration(d: Duration) -> String {
+    let us = d.as_micros();
+    match us {
+        0 => "0".into(),
+        _ if us % 3_600_000_000 == 0 => format!("{}h", us / 3_600_000_000),
+        _ if us % 60_000_000 == 0 => format!("{}m", us / 60_000_000),
+        _ if us % 1_000_000 == 0 => format!("{}s", us / 1_000_000),
+        _ if us % 1000 == 0 => format!("{}ms", us / 1000),
+        _ => format!("{us}us"),
+    }
+}
+
 /// Why a config file could not be used.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -383,24 +433,178 @@ impl Config {
     ///
     /// # Errors
     /// The file cannot be read, is not valid YAML, has an unknown key or a
-    /// bad value; the message names the file and the key.
+    /// bad value; the message names the file, the line and column of the
+    /// key, its full path and what to write.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read config {}: {e}", path.display())))?;
-        Config::parse(&text).map_err(|e| ConfigError(format!("config {}: {}", path.display(), e.0)))
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!("cannot read config {}: {e}; fix the path or -c", path.display()))
+        })?;
+        Config::read(&text).map_err(|e| ConfigError(format!("config {}: {}", path.display(), e.0)))
     }
 
-    /// Parses YAML text.
+    /// Parses YAML text and validates it (see [`Config::validate`]).
     ///
     /// # Errors
-    /// Invalid YAML, an unknown key, or a bad value.
+    /// As [`Config::parse`] and [`Config::validate`], each located in `text`.
+    pub fn read(text: &str) -> Result<Config, ConfigError> {
+        let cfg = Config::parse(text)?;
+        cfg.validate().map_err(|(key, msg)| ConfigError(located(text, &key, None, &msg)))?;
+        Ok(cfg)
+    }
+
+    /// Parses YAML text, without [`Config::validate`].
+    ///
+    /// # Errors
+    /// Invalid YAML, an unknown key, or a bad value, naming the line and
+    /// column of the key and its full path (`worker.functions.f.timeout`).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let cfg: Config = serde_yaml::from_str(text).map_err(|e| ConfigError(e.to_string()))?;
-        Ok(cfg)
+        let de = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            // Not YAML at all: the parser's position is the one to show.
+            if let Err(syntax) = serde_yaml::from_str::<serde_yaml::Value>(text) {
+                let mut msg = syntax.to_string();
+                if let Some(loc) = syntax.location() {
+                    let at = format!(" at line {} column {}", loc.line(), loc.column());
+                    msg = msg.replacen(&at, "", 1);
+                }
+                return ConfigError(located(
+                    text,
+                    "",
+                    syntax.location(),
+                    &format!("{msg}; fix the YAML (indent with spaces, `key: value`)"),
+                ));
+            }
+            let mut key: Vec<String> = e
+                .path()
+                .iter()
+                .filter_map(|s| match s {
+                    serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                    serde_path_to_error::Segment::Enum { variant } => Some(variant.clone()),
+                    _ => None,
+                })
+                .collect();
+            let inner = e.inner();
+            let mut msg = inner.to_string();
+            if let Some(loc) = inner.location() {
+                let at = format!(" at line {} column {}", loc.line(), loc.column());
+                if let Some(m) = msg.strip_suffix(&at) {
+                    msg = m.to_string();
+                }
+            }
+            // serde_yaml starts with the path it knows, a prefix of ours.
+            if let Some((head, rest)) = msg.split_once(": ")
+                && !head.contains(' ')
+                && key.join(".").starts_with(head)
+            {
+                msg = rest.to_string();
+            }
+            if let Some(field) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next())
+            {
+                if key.last().is_none_or(|k| k != field) {
+                    key.push(field.to_string());
+                }
+                msg = format!("{msg}; remove it or fix its spelling");
+            }
+            if let Some(hint) = type_hint(&msg) {
+                msg = format!("{msg}; {hint}");
+            }
+            if msg.contains("untagged enum ServerList") {
+                msg = "give a list such as [127.0.0.1:4730, b] or a string such as \"127.0.0.1:4730,b\"".into();
+            }
+            ConfigError(located(text, &key.join("."), inner.location(), &msg))
+        })
     }
+
+    /// Checks what types cannot: function definitions, server lists,
+    /// `server.queue` and `server.admin_allow`.
+    ///
+    /// # Errors
+    /// The full key path of the first bad value and what is wrong with it.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        // `worker.functions.f: cwd: ...` names the key `worker.functions.f.cwd`.
+        let split = |e: String| {
+            let (mut key, mut msg) = (String::new(), e.as_str());
+            while let Some((k, m)) = msg.split_once(": ")
+                && !k.is_empty()
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                key = if key.is_empty() { k.to_string() } else { format!("{key}.{k}") };
+                msg = m;
+            }
+            (key, msg.to_string())
+        };
+        self.worker.validate().map_err(split)?;
+        self.server.to_server_config().map_err(|e| split(e.0))?;
+        for (key, list) in [
+            ("worker.servers", &self.worker.servers),
+            ("client.servers", &self.client.servers),
+            ("admin.servers", &self.admin.servers),
+        ] {
+            list.to_vec().map_err(|e| (key.to_string(), e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+/// What to write instead, for serde's "expected ..." messages.
+fn type_hint(msg: &str) -> Option<&'static str> {
+    let expected = msg.rsplit("expected ").next()?;
+    Some(match expected {
+        "usize" | "u64" | "u32" | "u16" | "u8" => "give a whole number such as 4",
+        "a boolean" => "give true or false",
+        "a sequence" => "give a list such as [a, b]",
+        "a string" => "give a string (quote it if it looks like a number or a list)",
+        e if e.starts_with("struct ") || e.starts_with("a map") => {
+            "give a mapping of `key: value` lines"
+        }
+        _ => return None,
+    })
+}
+
+/// `line L column C: KEY: MSG`, with the position of `key` in `text` (else
+/// of its closest parent found, else `fallback`).
+fn located(text: &str, key: &str, fallback: Option<serde_yaml::Location>, msg: &str) -> String {
+    let path: Vec<&str> = if key.is_empty() { Vec::new() } else { key.split('.').collect() };
+    let at = (1..=path.len())
+        .rev()
+        .find_map(|n| find_key(text, &path[..n]))
+        .or_else(|| fallback.map(|l| (l.line(), l.column())));
+    let key = if key.is_empty() { String::new() } else { format!("{key}: ") };
+    match at {
+        Some((line, col)) => format!("line {line} column {col}: {key}{msg}"),
+        None => format!("{key}{msg}"),
+    }
+}
+
+/// The line and column (from 1) of the block-mapping key at `path`.
+fn find_key(text: &str, path: &[&str]) -> Option<(usize, usize)> {
+    let mut stack: Vec<(usize, String)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let body = line.trim_start();
+        if body.is_empty() || body.starts_with('#') || body.starts_with("- ") {
+            continue;
+        }
+        let indent = line.len() - body.len();
+        let key = match body.chars().next() {
+            Some(q @ ('"' | '\'')) => body[1..].split(q).next().map(str::to_string),
+            _ => body
+                .find(':')
+                .filter(|&n| body[n + 1..].is_empty() || body[n + 1..].starts_with([' ', '\t']))
+                .map(|n| body[..n].trim_end().to_string()),
+        };
+        let Some(key) = key else { continue };
+        while stack.last().is_some_and(|(ind, _)| *ind >= indent) {
+            stack.pop();
+        }
+        stack.push((indent, key));
+        if stack.len() == path.len() && stack.iter().zip(path).all(|((_, k), p)| k == p) {
+            return Some((i + 1, indent + 1));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -417,7 +621,43 @@ mod tests {
         assert_eq!(parse_duration("50us"), Ok(Duration::from_micros(50)));
         assert_eq!(parse_duration("50µs"), Ok(Duration::from_micros(50)));
         assert!(parse_duration("15").is_err());
+        for d in ["0", "100us", "500ms", "15s", "2m", "1h", "90s"] {
+            assert_eq!(format_duration(parse_duration(d).unwrap()), d);
+        }
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_its_line() {
+        let text = "worker:\n  threads: 2\n  functions:\n    resize:\n      command: [x]\n      timeout: 15\n";
+        let e = Config::parse(text).unwrap_err().0;
+        assert!(
+            e.starts_with(
+                "line 6 column 7: worker.functions.resize.timeout: invalid duration `15`"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("15s"), "{e}");
+        let e = Config::parse("server:\n  job_retries: 1\n  listn: x\n").unwrap_err().0;
+        assert!(e.starts_with("line 3 column 3: server.listn: unknown field `listn`"), "{e}");
+        let e = Config::parse("client:\n  window: many\n").unwrap_err().0;
+        assert!(e.starts_with("line 2 column 3: client.window: invalid type"), "{e}");
+        let e = Config::read("# servers\nadmin:\n  servers: 'a,http://b'\n").unwrap_err().0;
+        assert!(e.starts_with("line 3 column 3: admin.servers: bad server `http://b`"), "{e}");
+        let e =
+            Config::read("worker:\n  functions:\n    \"f\":\n      timeout: 5s\n").unwrap_err().0;
+        assert!(e.starts_with("line 3 column 5: worker.functions.f: set one of"), "{e}");
+        let e = Config::read("worker:\n  functions:\n    f:\n      command: []\n").unwrap_err().0;
+        assert!(e.starts_with("line 4 column 7: worker.functions.f.command: give"), "{e}");
+        let e = Config::read("server:\n  queue: mysql:x\n").unwrap_err().0;
+        assert!(e.starts_with("line 2 column 3: server.queue: unknown queue"), "{e}");
+        let e = Config::parse("server:\n  listen: a\n   job_retries: 2\n").unwrap_err().0;
+        assert!(e.starts_with("line 3 column 15: mapping values are not allowed"), "{e}");
+        assert!(e.contains("fix the YAML"), "{e}");
+        let e = Config::parse("worker:\n  threads: -1\n").unwrap_err().0;
+        assert!(e.ends_with("expected usize; give a whole number such as 4"), "{e}");
+        let e = Config::parse("worker:\n  servers: {a: 1}\n").unwrap_err().0;
+        assert!(e.contains("worker.servers: give a list"), "{e}");
     }
 
     #[test]
@@ -447,7 +687,9 @@ mod tests {
             "client:\n  servers: [a, 'b:7003']\n  ack_timeout: 2s\n  send:\n    mode: sync\n    cycle: 500ms\n",
         )
         .unwrap();
-        assert_eq!(c.client.servers, ["a", "b:7003"]);
+        assert_eq!(c.client.servers.to_vec().unwrap(), ["a:4730", "b:7003"]);
+        let text = Config::parse("client:\n  servers: a, b:7003\n").unwrap();
+        assert_eq!(text.client.servers.to_vec().unwrap(), ["a:4730", "b:7003"]);
         assert_eq!(c.client.ack_timeout.0, Duration::from_secs(2));
         assert_eq!(c.client.send.mode, SendMode::Sync);
         assert_eq!(c.client.send.cycle.0, Duration::from_millis(500));
@@ -462,7 +704,7 @@ mod tests {
     #[test]
     fn shipped_config_parses_with_defaults() {
         let text = include_str!("../config.yaml");
-        let c = Config::parse(text).unwrap();
+        let c = Config::read(text).unwrap();
         let d = ClientSection::default();
         assert_eq!(c.client.ack_timeout, d.ack_timeout);
         assert_eq!(c.client.job_timeout, d.job_timeout);
@@ -474,7 +716,7 @@ mod tests {
         assert_eq!(c.client.send.reload, d.send.reload);
         let d = AdminSection::default();
         assert_eq!((c.admin.timeout, c.admin.interval), (d.timeout, d.interval));
-        assert!(c.admin.servers.to_vec().is_empty());
+        assert!(c.admin.servers.to_vec().unwrap().is_empty());
         assert_eq!(c.log.level, LogLevel::Warn);
         assert!(c.worker.functions.contains_key("test1"), "the example plan's functions");
     }

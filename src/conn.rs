@@ -51,9 +51,141 @@ pub fn with_default_port(server: &str) -> String {
     }
 }
 
-/// Splits a server list such as `GEARMAN_SERVERS` (`host[:port],...`).
-pub fn parse_server_list(list: &str) -> Vec<String> {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(with_default_port).collect()
+/// The server used when no list is given anywhere.
+pub const DEFAULT_SERVER: &str = "127.0.0.1:4730";
+
+/// Parses a server list, the one form every command, config key and
+/// builder accepts: entries separated by commas (one string or several),
+/// each `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address;
+/// the port defaults to 4730. Empty entries are skipped.
+///
+/// # Errors
+/// The first bad entry, with the form to write.
+pub fn parse_server_list<I, S>(entries: I) -> Result<Vec<String>, BadServer>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut out = Vec::new();
+    for entry in entries {
+        for s in entry.as_ref().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            out.push(check_server(s)?);
+        }
+    }
+    Ok(out)
+}
+
+/// An entry of a server list that is not `HOST[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadServer {
+    /// The entry as written (empty: the list had no entry).
+    pub entry: String,
+    /// What is wrong and what to write instead.
+    pub reason: String,
+}
+
+impl std::fmt::Display for BadServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.entry.is_empty() {
+            write!(f, "no server given: {}", self.reason)
+        } else {
+            write!(f, "bad server `{}`: {}", self.entry, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for BadServer {}
+
+/// Checks one entry and adds the default port.
+fn check_server(s: &str) -> Result<String, BadServer> {
+    let bad = |why: &str| {
+        Err(BadServer {
+            entry: s.to_string(),
+            reason: format!("{why}; write HOST[:PORT], e.g. 127.0.0.1:4730 or [::1]:4730"),
+        })
+    };
+    if s.contains("://") {
+        return bad("a server address has no scheme");
+    }
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let Some((addr, tail)) = rest.split_once(']') else {
+            return bad("`[` without `]`");
+        };
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("not an IPv6 address between `[` and `]`");
+        }
+        match tail {
+            "" => (format!("[{addr}]"), None),
+            t => match t.strip_prefix(':') {
+                Some(p) => (format!("[{addr}]"), Some(p)),
+                None => return bad("text after `]` that is not `:PORT`"),
+            },
+        }
+    } else if s.matches(':').count() > 1 {
+        if s.parse::<std::net::Ipv6Addr>().is_err() {
+            return bad("more than one `:` (an IPv6 address with a port goes in brackets)");
+        }
+        (format!("[{s}]"), None)
+    } else {
+        let (h, p) = match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        };
+        if h.is_empty()
+            || !h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        {
+            return bad("the host may hold only letters, digits, `.`, `-` and `_`");
+        }
+        (h.to_string(), p)
+    };
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return bad("the port must be a number from 1 to 65535"),
+        },
+    };
+    Ok(format!("{host}:{port}"))
+}
+
+/// The servers to use: `explicit` when given (the `-s` flags, a builder's
+/// `.servers()`), else `GEARMAN_SERVERS` when set and not empty, else
+/// `configured` (a config file's list, already parsed) when not empty, else
+/// [`DEFAULT_SERVER`]. The first source found replaces the others; lists
+/// are never merged.
+///
+/// # Errors
+/// An explicit list with no server, or a bad entry (one from
+/// `GEARMAN_SERVERS` says so).
+pub fn resolve_servers(
+    explicit: Option<&[String]>,
+    configured: &[String],
+) -> Result<Vec<String>, BadServer> {
+    if let Some(list) = explicit {
+        let servers = parse_server_list(list)?;
+        if servers.is_empty() {
+            return Err(BadServer {
+                entry: String::new(),
+                reason: "the list is empty; give at least one HOST[:PORT]".into(),
+            });
+        }
+        return Ok(servers);
+    }
+    if let Ok(env) = std::env::var("GEARMAN_SERVERS")
+        && !env.trim().is_empty()
+    {
+        let servers = parse_server_list([&env]).map_err(|e| BadServer {
+            reason: format!("from GEARMAN_SERVERS: {}", e.reason),
+            ..e
+        })?;
+        if !servers.is_empty() {
+            return Ok(servers);
+        }
+    }
+    if !configured.is_empty() {
+        return Ok(configured.to_vec());
+    }
+    Ok(vec![DEFAULT_SERVER.to_string()])
 }
 
 /// A connection with its read buffer and decoder. A packet from the server
@@ -306,9 +438,33 @@ mod tests {
     #[test]
     fn server_lists() {
         assert_eq!(
-            parse_server_list("a, b:7003,,[::1],[::1]:9"),
-            ["a:4730", "b:7003", "[::1]:4730", "[::1]:9"]
+            parse_server_list(["a, b:7003,,[::1],[::1]:9", "::1", "c_1.example"]).unwrap(),
+            ["a:4730", "b:7003", "[::1]:4730", "[::1]:9", "[::1]:4730", "c_1.example:4730"]
         );
         assert_eq!(with_default_port("::1"), "[::1]:4730");
+        for (bad, why) in [
+            ("http://127.0.0.1:4730", "no scheme"),
+            ("gearman://h", "no scheme"),
+            ("a:notaport", "port"),
+            ("a:0", "port"),
+            ("a:70000", "port"),
+            ("a b", "host"),
+            (":4730", "host"),
+            ("h/x", "host"),
+            ("[::1", "`]`"),
+            ("[nope]:1", "IPv6"),
+            ("[::1]x", "after `]`"),
+            ("a:1:2", "brackets"),
+        ] {
+            let e = parse_server_list([bad]).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{bad}`")) && e.contains(why), "{bad}: {e}");
+            assert!(e.contains("write HOST[:PORT]"), "{e}");
+        }
+        let e = resolve_servers(Some(&[" , ".to_string()]), &[]).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        assert_eq!(
+            resolve_servers(Some(&["x".to_string()]), &["y:1".to_string()]).unwrap(),
+            ["x:4730"]
+        );
     }
 }

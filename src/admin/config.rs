@@ -29,3 +29,18 @@ impl Default for AdminSection {
         }
     }
 }
+
+impl AdminSection {
+    /// A [`Cluster`](super::Cluster) of this section's servers and timeout;
+    /// an empty list means `GEARMAN_SERVERS`, else 127.0.0.1:4730 (the
+    /// rule of [`resolve_servers`](crate::conn::resolve_servers)).
+    ///
+    /// # Errors
+    /// A bad entry in the list or in `GEARMAN_SERVERS`.
+    pub fn to_cluster(&self) -> Result<super::Cluster, crate::conn::BadServer> {
+        let list = self.servers.entries();
+        let explicit = (!list.is_empty()).then_some(list.as_slice());
+        let servers = crate::conn::resolve_servers(explicit, &[])?;
+        Ok(super::Cluster::new(servers, self.timeout.0))
+    }
+}

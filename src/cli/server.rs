@@ -12,7 +12,7 @@ use super::Failure;
 /// same name in config.yaml.
 #[derive(Debug, Args)]
 pub(crate) struct ServerArgs {
-    /// Address to listen on [default: 127.0.0.1:4730].
+    /// Address to listen on.
     #[arg(short = 'L', long, value_name = "HOST:PORT")]
     listen: Option<String>,
     /// Drop a job once it was started N times (0 = unlimited).
@@ -30,7 +30,7 @@ pub(crate) struct ServerArgs {
     /// Largest packet body accepted, in bytes.
     #[arg(long, value_name = "BYTES")]
     max_packet_size: Option<u32>,
-    /// Most connections served at once [default: 0 = the file descriptor limit minus 32].
+    /// Most connections served at once (0: the file descriptor limit minus 32).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
     /// Every connection starts with the `exceptions` option on.
@@ -69,6 +69,38 @@ pub(crate) struct ServerArgs {
     /// only from this address or network (repeatable; default: every peer).
     #[arg(long, value_name = "ADDR[/PREFIX]")]
     admin_allow: Vec<AddrRule>,
+}
+
+/// Appends `[default: ...]` to the help of each `server` option, taken from
+/// [`ServerConfig::default`](gearframe::server::ServerConfig) so that the
+/// defaults have one source. (clap's own `default_value` would make every
+/// option look given and override the config file.)
+pub(crate) fn show_defaults(cmd: clap::Command) -> clap::Command {
+    let d = gearframe::server::ServerConfig::default();
+    let dur = gearframe::config::format_duration;
+    let defaults = [
+        ("listen", d.listen.clone()),
+        ("job_retries", d.job_retries.to_string()),
+        ("worker_wakeup", d.worker_wakeup.to_string()),
+        ("max_packet_size", d.max_packet_size.to_string()),
+        ("max_connections", d.max_connections.to_string()),
+        ("write_timeout", dur(d.write_timeout)),
+        ("read_timeout", dur(d.read_timeout)),
+        ("max_buffered_bytes", d.max_buffered_bytes.to_string()),
+        ("busy_poll", dur(d.busy_poll)),
+        ("max_queue", d.max_queue.to_string()),
+        ("max_jobs", d.max_jobs.to_string()),
+        ("max_payload_bytes", d.max_payload_bytes.to_string()),
+    ];
+    cmd.mut_subcommand("server", |mut sub| {
+        for (id, value) in defaults {
+            sub = sub.mut_arg(id, |a| {
+                let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+                a.help(format!("{help} [default: {value}]"))
+            });
+        }
+        sub
+    })
 }
 
 pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure> {

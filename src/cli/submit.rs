@@ -14,26 +14,23 @@ use super::Failure;
 /// Where to find the servers and how long to wait; shared by `submit` and `send`.
 #[derive(Debug, Args)]
 pub(crate) struct ServerArgs {
-    /// Job server HOST[:PORT] (repeatable, or comma-separated) [default:
-    /// GEARMAN_SERVERS, else client.servers in config.yaml, else 127.0.0.1:4730].
+    /// Job server HOST[:PORT] (repeat, or separate with commas); replaces
+    /// every other list [default: GEARMAN_SERVERS, else client.servers, else
+    /// 127.0.0.1:4730].
     #[arg(short = 's', long = "server", value_name = "HOST:PORT")]
     servers: Vec<String>,
-    /// Overall limit of each job, e.g. 30s [default: client.job_timeout, 1h].
-    #[arg(short = 't', long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Overall limit of each job, e.g. 30s (no short flag: -t is --threads)
+    /// [default: client.job_timeout, 1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
 }
 
 impl ServerArgs {
-    /// A client from the flags, then `GEARMAN_SERVERS`, then config.yaml.
+    /// A client with the `client:` section's settings and the servers of
+    /// the one rule (see [`super::servers`]).
     pub(crate) fn client(&self, config: &Config) -> Result<Client, Failure> {
-        let mut b = config.client.to_builder();
-        if !self.servers.is_empty() {
-            b = b.servers(&self.servers);
-        } else if let Ok(env) = std::env::var("GEARMAN_SERVERS") {
-            if !env.trim().is_empty() {
-                b = b.servers([env]);
-            }
-        }
+        let servers = super::servers(&self.servers, &config.client.servers, "client.servers")?;
+        let mut b = config.client.to_builder().servers(servers);
         if let Some(t) = self.timeout {
             b = b.job_timeout(t);
         }
@@ -59,8 +56,8 @@ pub(crate) struct SubmitArgs {
     /// High priority (same as --priority high).
     #[arg(short = 'I', long = "high", conflicts_with = "low")]
     high: bool,
-    /// Low priority (same as --priority low).
-    #[arg(short = 'L', long = "low")]
+    /// Low priority (same as --priority low; no short flag: -L is --listen).
+    #[arg(long = "low")]
     low: bool,
     /// Unique id: jobs with the same one coalesce [default: random].
     #[arg(short = 'u', long, value_name = "UNIQUE")]

@@ -13,19 +13,13 @@ use super::Failure;
 /// Options of `gearframe up`.
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
-    /// Address of the embedded server [default: server.listen of config.yaml].
+    /// Address of the embedded server, the only one the worker pool serves
+    /// [default: server.listen, else 127.0.0.1:4730].
     #[arg(short = 'L', long, value_name = "HOST:PORT")]
     listen: Option<String>,
     /// Slots per server for the worker pool [default: worker.threads].
     #[arg(short = 't', long, value_name = "N")]
     threads: Option<usize>,
-}
-
-/// A worker server list that names only this server (or nothing) means the
-/// embedded server is the one to start.
-fn wants_embedded(worker_servers: &[String], listen: &str) -> bool {
-    let norm = |s: &str| gearframe::conn::with_default_port(s);
-    worker_servers.is_empty() || worker_servers.iter().all(|s| norm(s) == norm(listen))
 }
 
 pub(crate) fn run(args: UpArgs, config: &Config) -> Result<ExitCode, Failure> {
@@ -41,17 +35,20 @@ pub(crate) fn run(args: UpArgs, config: &Config) -> Result<ExitCode, Failure> {
             "no function to run: add worker.functions to the config file (see config.yaml)".into(),
         ));
     }
-    let configured = config.worker.servers.to_vec();
-    let server = if wants_embedded(&configured, &server_cfg.listen) {
-        super::raise_fd_limit();
-        Some(Server::bind(server_cfg)?)
-    } else {
-        None
-    };
-    let servers: Vec<String> = match &server {
-        Some(s) => vec![connect_addr(s.local_addr()).to_string()],
-        None => configured,
-    };
+    let configured =
+        config.worker.servers.to_vec().map_err(|e| Failure(format!("worker.servers: {e}")))?;
+    super::raise_fd_limit();
+    let server = Server::bind(server_cfg)?;
+    // The pool serves this process's server only: worker.servers and
+    // GEARMAN_SERVERS are for `gearframe worker`.
+    let own = connect_addr(server.local_addr()).to_string();
+    if configured.iter().any(|s| *s != own) {
+        eprintln!(
+            "gearframe up: worker.servers ({}) is not used: the worker pool serves this process's server at {own}; run `gearframe worker` to serve other servers",
+            configured.join(",")
+        );
+    }
+    let servers = [own];
     let worker = super::worker::start(config, &servers, &functions, args.threads, None, None)?;
     let worker_stop = worker.stopper();
     ctrlc::set_handler(move || {
@@ -59,12 +56,11 @@ pub(crate) fn run(args: UpArgs, config: &Config) -> Result<ExitCode, Failure> {
         worker_stop.shutdown();
     })
     .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;
-    match &server {
-        Some(s) => {
-            println!("gearframe up: job server listening on {} ({})", s.local_addr(), s.capacity());
-        }
-        None => println!("gearframe up: using job servers {}", servers.join(",")),
-    }
+    println!(
+        "gearframe up: job server listening on {} ({})",
+        server.local_addr(),
+        server.capacity()
+    );
     println!(
         "gearframe up: {} worker slot(s) for {}; Ctrl-C stops",
         worker.live_slots(),
@@ -73,10 +69,8 @@ pub(crate) fn run(args: UpArgs, config: &Config) -> Result<ExitCode, Failure> {
     // Running jobs finish (within worker.grace) and report to the server
     // before the server stops.
     worker.join();
-    if let Some(s) = server {
-        s.shutdown();
-        s.join();
-    }
+    server.shutdown();
+    server.join();
     println!("gearframe up: stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -92,17 +86,5 @@ pub(crate) fn connect_addr(addr: SocketAddr) -> SocketAddr {
         SocketAddr::new(ip, addr.port())
     } else {
         addr
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn embedded_unless_servers_point_elsewhere() {
-        assert!(wants_embedded(&[], "127.0.0.1:4730"));
-        assert!(wants_embedded(&["127.0.0.1".into()], "127.0.0.1:4730"));
-        assert!(!wants_embedded(&["jobs.example:4730".into()], "127.0.0.1:4730"));
     }
 }

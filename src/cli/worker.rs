@@ -17,21 +17,17 @@ use super::Failure;
   gearframe worker wc echo               run two of them (echo is built in)
   gearframe worker -f wc -- wc -l        one function running a command, like `gearman -w`")]
 pub(crate) struct WorkerArgs {
-    /// Job server (HOST[:PORT]; repeat or separate with commas) [default:
-    /// worker.servers of config.yaml, else 127.0.0.1:4730].
-    #[arg(
-        short = 's',
-        long = "server",
-        value_name = "HOST:PORT",
-        env = "GEARMAN_SERVERS",
-        value_delimiter = ','
-    )]
+    /// Job server HOST[:PORT] (repeat, or separate with commas); replaces
+    /// every other list [default: GEARMAN_SERVERS, else worker.servers, else
+    /// 127.0.0.1:4730].
+    #[arg(short = 's', long = "server", value_name = "HOST:PORT")]
     servers: Vec<String>,
     /// Slots (threads and connections) per server [default: 10].
     #[arg(short = 't', long, value_name = "N")]
     threads: Option<usize>,
-    /// Client id shown by the admin `workers` command.
-    #[arg(short = 'n', long, value_name = "NAME")]
+    /// Client id shown by the admin `workers` command (no short flag: -n is
+    /// --interval) [default: worker.name, gearframe-worker].
+    #[arg(long, value_name = "NAME")]
     name: Option<String>,
     /// Registers FUNCTION to run the command given after `--`.
     #[arg(short = 'f', long = "function", value_name = "FUNCTION", requires = "command")]
@@ -94,12 +90,7 @@ pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure
             "no function to run: name one (e.g. `gearframe worker echo`), use -f NAME -- COMMAND, or add worker.functions to the config file".into(),
         ));
     }
-    let servers = if !args.servers.is_empty() {
-        args.servers.iter().flat_map(|s| gearframe::conn::parse_server_list(s)).collect()
-    } else {
-        let from_config = section.servers.to_vec();
-        if from_config.is_empty() { vec!["127.0.0.1:4730".to_string()] } else { from_config }
-    };
+    let servers = super::servers(&args.servers, &section.servers, "worker.servers")?;
     let worker = start(config, &servers, &functions, args.threads, args.name.clone(), args.grace)?;
     let stopper = worker.stopper();
     ctrlc::set_handler(move || {

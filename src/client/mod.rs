@@ -43,9 +43,11 @@
 //!
 //! # Servers
 //!
-//! Servers come from [`ClientBuilder::servers`], else from the
-//! `GEARMAN_SERVERS` environment variable (`host[:port],...`), else
-//! `127.0.0.1:4730`. The port defaults to 4730.
+//! Servers come from [`ClientBuilder::servers`] (the last call replaces
+//! the list), else from the `GEARMAN_SERVERS` environment variable
+//! (`host[:port],...`), else `127.0.0.1:4730`; the forms accepted are those
+//! of [`parse_server_list`], the same for
+//! every command and builder. The port defaults to 4730.
 //!
 //! A job goes to the server chosen by a stable hash of its unique id
 //! ([`stable_hash`] modulo the number of servers), so that jobs with the
@@ -103,12 +105,12 @@ pub use job::{
     Job, JobEvent, JobHandle, JobOutcome, JobStatus, MAX_UNIQUE_LEN, derive_unique, stable_hash,
 };
 
-use crate::conn::{DEFAULT_PORT, parse_server_list, with_default_port};
+use crate::conn::{parse_server_list, resolve_servers};
 use crate::proto::{Packet, PacketType};
 use engine::{Hooks, Settings, Slot};
 
 /// The server used when none is configured.
-pub const DEFAULT_SERVER: &str = "127.0.0.1:4730";
+pub use crate::conn::DEFAULT_SERVER;
 
 /// A Gearman client: a cheap-to-clone handle on shared settings and idle
 /// connections.
@@ -151,21 +153,15 @@ impl Default for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// The job servers, each `host[:port]` or a comma-separated list of them.
+    /// The job servers, each `host[:port]` or a comma-separated list of them
+    /// (see [`parse_server_list`]); replaces any list given before. Unset:
+    /// `GEARMAN_SERVERS`, else 127.0.0.1:4730.
     pub fn servers<I, S>(mut self, servers: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let list = self.servers.get_or_insert_with(Vec::new);
-        for s in servers {
-            let s = s.as_ref();
-            if s.trim().is_empty() {
-                list.push(String::new());
-            } else {
-                list.extend(parse_server_list(s));
-            }
-        }
+        self.servers = Some(servers.into_iter().map(|s| s.as_ref().to_string()).collect());
         self
     }
 
@@ -237,19 +233,17 @@ impl ClientBuilder {
     /// [`Error::BadServer`] naming an address that is not `host[:port]`
     /// with a port from 1 to 65535; [`Error::NoServers`] for an empty list.
     pub fn build(self) -> Result<Client> {
-        let servers = match self.servers {
-            Some(s) => s,
-            None => match std::env::var("GEARMAN_SERVERS") {
-                Ok(v) if !v.trim().is_empty() => parse_server_list(&v),
-                _ => vec![DEFAULT_SERVER.to_string()],
-            },
+        let bad =
+            |e: crate::conn::BadServer| Error::BadServer { server: e.entry, reason: e.reason };
+        let servers = match &self.servers {
+            Some(list) => parse_server_list(list).map_err(bad)?,
+            None => resolve_servers(None, &[]).map_err(bad)?,
         };
         if servers.is_empty() {
             return Err(Error::NoServers);
         }
         let mut slots: Vec<Slot> = Vec::new();
         for s in servers {
-            let s = check_server(&s)?;
             if !slots.iter().any(|x| *x.addr == *s) {
                 slots.push(Slot::new(&s));
             }
@@ -261,26 +255,6 @@ impl ClientBuilder {
             });
         }
         Ok(Client { inner: Arc::new(Inner { slots, set: self.set }) })
-    }
-}
-
-/// Checks one `host[:port]` address and adds the default port.
-fn check_server(s: &str) -> Result<String> {
-    let bad = |reason: &str| Error::BadServer { server: s.to_string(), reason: reason.into() };
-    if s.trim().is_empty() {
-        return Err(bad("empty address"));
-    }
-    let full = with_default_port(s);
-    let (host, port) = full.rsplit_once(':').ok_or_else(|| bad("expected host[:port]"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
-        return Err(bad("expected host[:port]"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(full),
-        _ => {
-            Err(bad(&format!("the port must be a number from 1 to 65535 (default {DEFAULT_PORT})")))
-        }
     }
 }
 
@@ -537,7 +511,9 @@ mod tests {
         assert!(e.to_string().contains("a:notaport"), "{e}");
         let e = Client::builder().servers(["a:0"]).build().unwrap_err();
         assert!(matches!(e, Error::BadServer { .. }), "{e}");
-        assert!(Client::builder().servers([""]).build().is_err());
+        assert_eq!(Client::builder().servers([""]).build().unwrap_err(), Error::NoServers);
+        let c = Client::builder().servers(["a"]).servers(["b"]).build().unwrap();
+        assert_eq!(c.servers().collect::<Vec<_>>(), ["b:4730"], "a later list replaces");
         assert_eq!(
             Client::builder().servers(Vec::<String>::new()).build().unwrap_err(),
             Error::NoServers

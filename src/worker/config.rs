@@ -47,32 +47,7 @@ impl Default for WorkerSection {
     }
 }
 
-/// A server list: `[a:4730, b]` or `"a:4730,b"`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum ServerList {
-    /// None given.
-    #[default]
-    #[serde(skip)]
-    None,
-    /// A YAML list.
-    List(Vec<String>),
-    /// A comma-separated string.
-    Text(String),
-}
-
-impl ServerList {
-    /// The servers, each with its port.
-    pub fn to_vec(&self) -> Vec<String> {
-        match self {
-            ServerList::None => Vec::new(),
-            ServerList::List(v) => {
-                v.iter().flat_map(|s| crate::conn::parse_server_list(s)).collect()
-            }
-            ServerList::Text(s) => crate::conn::parse_server_list(s),
-        }
-    }
-}
+pub use crate::config::ServerList;
 
 /// Where a command's output goes (`output:`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -312,7 +287,7 @@ mod tests {
         let w = &c.worker;
         assert_eq!(w.name, "w1");
         assert_eq!(w.threads, 3);
-        assert_eq!(w.servers.to_vec(), ["a:1", "b:4730"]);
+        assert_eq!(w.servers.to_vec().unwrap(), ["a:1", "b:4730"]);
         assert_eq!(w.functions["wc"].retries, 2);
         assert!(!w.functions["wc"].keep_processes);
         w.validate().unwrap();
@@ -322,7 +297,7 @@ mod tests {
         .unwrap();
         assert!(c.worker.functions["d"].keep_processes);
         let c = Config::parse("worker:\n  servers: [x, 'y:5']\n").unwrap();
-        assert_eq!(c.worker.servers.to_vec(), ["x:4730", "y:5"]);
+        assert_eq!(c.worker.servers.to_vec().unwrap(), ["x:4730", "y:5"]);
     }
 
     #[test]

@@ -168,7 +168,7 @@ impl std::error::Error for BuildError {}
 /// Configures and starts a [`Worker`].
 #[derive(Debug, Clone)]
 pub struct WorkerBuilder {
-    servers: Vec<String>,
+    servers: Option<Vec<String>>,
     client_id: String,
     threads: usize,
     functions: Vec<Function>,
@@ -191,7 +191,7 @@ pub const DEFAULT_THREADS: usize = 10;
 impl Default for WorkerBuilder {
     fn default() -> Self {
         WorkerBuilder {
-            servers: Vec::new(),
+            servers: None,
             client_id: DEFAULT_CLIENT_ID.into(),
             threads: DEFAULT_THREADS,
             functions: Vec::new(),
@@ -209,15 +209,16 @@ impl Default for WorkerBuilder {
 }
 
 impl WorkerBuilder {
-    /// Servers to work for (`host[:port]`, port 4730 by default); adds to
-    /// the list.
+    /// Servers to work for, each `host[:port]` (port 4730 by default) or a
+    /// comma-separated list of them (see
+    /// [`parse_server_list`](crate::conn::parse_server_list)); replaces any
+    /// list given before. Unset: `GEARMAN_SERVERS`, else 127.0.0.1:4730.
     pub fn servers<I, S>(mut self, servers: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.servers
-            .extend(servers.into_iter().map(|s| crate::conn::with_default_port(s.as_ref())));
+        self.servers = Some(servers.into_iter().map(|s| s.as_ref().to_string()).collect());
         self
     }
 
@@ -320,12 +321,11 @@ impl WorkerBuilder {
     /// Starts the slots.
     ///
     /// # Errors
-    /// No server, no function, zero threads, or an empty or too long
-    /// function name.
+    /// An empty or bad server list, no function, zero threads, or an empty
+    /// or too long function name.
     pub fn build(self) -> Result<Worker, BuildError> {
-        if self.servers.is_empty() {
-            return Err(BuildError("no server given".into()));
-        }
+        let servers = crate::conn::resolve_servers(self.servers.as_deref(), &[])
+            .map_err(|e| BuildError(e.to_string()))?;
         if self.functions.is_empty() {
             return Err(BuildError("no function registered".into()));
         }
@@ -344,14 +344,14 @@ impl WorkerBuilder {
             cancel: CancelToken::default(),
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx,
-            wakers: (0..self.servers.len() * self.threads).map(|_| Waker::default()).collect(),
+            wakers: (0..servers.len() * self.threads).map(|_| Waker::default()).collect(),
             running: AtomicUsize::new(0),
             live_slots: AtomicUsize::new(0),
         });
         let settings = Arc::new(self);
         let mut slots = Vec::new();
         let mut id = 0;
-        for server in &settings.servers {
+        for server in &servers {
             for _ in 0..settings.threads {
                 let slot = slot::Slot::new(
                     id,
@@ -398,7 +398,7 @@ impl WorkerBuilder {
             "worker id={} slots={} servers={:?} functions={:?}",
             settings.client_id,
             slots.len(),
-            settings.servers,
+            servers,
             settings.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>()
         );
         Ok(Worker { shared, slots, supervisor })
@@ -601,8 +601,14 @@ mod tests {
 
     #[test]
     fn build_errors() {
-        let e = Worker::builder().register("f", Echo).build().unwrap_err();
-        assert_eq!(e.0, "no server given");
+        let e = Worker::builder()
+            .servers(Vec::<String>::new())
+            .register("f", Echo)
+            .build()
+            .unwrap_err();
+        assert!(e.0.starts_with("no server given"), "{}", e.0);
+        let e = Worker::builder().servers(["http://x"]).register("f", Echo).build().unwrap_err();
+        assert!(e.0.contains("bad server `http://x`"), "{}", e.0);
         let e = Worker::builder().servers(["127.0.0.1:1"]).build().unwrap_err();
         assert_eq!(e.0, "no function registered");
         let e =

@@ -456,7 +456,7 @@ pub(crate) fn worker_process(cfg: &Cfg, addr: &str, function: &str, threads: usi
     let child = Command::new(env!("CARGO_BIN_EXE_gearframe"))
         .arg("-c")
         .arg(&cfg.path)
-        .args(["-q", "worker", "-s", addr, "-n", "stoppable", "-t", &threads.to_string()])
+        .args(["-q", "worker", "-s", addr, "--name", "stoppable", "-t", &threads.to_string()])
         .args(["-f", function, "--", "cat"])
         .env_remove("GEARMAN_SERVERS")
         .stdin(Stdio::null())
@@ -745,7 +745,7 @@ fn bad_input_is_one_line_and_exit_2() {
     let cases: &[(&[&str], &str)] = &[
         (&["admin", "maxqueue", "f", "x"], "invalid value 'x'"),
         (&["admin", "maxqueue", "f", "1", "2"], "HIGH NORMAL LOW"),
-        (&["admin", "status", "-s", "127.0.0.1:notaport"], "invalid server `127.0.0.1:notaport`"),
+        (&["admin", "status", "-s", "127.0.0.1:notaport"], "bad server `127.0.0.1:notaport`"),
         (&["admin", "create", "a b"], "invalid function name"),
         (&["admin", "cancel", ""], "invalid job handle"),
         (&["admin", "watch", "--count", "0"], "--count"),

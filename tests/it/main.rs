@@ -10,6 +10,8 @@ mod bad_input;
 mod bench;
 /// `gearframe submit` and `gearframe send` as a user runs them.
 mod cli_client;
+/// The command line: help, typo suggestions, defaults, config and log file errors.
+mod cli_usage;
 /// The client library: both servers, failover, timeouts, batches.
 mod client;
 /// Differential scenarios: the same conversation against gearmand and gearframe.
@@ -36,6 +38,8 @@ mod readme;
 mod reliability;
 /// The embedded server's lifecycle, slow readers and connection limits.
 mod server;
+/// Which servers each command and builder uses: -s, GEARMAN_SERVERS, config, default.
+mod servers;
 /// The shell runner with real processes.
 mod shell;
 /// The reliability soak: kills, malformed streams and corrupt queues, repeated.

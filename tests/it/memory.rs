@@ -209,7 +209,7 @@ fn a_4_gib_header_from_a_server_leaves_client_and_worker_memory_flat() {
     let (addr, seen) = bogus_server();
     // A client errors out with one line.
     let out = Command::new(env!("CARGO_BIN_EXE_gearframe"))
-        .args(["submit", "-s", &addr.to_string(), "-t", "30s", "-f", "f", "data"])
+        .args(["submit", "-s", &addr.to_string(), "--timeout", "30s", "-f", "f", "data"])
         .stdin(Stdio::null())
         .output()
         .unwrap();

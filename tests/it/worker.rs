@@ -673,7 +673,7 @@ fn cli_errors_name_what_to_fix() {
     let out = bin().args(["-c", bad.path().to_str().unwrap(), "worker"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("worker.functions.f: command"), "{err}");
+    assert!(err.contains("worker.functions.f.command: give"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
 

@@ -288,29 +288,9 @@ struct Ctx {
     json: bool,
 }
 
-/// Servers from `-s`, then `GEARMAN_SERVERS`, then config.yaml.
+/// Servers by the one rule (see [`super::servers`]).
 fn servers(args: &AdminArgs, config: &Config) -> Result<Vec<String>, Failure> {
-    let list: Vec<String> = if !args.servers.is_empty() {
-        args.servers.iter().flat_map(|s| gearframe::conn::parse_server_list(s)).collect()
-    } else if let Some(env) = std::env::var("GEARMAN_SERVERS").ok().filter(|e| !e.trim().is_empty())
-    {
-        gearframe::conn::parse_server_list(&env)
-    } else {
-        let c = config.admin.servers.to_vec();
-        if c.is_empty() { vec![gearframe::client::DEFAULT_SERVER.to_string()] } else { c }
-    };
-    if list.is_empty() {
-        return Err(Failure("no server given: use -s HOST:PORT".into()));
-    }
-    for s in &list {
-        let port = s.rsplit_once(':').map(|(_, p)| p).unwrap_or("");
-        if port.parse::<u16>().is_err() {
-            return Err(Failure(format!(
-                "invalid server `{s}`: write HOST:PORT, e.g. 127.0.0.1:4730"
-            )));
-        }
-    }
-    Ok(list)
+    super::servers(&args.servers, &config.admin.servers, "admin.servers")
 }
 
 fn check_name(what: &str, s: &str) -> Result<(), Failure> {
