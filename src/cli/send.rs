@@ -44,7 +44,7 @@ const PLAN_RUN_LIMIT: Duration = Duration::from_secs(60);
 pub(crate) struct SendArgs {
     /// The plan: a YAML file, or an executable printing the jobs as JSON
     /// [default: plugin/eg.yaml].
-    #[arg(short = 'p', long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE")]
     plan: Option<PathBuf>,
     /// async: background jobs, done when every job is accepted; sync:
     /// foreground jobs, one result line per job.
