@@ -349,7 +349,7 @@ fn interrupted_stop_workers_cancels_its_shutdown_jobs() {
         let busy = Command::new(env!("CARGO_BIN_EXE_gearframe"))
             .arg("-c")
             .arg(&cfg.path)
-            .args(["-q", "worker", "-s", &addr, "-n", "busy", "-t", "1", "--grace", "0s"])
+            .args(["-q", "worker", "-s", &addr, "--name", "busy", "-t", "1", "--grace", "0s"])
             .args(["-f", "sw_busy", "--", "sleep", "60"])
             .env_remove("GEARMAN_SERVERS")
             .stdin(Stdio::null())
