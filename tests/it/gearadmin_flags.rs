@@ -158,10 +158,11 @@ fn gearadmin_scripts_print_the_same_through_gearframe_admin() {
 #[test]
 fn bare_admin_prints_its_help_and_flags_mix_with_no_subcommand() {
     let cfg = config("");
+    // As a bare `gearframe`: the help on stderr, exit 2.
     let out = run(&cfg, &["admin"]);
-    assert_eq!(out.code(), Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(out.code(), Some(2), "{}{}", out.stdout, out.stderr);
     for word in ["Commands:", "stop-workers", "watch", "--status", "--show-jobs", "Exit codes"] {
-        assert!(out.stdout.contains(word), "{word}: {}", out.stdout);
+        assert!(out.stderr.contains(word), "{word}: {}", out.stderr);
     }
     // `admin -h` is gearadmin's host; the subcommands keep `-h` for help.
     for sub in ["status", "priority", "watch", "stop-workers"] {

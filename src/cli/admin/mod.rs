@@ -332,8 +332,9 @@ fn gearadmin_server(args: &AdminArgs) -> Result<Option<String>, Failure> {
 pub(crate) fn run(args: AdminArgs, config: &Config) -> Result<ExitCode, Failure> {
     let script = args.gearadmin.script();
     if args.command.is_none() && script.is_empty() {
-        emit(&help());
-        return Ok(ExitCode::SUCCESS);
+        // As a bare `gearframe`: the help on stderr, exit 2.
+        eprint!("{}", help());
+        return Ok(ExitCode::from(2));
     }
     if args.command.is_some() && !script.is_empty() {
         return Err(Failure(
