@@ -1260,17 +1260,27 @@ fn stop_server(ctx: &Ctx, graceful: bool) -> Result<ExitCode, Failure> {
     let rs = ctx.cluster.each(|c| {
         c.shutdown(graceful)?;
         if graceful {
-            return Ok("stopping once its jobs are done");
+            // gearframe's server tells how many jobs it waits for.
+            let left = AdminClient::connect(c.server(), timeout)
+                .and_then(|mut a| a.command("stopping"))
+                .ok()
+                .and_then(|a| a.strip_prefix("graceful jobs=").map(str::to_string));
+            return Ok(match left {
+                Some(n) => format!(
+                    "stopping once its {n} jobs are done (see `gearframe admin status`; `stop-server` stops it now)"
+                ),
+                None => "stopping once its jobs are done".to_string(),
+            });
         }
         // Confirm: the port stops answering.
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             if AdminClient::connect(c.server(), timeout).and_then(|mut a| a.version()).is_err() {
-                return Ok("stopped");
+                return Ok("stopped".to_string());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok("stopping")
+        Ok("stopping".to_string())
     });
     if ctx.json {
         let servers: Vec<Value> =
