@@ -273,8 +273,7 @@ pub(crate) fn run(args: SendArgs, config: &Config) -> Result<ExitCode, Failure> 
                 }
                 Ok(other) => {
                     totals.failed += 1;
-                    let text = other.data().map(|d| String::from_utf8_lossy(d).into_owned());
-                    (other.name(), text.unwrap_or_default())
+                    (other.name(), other.reason().unwrap_or_default())
                 }
                 Err(e) => {
                     totals.failed += 1;

@@ -100,7 +100,8 @@ use std::time::Duration;
 
 pub use error::{Context, Error, Phase, Result};
 pub use job::{
-    Job, JobEvent, JobHandle, JobOutcome, JobStatus, MAX_UNIQUE_LEN, derive_unique, stable_hash,
+    Job, JobEvent, JobHandle, JobOutcome, JobStatus, MAX_UNIQUE_LEN, NO_REASON, derive_unique,
+    stable_hash,
 };
 
 use crate::conn::{DEFAULT_PORT, parse_server_list, with_default_port};
@@ -142,7 +143,7 @@ impl Default for ClientBuilder {
                 window: 1024,
                 backoff_min: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(5),
-                exceptions: false,
+                exceptions: true,
                 client_id: None,
                 busy_poll: crate::busy_poll::DEFAULT_BUSY_POLL,
             },
@@ -218,7 +219,9 @@ impl ClientBuilder {
     }
 
     /// Ask every connection for WORK_EXCEPTION packets (`OPTION_REQ
-    /// exceptions`); without it servers turn exceptions into WORK_FAIL.
+    /// exceptions`; default true), so that a failed job's outcome carries
+    /// the worker's reason; without it servers turn exceptions into
+    /// WORK_FAIL.
     pub fn exceptions(mut self, yes: bool) -> Self {
         self.set.exceptions = yes;
         self
