@@ -14,6 +14,10 @@ mod client;
 mod diff;
 /// The persistent queue under real faults: locked database, full disk, failed dump.
 mod durability;
+/// `gearframe submit`'s errors: each cause named with its server, within the limits.
+mod errors;
+/// Failed jobs reach gearframe's client with their reason, from every worker kind.
+mod failures;
 /// File descriptor limits: connections that fit are served, the rest refused at once.
 mod fds;
 /// `gearframe demo` and `gearframe up` as a user runs them.
