@@ -135,6 +135,28 @@ fn submit_cell(cell: &Cell<'_>, bad: &mut Vec<String>) {
     }
 }
 
+/// `gearframe send --mode sync` prints each failed job's reason.
+fn send_sync_cell(server: &str, addr: SocketAddr, bad: &mut Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, "- function: gf_exit\n- function: gf_error\n  data: x\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gearframe"))
+        .args(["send", "-s", &addr.to_string(), "-t", "30s", "--mode", "sync", "--plan"])
+        .arg(&plan)
+        .env_remove("GEARMAN_SERVERS")
+        .env_remove("GEARFRAME_CONFIG")
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in ["gf_exit\texception\texit code 3: disk full", "gf_error\texception\tbad input"] {
+        if !stdout.lines().any(|l| l == want) {
+            bad.push(format!("send --mode sync via {server}: no line `{want}` in `{stdout}`"));
+        }
+    }
+}
+
 fn report(bad: &[String]) {
     assert!(bad.is_empty(), "{} failing cell(s):\n{}", bad.len(), bad.join("\n"));
 }
@@ -183,6 +205,7 @@ fn gearframe_worker_failures_reach_the_gearframe_client_with_their_reason() {
             library_cell(&cell, &mut bad);
             submit_cell(&cell, &mut bad);
         }
+        send_sync_cell(srv.name, srv.addr, &mut bad);
         w.shutdown();
         w.join();
     }
