@@ -193,7 +193,8 @@ fn a_payload_over_the_packet_limit_is_argument_too_large_at_once() {
     let small =
         Ours::with_config(ServerConfig { max_packet_size: 1_000_000, ..Default::default() });
     let addr = small.addr().to_string();
-    let (code, err, took) = submit(&["-s", &addr, "-f", "x"], &big[..2_000_000]);
+    // Large enough that the write fails before the answer is read.
+    let (code, err, took) = submit(&["-s", &addr, "-f", "x"], &big[..30_000_000]);
     let line = error_line(&err);
     assert_eq!(code, Some(2), "{err}");
     assert!(took < BOUND, "took {took:?}: {err}");
