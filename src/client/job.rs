@@ -182,6 +182,27 @@ impl fmt::Display for JobHandle {
 /// warning.
 pub const NO_REASON: &str = "no reason given by the worker";
 
+/// The string inside a Perl `Storable::nfreeze(\$string)`, which Perl's
+/// Gearman::Worker sends as the exception of a job that died.
+fn perl_storable_string(d: &[u8]) -> Option<&[u8]> {
+    // Network order header (major 2), any minor; then a scalar: small
+    // (1-byte length) or large (4-byte big-endian length), bytes or UTF-8.
+    let (&[5, _], rest) = d.split_at_checked(2)? else { return None };
+    let (&kind, rest) = rest.split_first()?;
+    let (len, rest) = match kind {
+        0x0a | 0x17 => {
+            let (&n, rest) = rest.split_first()?;
+            (usize::from(n), rest)
+        }
+        0x01 | 0x18 => {
+            let (n, rest) = rest.split_at_checked(4)?;
+            (u32::from_be_bytes(n.try_into().ok()?) as usize, rest)
+        }
+        _ => return None,
+    };
+    (rest.len() == len).then_some(rest)
+}
+
 /// How a job ended, or that a background job was accepted.
 ///
 /// A failed job is an outcome, not an error.
@@ -246,6 +267,7 @@ impl JobOutcome {
     /// [`NO_REASON`]. `None` for `Complete` and `Accepted`.
     pub fn reason(&self) -> Option<String> {
         let text = |d: &[u8]| {
+            let d = perl_storable_string(d).unwrap_or(d);
             let t = String::from_utf8_lossy(d).trim_end_matches(['\0', '\n']).to_string();
             if t.trim().is_empty() { NO_REASON.to_string() } else { t }
         };
@@ -400,7 +422,13 @@ mod tests {
         assert_eq!(e.reason().as_deref(), Some("boom"));
         let e = JobOutcome::Exception { handle: handle.clone(), data: Vec::new() };
         assert_eq!(e.reason().as_deref(), Some(NO_REASON));
-        assert_eq!(JobOutcome::Accepted { handle }.reason(), None);
+        assert_eq!(JobOutcome::Accepted { handle: handle.clone() }.reason(), None);
+        // Perl's Gearman::Worker: Storable::nfreeze(\"perl boom\n").
+        let perl = JobOutcome::Exception { handle, data: b"\x05\x0b\x0a\x0aperl boom\n".to_vec() };
+        assert_eq!(perl.reason().as_deref(), Some("perl boom"));
+        assert_eq!(perl_storable_string(b"\x05\x0b\x01\0\0\0\x02ab"), Some(&b"ab"[..]));
+        assert_eq!(perl_storable_string(b"\x05\x0b\x0a\x09short"), None);
+        assert_eq!(perl_storable_string(b"plain text"), None);
     }
 
     #[test]

@@ -89,8 +89,9 @@ fn library_cell(cell: &Cell<'_>, bad: &mut Vec<String>) {
     match out {
         Ok(o @ (JobOutcome::Failed { .. } | JobOutcome::Exception { .. })) => {
             let reason = o.reason().unwrap_or_default();
+            eprintln!("{name}: {} after {took:?}: {}", o.name(), reason.escape_debug());
             if let Some(want) = cell.want {
-                if !reason.contains(want) {
+                if !reason.starts_with(want) {
                     bad.push(format!("{name}: reason `{reason}`, wanted `{want}` ({o:?})"));
                 }
             } else if reason.is_empty() {
@@ -126,7 +127,7 @@ fn submit_cell(cell: &Cell<'_>, bad: &mut Vec<String>) {
     }
     let line = err.lines().find(|l| l.contains(" failed: ")).unwrap_or_default();
     let named = line.contains(&format!("function {}", cell.function)) && line.contains(&addr);
-    let reason_ok = cell.want.is_none_or(|w| line.contains(w));
+    let reason_ok = cell.want.is_none_or(|w| line.contains(&format!("failed: {w}")));
     if !named || !reason_ok {
         bad.push(format!(
             "{name}: stderr `{err}`, wanted the reason {:?}, function and server",
