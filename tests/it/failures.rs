@@ -193,14 +193,21 @@ fn gearframe_worker_failures_reach_the_gearframe_client_with_their_reason() {
                     Err(JobError::fail("refused input"))
                 },
             )
+            .register(
+                "gf_panic",
+                |_: &gearframe::worker::Job, _: &mut gearframe::worker::JobContext<'_>| {
+                    panic!("handler bug")
+                },
+            )
             .build()
             .unwrap();
-        wait_registered(srv.addr, &["gf_exit", "gf_timeout", "gf_error", "gf_fail"]);
+        wait_registered(srv.addr, &["gf_exit", "gf_timeout", "gf_error", "gf_fail", "gf_panic"]);
         for (function, want) in [
             ("gf_exit", "exit code 3: disk full"),
             ("gf_timeout", "timed out"),
             ("gf_error", "bad input"),
             ("gf_fail", "refused input"),
+            ("gf_panic", "handler panicked: handler bug"),
         ] {
             let cell = Cell { server: srv.name, addr: srv.addr, function, want: Some(want) };
             library_cell(&cell, &mut bad);
