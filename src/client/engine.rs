@@ -1055,6 +1055,8 @@ pub(crate) fn run(
                                         continue;
                                     }
                                     if handles[j].take().is_some() {
+                                        // The next run's warnings are its own.
+                                        last_warning[j] = None;
                                         if let Some(f) = hooks.on_event.as_mut() {
                                             let reason = error.to_string();
                                             f(j, &JobEvent::Resubmitted { reason });
