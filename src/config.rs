@@ -260,7 +260,7 @@ pub struct ClientSection {
     pub backoff_min: DurationStr,
     /// Longest reconnect back-off.
     pub backoff_max: DurationStr,
-    /// Ask for WORK_EXCEPTION packets.
+    /// Ask for WORK_EXCEPTION packets, so that failures carry their reason.
     pub exceptions: bool,
     /// Connection name (SET_CLIENT_ID).
     pub client_id: Option<String>,
@@ -281,7 +281,7 @@ impl Default for ClientSection {
             window: 1024,
             backoff_min: DurationStr(Duration::from_millis(100)),
             backoff_max: DurationStr(Duration::from_secs(5)),
-            exceptions: false,
+            exceptions: true,
             client_id: None,
             busy_poll: DurationStr(crate::busy_poll::DEFAULT_BUSY_POLL),
             send: SendSection::default(),

@@ -210,7 +210,16 @@ impl Connection {
     /// Resolution fails, or no address accepts the connection in time.
     pub fn connect(server: &str, timeout: Duration) -> io::Result<Connection> {
         let target = with_default_port(server);
-        let addrs: Vec<SocketAddr> = target.to_socket_addrs()?.collect();
+        let addrs: Vec<SocketAddr> = target
+            .to_socket_addrs()
+            .map_err(|e| {
+                let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("cannot resolve the host name `{host}` ({e}); check the address"),
+                )
+            })?
+            .collect();
         let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target}: no address"));
         for addr in addrs {
             match TcpStream::connect_timeout(&addr, timeout) {

@@ -250,10 +250,7 @@ fn describe(o: &gearframe::client::Result<JobOutcome>) -> (Counted, &'static str
         Ok(JobOutcome::Complete { data, .. }) => {
             (Counted::Ok, "complete", String::from_utf8_lossy(data).into_owned())
         }
-        Ok(other) => {
-            let text = other.data().map(|d| String::from_utf8_lossy(d).into_owned());
-            (Counted::Failed, other.name(), text.unwrap_or_default())
-        }
+        Ok(other) => (Counted::Failed, other.name(), other.reason().unwrap_or_default()),
         Err(e) => (Counted::Error, "error", e.to_string()),
     }
 }

@@ -151,12 +151,14 @@ pub(crate) fn run(args: SubmitArgs, config: &Config, verbose: u8) -> Result<Exit
     let res = match &outcome {
         JobOutcome::Complete { data, .. } => write(&mut out, data),
         JobOutcome::Accepted { handle } => write(&mut out, format!("{handle}\n").as_bytes()),
-        JobOutcome::Failed { handle } => {
-            eprintln!("gearframe: job {handle} failed");
-            return Ok(ExitCode::from(1));
-        }
-        JobOutcome::Exception { handle, data } => {
-            eprintln!("gearframe: job {handle} failed: {}", String::from_utf8_lossy(data));
+        failed @ (JobOutcome::Failed { .. } | JobOutcome::Exception { .. }) => {
+            let handle = failed.handle();
+            eprintln!(
+                "gearframe: job {handle} failed: {} (function {}, server {})",
+                failed.reason().unwrap_or_default(),
+                job.function(),
+                handle.server()
+            );
             return Ok(ExitCode::from(1));
         }
         other => {

@@ -33,7 +33,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, unboun
 use super::error::{Context, Error, Phase, Result};
 use super::job::{Job, JobEvent, JobHandle, JobOutcome, parse_num, random_u64, stable_hash};
 use crate::conn::{Connection, OwnedPacket};
-use crate::proto::{Packet, PacketType, SubmitKind};
+use crate::proto::{DEFAULT_MAX_BODY, Packet, PacketType, SubmitKind};
 
 /// How often a blocked lane looks at its inbox, and the coordinator at
 /// job deadlines.
@@ -137,9 +137,20 @@ impl Slot {
     }
 }
 
+/// The cause of a socket error in words: refused, reset, timed out, or a
+/// protocol error (the peer does not speak Gearman).
 fn io_reason(e: &io::Error) -> String {
     match e.kind() {
-        io::ErrorKind::TimedOut => "timed out".into(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".into(),
+        io::ErrorKind::ConnectionRefused => {
+            "connection refused (is a job server listening there?)".into()
+        }
+        io::ErrorKind::ConnectionReset => "connection reset by the server".into(),
+        io::ErrorKind::BrokenPipe => "the server closed the connection".into(),
+        io::ErrorKind::UnexpectedEof => "the server closed the connection".into(),
+        io::ErrorKind::InvalidData => {
+            format!("protocol error: {e} (is it a Gearman job server?)")
+        }
         _ => e.to_string(),
     }
 }
@@ -367,6 +378,7 @@ impl<'a> Lane<'a> {
             }
         }
         if let Err(e) = self.top_up() {
+            self.read_replies_after_write_error();
             self.broken(e);
             if !block {
                 self.flush_reports();
@@ -483,6 +495,20 @@ impl<'a> Lane<'a> {
             reason: io_reason(&e),
             context: self.slot().ctx(),
         })
+    }
+
+    /// A write failed: the server may have answered before it closed the
+    /// connection (ERROR `ARGUMENT_TOO_LARGE` for a packet over its limit),
+    /// so what it sent is read, briefly, before the jobs are given back.
+    fn read_replies_after_write_error(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        let deadline = Instant::now() + self.sh.set.ack_timeout.min(Duration::from_secs(1));
+        while let Ok(p) = conn.recv(Some(deadline)) {
+            if self.on_packet(p).is_err() {
+                break;
+            }
+        }
+        self.conn = Some(conn);
     }
 
     fn read_some(&mut self) {
@@ -653,7 +679,10 @@ impl<'a> Lane<'a> {
                         job,
                         result: Ok(JobOutcome::Exception { handle: jh(), data: data.to_vec() }),
                     },
-                    _ => Report::Done { job, result: Ok(JobOutcome::Failed { handle: jh() }) },
+                    _ => Report::Done {
+                        job,
+                        result: Ok(JobOutcome::Failed { handle: jh(), warning: None }),
+                    },
                 };
                 self.reports.push(report);
             }
@@ -715,7 +744,7 @@ impl<'a> Lane<'a> {
         if !matches!(error.phase(), Some(Phase::Connect)) {
             self.slot().record_failure(self.sh.set);
         }
-        log::warn!("{error}");
+        log::debug!("{error}");
         self.lose_all(error);
     }
 
@@ -872,10 +901,20 @@ pub(crate) fn run(
     let mut attempts = vec![0u32; n];
     // Servers that answered QUEUE_ERROR to a background job.
     let mut refusals = vec![0usize; n];
+    // When a job's retry window began: the start of the call for a job no
+    // server accepted yet, else the moment its accepted copy was lost.
     let mut first_fail: Vec<Option<Instant>> = vec![None; n];
     let mut handles: Vec<Option<JobHandle>> = vec![None; n];
+    // The server each job was last given to.
+    let mut sent_to = vec![0usize; n];
+    // The last WORK_WARNING of each job: the reason of a bare WORK_FAIL.
+    let mut last_warning: Vec<Option<Vec<u8>>> = vec![None; n];
     let mut remaining = n;
     let servers = slots.len();
+    // Per server, the last failure of this call, and whether the retry
+    // was announced (once per server and call, at the default level).
+    let mut last_error: Vec<Option<Error>> = vec![None; servers];
+    let mut warned = vec![false; servers];
 
     let mut finish = |i: usize, res: Result<JobOutcome>, hooks: &mut Hooks<'_>| -> bool {
         if done[i].swap(true, Ordering::Relaxed) {
@@ -898,8 +937,17 @@ pub(crate) fn run(
             }
             continue;
         }
+        if let Some(reason) = too_large(job, &uniques[i]) {
+            let e = Error::InvalidJob { function: job.function().to_string(), reason };
+            if finish(i, Err(e), &mut hooks) {
+                remaining -= 1;
+            }
+            continue;
+        }
         let first = (stable_hash(uniques[i].as_bytes()) % servers as u64) as usize;
-        initial[pick(slots, first, now)].push(i);
+        let lane = pick(slots, first, now);
+        sent_to[i] = lane;
+        initial[lane].push(i);
     }
     if remaining == 0 {
         return results.into_iter().map(|r| r.unwrap_or(Err(Error::NoServers))).collect();
@@ -938,13 +986,21 @@ pub(crate) fn run(
                                 }
                             }
                             Report::Event { job, event } => {
+                                if let JobEvent::Warning(w) = &event {
+                                    last_warning[job] = Some(w.clone());
+                                }
                                 if !done[job].load(Ordering::Relaxed) {
                                     if let Some(f) = hooks.on_event.as_mut() {
                                         f(job, &event);
                                     }
                                 }
                             }
-                            Report::Done { job, result } => {
+                            Report::Done { job, mut result } => {
+                                if let Ok(JobOutcome::Failed { warning, .. }) = &mut result {
+                                    if warning.is_none() {
+                                        *warning = last_warning[job].take();
+                                    }
+                                }
                                 let result = result.map_err(|e| {
                                     e.with_handle(handles[job].as_ref().map(JobHandle::as_str))
                                 });
@@ -966,6 +1022,7 @@ pub(crate) fn run(
                                 }
                                 let next = (lane + 1) % servers;
                                 log::info!("{error}; submitting to {}", slots[next].addr);
+                                sent_to[job] = next;
                                 lanes.send(next, vec![job]);
                             }
                             Report::Lost { lane, jobs: lost, error } => {
@@ -976,32 +1033,47 @@ pub(crate) fn run(
                                         continue;
                                     }
                                     attempts[j] += 1;
-                                    let since = *first_fail[j].get_or_insert(now);
-                                    let function = jobs[j].function();
+                                    let accepted = handles[j].is_some();
+                                    let since = *first_fail[j].get_or_insert(if accepted {
+                                        now
+                                    } else {
+                                        start
+                                    });
                                     if attempts[j] as usize >= servers
                                         && now.duration_since(since) >= set.retry_timeout
                                     {
-                                        let e = Error::Unreachable {
-                                            servers: slots
-                                                .iter()
-                                                .map(|s| s.addr.to_string())
-                                                .collect(),
-                                            function: Some(function.to_string()),
-                                            reason: error.to_string(),
-                                        };
+                                        last_error[lane] = Some(error.clone());
+                                        let e = unreachable(
+                                            slots,
+                                            &last_error,
+                                            &jobs[j],
+                                            format!("retry_timeout {:?}", set.retry_timeout),
+                                        );
                                         if finish(j, Err(e), &mut hooks) {
                                             remaining -= 1;
                                         }
                                         continue;
                                     }
                                     if handles[j].take().is_some() {
+                                        // The next run's warnings are its own.
+                                        last_warning[j] = None;
                                         if let Some(f) = hooks.on_event.as_mut() {
                                             let reason = error.to_string();
                                             f(j, &JobEvent::Resubmitted { reason });
                                         }
                                     }
-                                    reroute[pick(slots, (lane + 1) % servers, now)].push(j);
+                                    let next = pick(slots, (lane + 1) % servers, now);
+                                    sent_to[j] = next;
+                                    reroute[next].push(j);
                                 }
+                                if reroute.iter().any(|b| !b.is_empty()) && !warned[lane] {
+                                    warned[lane] = true;
+                                    log::warn!(
+                                        "{error}; retrying for up to {:?}",
+                                        set.retry_timeout.min(set.job_timeout)
+                                    );
+                                }
+                                last_error[lane] = Some(error);
                                 for (lane, batch) in reroute.into_iter().enumerate() {
                                     if !batch.is_empty() {
                                         log::info!(
@@ -1023,21 +1095,46 @@ pub(crate) fn run(
             if now.duration_since(last_scan) >= TICK {
                 last_scan = now;
                 for i in 0..n {
-                    if now >= deadlines[i] && !done[i].load(Ordering::Relaxed) {
+                    if done[i].load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let failed = last_error.iter().any(Option::is_some);
+                    let e = if now >= deadlines[i] {
                         let job = &jobs[i];
-                        let phase = if handles[i].is_some() { Phase::Result } else { Phase::Ack };
-                        let e = Error::Timeout {
-                            phase,
-                            limit: deadlines[i] - start,
-                            context: Box::new(Context {
-                                server: handles[i].as_ref().map(|h| h.server().to_string()),
-                                function: Some(job.function().to_string()),
-                                handle: handles[i].as_ref().map(|h| h.as_str().to_string()),
-                            }),
-                        };
-                        if finish(i, Err(e), &mut hooks) {
-                            remaining -= 1;
+                        if handles[i].is_none() && failed {
+                            // The cause, rather than the limit it ran into.
+                            let limit = format!("job timeout {:?}", deadlines[i] - start);
+                            unreachable(slots, &last_error, job, limit)
+                        } else {
+                            let phase =
+                                if handles[i].is_some() { Phase::Result } else { Phase::Ack };
+                            let server = match &handles[i] {
+                                Some(h) => h.server().to_string(),
+                                None => slots[sent_to[i]].addr.to_string(),
+                            };
+                            Error::Timeout {
+                                phase,
+                                limit: deadlines[i] - start,
+                                context: Box::new(Context {
+                                    server: Some(server),
+                                    function: Some(job.function().to_string()),
+                                    handle: handles[i].as_ref().map(|h| h.as_str().to_string()),
+                                }),
+                            }
                         }
+                    } else if handles[i].is_none()
+                        && attempts[i] as usize >= servers
+                        && first_fail[i].is_some_and(|t| now >= t + set.retry_timeout)
+                    {
+                        // Retried long enough: an attempt still waiting for
+                        // its JOB_CREATED does not extend the limit.
+                        let limit = format!("retry_timeout {:?}", set.retry_timeout);
+                        unreachable(slots, &last_error, &jobs[i], limit)
+                    } else {
+                        continue;
+                    };
+                    if finish(i, Err(e), &mut hooks) {
+                        remaining -= 1;
                     }
                 }
             }
@@ -1045,6 +1142,32 @@ pub(crate) fn run(
         lanes.close();
     });
     results.into_iter().map(|r| r.unwrap_or(Err(Error::NoServers))).collect()
+}
+
+/// A job no server accepted: each server's last failure, and the limit
+/// that ended the tries.
+fn unreachable(slots: &[Slot], last: &[Option<Error>], job: &Job, limit: String) -> Error {
+    let causes: Vec<String> = last.iter().flatten().map(Error::to_string).collect();
+    Error::Unreachable {
+        servers: slots.iter().map(|s| s.addr.to_string()).collect(),
+        function: Some(job.function().to_string()),
+        reason: format!("{}; gave up at the {limit}", causes.join("; ")),
+    }
+}
+
+/// Why a job cannot be sent in one packet: its body would be over the
+/// limit every Gearman peer here reads ([`DEFAULT_MAX_BODY`]).
+fn too_large(job: &Job, unique: &str) -> Option<String> {
+    let body = job.function().len() + unique.len() + job.payload().len() + 2 + 20;
+    let max = DEFAULT_MAX_BODY as usize;
+    (body > max).then(|| {
+        format!(
+            "ARGUMENT_TOO_LARGE: the payload is {} bytes, over the {} MiB a packet may carry; \
+             send a reference to the data (a path or URL) instead",
+            job.payload().len(),
+            max >> 20
+        )
+    })
 }
 
 /// The first server from `start` on (wrapping) that is not backing off;

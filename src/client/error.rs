@@ -186,10 +186,24 @@ impl fmt::Display for Error {
                 write!(f, ": {reason}")
             }
             Error::Timeout { phase, limit, context } => {
-                write!(f, "timed out after {limit:?} in phase {phase}{context}")
+                let what = match phase {
+                    Phase::Connect => "connecting",
+                    Phase::Send => "writing requests",
+                    Phase::Ack => "waiting for JOB_CREATED",
+                    Phase::Result => "waiting for the result",
+                    Phase::Reply => "waiting for a reply",
+                };
+                write!(f, "timed out after {limit:?} {what} in phase {phase}{context}")
             }
             Error::Server { phase, code, text, context } => {
                 write!(f, "server error {code} `{text}` in phase {phase}{context}")
+            }
+            Error::Connection { phase: Phase::Connect, reason, context } => {
+                let rest = Context { server: None, ..(**context).clone() };
+                match &context.server {
+                    Some(s) => write!(f, "cannot connect to {s}{rest}: {reason}"),
+                    None => write!(f, "cannot connect{rest}: {reason}"),
+                }
             }
             Error::Connection { phase, reason, context } => {
                 write!(f, "connection failed in phase {phase}{context}: {reason}")
@@ -228,8 +242,19 @@ mod tests {
         .with_handle(Some("H:x:1"));
         assert_eq!(
             e.to_string(),
-            "timed out after 2s in phase ack, server a:1, function f, handle H:x:1"
+            "timed out after 2s waiting for JOB_CREATED in phase ack, server a:1, function f, \
+             handle H:x:1"
         );
+        let e = Error::Connection {
+            phase: Phase::Connect,
+            reason: "connection refused".into(),
+            context: Box::new(Context {
+                server: Some("a:1".into()),
+                function: Some("f".into()),
+                handle: None,
+            }),
+        };
+        assert_eq!(e.to_string(), "cannot connect to a:1, function f: connection refused");
         let e = Error::Unreachable {
             servers: vec!["a:1".into(), "b:2".into()],
             reason: "refused".into(),

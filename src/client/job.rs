@@ -178,6 +178,31 @@ impl fmt::Display for JobHandle {
     }
 }
 
+/// The reason of a failure whose worker sent neither an exception nor a
+/// warning.
+pub const NO_REASON: &str = "no reason given by the worker";
+
+/// The string inside a Perl `Storable::nfreeze(\$string)`, which Perl's
+/// Gearman::Worker sends as the exception of a job that died.
+fn perl_storable_string(d: &[u8]) -> Option<&[u8]> {
+    // Network order header (major 2), any minor; then a scalar: small
+    // (1-byte length) or large (4-byte big-endian length), bytes or UTF-8.
+    let (&[5, _], rest) = d.split_at_checked(2)? else { return None };
+    let (&kind, rest) = rest.split_first()?;
+    let (len, rest) = match kind {
+        0x0a | 0x17 => {
+            let (&n, rest) = rest.split_first()?;
+            (usize::from(n), rest)
+        }
+        0x01 | 0x18 => {
+            let (n, rest) = rest.split_at_checked(4)?;
+            (u32::from_be_bytes(n.try_into().ok()?) as usize, rest)
+        }
+        _ => return None,
+    };
+    (rest.len() == len).then_some(rest)
+}
+
 /// How a job ended, or that a background job was accepted.
 ///
 /// A failed job is an outcome, not an error.
@@ -195,8 +220,12 @@ pub enum JobOutcome {
     Failed {
         /// The handle.
         handle: JobHandle,
+        /// The text of the last WORK_WARNING the job sent, which workers use
+        /// to tell why they fail where a server does not relay exceptions.
+        warning: Option<Vec<u8>>,
     },
-    /// WORK_EXCEPTION (only with [`ClientBuilder::exceptions`](super::ClientBuilder::exceptions)).
+    /// WORK_EXCEPTION (with [`ClientBuilder::exceptions`](super::ClientBuilder::exceptions),
+    /// the default).
     Exception {
         /// The handle.
         handle: JobHandle,
@@ -220,7 +249,7 @@ impl JobOutcome {
     pub fn handle(&self) -> &JobHandle {
         match self {
             JobOutcome::Complete { handle, .. }
-            | JobOutcome::Failed { handle }
+            | JobOutcome::Failed { handle, .. }
             | JobOutcome::Exception { handle, .. }
             | JobOutcome::Accepted { handle } => handle,
         }
@@ -230,6 +259,23 @@ impl JobOutcome {
     pub fn data(&self) -> Option<&[u8]> {
         match self {
             JobOutcome::Complete { data, .. } | JobOutcome::Exception { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+
+    /// Why a job failed: the exception text, else the last warning, else
+    /// [`NO_REASON`]. `None` for `Complete` and `Accepted`.
+    pub fn reason(&self) -> Option<String> {
+        let text = |d: &[u8]| {
+            let d = perl_storable_string(d).unwrap_or(d);
+            let t = String::from_utf8_lossy(d).trim_end_matches(['\0', '\n']).to_string();
+            if t.trim().is_empty() { NO_REASON.to_string() } else { t }
+        };
+        match self {
+            JobOutcome::Exception { data, .. } => Some(text(data)),
+            JobOutcome::Failed { warning, .. } => {
+                Some(warning.as_deref().map_or_else(|| NO_REASON.to_string(), text))
+            }
             _ => None,
         }
     }
@@ -361,6 +407,28 @@ mod tests {
         let long = "u".repeat(64);
         assert!(Job::new("f", "x").unique(long).validate().unwrap_err().contains("63"));
         assert!(Job::new("f", "x").at_unix(5).is_background());
+    }
+
+    #[test]
+    fn failure_reasons() {
+        let handle = JobHandle::new("a:1", "H:a:1");
+        let failed = |w: Option<&[u8]>| JobOutcome::Failed {
+            handle: handle.clone(),
+            warning: w.map(<[u8]>::to_vec),
+        };
+        assert_eq!(failed(None).reason().as_deref(), Some(NO_REASON));
+        assert_eq!(failed(Some(b"exit code 3\n")).reason().as_deref(), Some("exit code 3"));
+        let e = JobOutcome::Exception { handle: handle.clone(), data: b"boom".to_vec() };
+        assert_eq!(e.reason().as_deref(), Some("boom"));
+        let e = JobOutcome::Exception { handle: handle.clone(), data: Vec::new() };
+        assert_eq!(e.reason().as_deref(), Some(NO_REASON));
+        assert_eq!(JobOutcome::Accepted { handle: handle.clone() }.reason(), None);
+        // Perl's Gearman::Worker: Storable::nfreeze(\"perl boom\n").
+        let perl = JobOutcome::Exception { handle, data: b"\x05\x0b\x0a\x0aperl boom\n".to_vec() };
+        assert_eq!(perl.reason().as_deref(), Some("perl boom"));
+        assert_eq!(perl_storable_string(b"\x05\x0b\x01\0\0\0\x02ab"), Some(&b"ab"[..]));
+        assert_eq!(perl_storable_string(b"\x05\x0b\x0a\x09short"), None);
+        assert_eq!(perl_storable_string(b"plain text"), None);
     }
 
     #[test]

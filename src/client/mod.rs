@@ -80,11 +80,25 @@
 //! |---|---|---|
 //! | [`connect_timeout`](ClientBuilder::connect_timeout) | 3 s | one TCP connect |
 //! | [`ack_timeout`](ClientBuilder::ack_timeout) | 10 s | JOB_CREATED after a submission is written, a status or echo reply, a blocked write |
-//! | [`retry_timeout`](ClientBuilder::retry_timeout) | 30 s | how long a job keeps being tried on other servers after its first failure (each server is tried at least once) |
+//! | [`retry_timeout`](ClientBuilder::retry_timeout) | 30 s | how long a job keeps being tried: from the start of the call for a job no server accepted yet, from the break for an accepted job whose connection broke (each server is tried at least once) |
 //! | [`job_timeout`](ClientBuilder::job_timeout) | 1 h | a job from the start of the call to its outcome; [`Job::timeout`] overrides it |
 //!
-//! Errors ([`Error`]) name the phase ([`Phase`]: connect, send, ack, result,
-//! reply), the server, the function and the handle where they are known.
+//! Errors ([`Error`]) name the cause, the phase ([`Phase`]: connect, send,
+//! ack, result, reply), the server, the function and the handle where they
+//! are known. A job no server took ends with [`Error::Unreachable`] naming
+//! each server's last failure (refused, unresolvable, protocol error, no
+//! JOB_CREATED...), also when its own timeout ended the tries. The first
+//! retry of a call is logged once per server at warn level.
+//!
+//! # Failures
+//!
+//! A job that ran and failed is a [`JobOutcome`], with its reason in
+//! [`JobOutcome::reason`]: the exception text (the client asks for
+//! exceptions by default), else the job's last WORK_WARNING, else
+//! [`NO_REASON`]. A job whose packet would be over the 64 MiB limit of
+//! [`DEFAULT_MAX_BODY`](crate::proto::DEFAULT_MAX_BODY) is refused before
+//! it is sent ([`Error::InvalidJob`], `ARGUMENT_TOO_LARGE`), and a server's
+//! ERROR such as `ARGUMENT_TOO_LARGE` ends the job rather than being retried.
 //!
 //! # Batches
 //!
@@ -102,7 +116,8 @@ use std::time::Duration;
 
 pub use error::{Context, Error, Phase, Result};
 pub use job::{
-    Job, JobEvent, JobHandle, JobOutcome, JobStatus, MAX_UNIQUE_LEN, derive_unique, stable_hash,
+    Job, JobEvent, JobHandle, JobOutcome, JobStatus, MAX_UNIQUE_LEN, NO_REASON, derive_unique,
+    stable_hash,
 };
 
 use crate::conn::{parse_server_list, resolve_servers};
@@ -144,7 +159,7 @@ impl Default for ClientBuilder {
                 window: 1024,
                 backoff_min: Duration::from_millis(100),
                 backoff_max: Duration::from_secs(5),
-                exceptions: false,
+                exceptions: true,
                 client_id: None,
                 busy_poll: crate::busy_poll::DEFAULT_BUSY_POLL,
             },
@@ -178,8 +193,9 @@ impl ClientBuilder {
         self
     }
 
-    /// How long a job keeps being retried on other servers after its first
-    /// failure; every server is tried at least once (default 30 s).
+    /// How long a job keeps being retried: from the start of the call for a
+    /// job no server accepted yet, from the break for an accepted job whose
+    /// connection broke; every server is tried at least once (default 30 s).
     pub fn retry_timeout(mut self, t: Duration) -> Self {
         self.set.retry_timeout = t;
         self
@@ -214,7 +230,9 @@ impl ClientBuilder {
     }
 
     /// Ask every connection for WORK_EXCEPTION packets (`OPTION_REQ
-    /// exceptions`); without it servers turn exceptions into WORK_FAIL.
+    /// exceptions`; default true), so that a failed job's outcome carries
+    /// the worker's reason; without it servers turn exceptions into
+    /// WORK_FAIL.
     pub fn exceptions(mut self, yes: bool) -> Self {
         self.set.exceptions = yes;
         self

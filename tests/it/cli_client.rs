@@ -150,7 +150,7 @@ fn send_sync_prints_a_line_per_job() {
         "reverse\tcomplete\t}\\\"/.\\\":\\\"svgra\\\",\\\"sl\\\":\\\"dnammoc\\\"{"
     );
     assert_eq!(lines[1], "reverse\tcomplete\tcba");
-    assert_eq!(lines[0], "fail\tfailed\t");
+    assert_eq!(lines[0], "fail\tfailed\tno reason given by the worker");
     assert!(text(&out.stderr).contains("sent 3, completed 2, failed 1"), "{}", text(&out.stderr));
 }
 

@@ -308,10 +308,11 @@ fn exceptions_on_and_off() {
     on_both(|name, addr| {
         let (c, _seen, _gate) = ctl();
         let _w = RawWorker::start(addr, &["exception"], c);
-        let off = client(addr);
+        let off = Client::builder().servers([addr]).exceptions(false).build().unwrap();
         let out = off.submit("exception", "x").unwrap();
         assert!(matches!(out, JobOutcome::Failed { .. }), "{name}: {out:?}");
-        let on = Client::builder().servers([addr]).exceptions(true).build().unwrap();
+        // The default asks for exceptions.
+        let on = client(addr);
         let out = on.submit("exception", "x").unwrap();
         assert!(
             matches!(&out, JobOutcome::Exception { data, .. } if data == b"boom: x"),

@@ -20,6 +20,10 @@ mod diff;
 mod durability;
 /// Server and `send` edges: unique handles, cancel, relative plans, interrupts.
 mod edges;
+/// `gearframe submit`'s errors: each cause named with its server, within the limits.
+mod errors;
+/// Failed jobs reach gearframe's client with their reason, from every worker kind.
+mod failures;
 /// File descriptor limits: connections that fit are served, the rest refused at once.
 mod fds;
 /// `gearframe demo` and `gearframe up` as a user runs them.
