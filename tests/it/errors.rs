@@ -120,7 +120,8 @@ fn a_refused_connection_is_named_with_its_server_even_with_a_short_timeout() {
 
 #[test]
 fn a_name_that_does_not_resolve_is_not_a_timeout() {
-    let (code, err, took) = submit(&["-s", "nosuchhost.invalid", "-t", "3s", "-f", "x", "y"], b"");
+    let (code, err, took) =
+        submit(&["-s", "nosuchhost.invalid", "--timeout", "3s", "-f", "x", "y"], b"");
     let line = error_line(&err);
     assert_eq!(code, Some(2), "{err}");
     assert!(took < BOUND, "took {took:?}: {err}");

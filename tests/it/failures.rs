@@ -108,7 +108,7 @@ fn submit_cell(cell: &Cell<'_>, bad: &mut Vec<String>) {
     let addr = cell.addr.to_string();
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gearframe"))
-        .args(["submit", "-s", &addr, "-t", "30s", "-f", cell.function, "payload"])
+        .args(["submit", "-s", &addr, "--timeout", "30s", "-f", cell.function, "payload"])
         .env_remove("GEARMAN_SERVERS")
         .env_remove("GEARFRAME_CONFIG")
         .current_dir(dir.path())
@@ -142,7 +142,7 @@ fn send_sync_cell(server: &str, addr: SocketAddr, bad: &mut Vec<String>) {
     let plan = dir.path().join("plan.yaml");
     std::fs::write(&plan, "- function: gf_exit\n- function: gf_error\n  data: x\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_gearframe"))
-        .args(["send", "-s", &addr.to_string(), "-t", "30s", "--mode", "sync", "--plan"])
+        .args(["send", "-s", &addr.to_string(), "--timeout", "30s", "--mode", "sync", "--plan"])
         .arg(&plan)
         .env_remove("GEARMAN_SERVERS")
         .env_remove("GEARFRAME_CONFIG")

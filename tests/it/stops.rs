@@ -167,7 +167,7 @@ fn a_graceful_stop_says_what_it_waits_for_and_lets_workers_drain_the_queue() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("stopping once its 1 jobs are done"), "{said}");
+    assert!(said.contains("stopping once its jobs are done (1 left"), "{said}");
     let waiting = "graceful stop: waiting for 1 jobs: nobody (0 running, 1 queued)";
     let logged = |n: usize| {
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -1267,7 +1267,7 @@ fn stop_server(ctx: &Ctx, graceful: bool) -> Result<ExitCode, Failure> {
                 .and_then(|a| a.strip_prefix("graceful jobs=").map(str::to_string));
             return Ok(match left {
                 Some(n) => format!(
-                    "stopping once its {n} jobs are done (see `gearframe admin status`; `stop-server` stops it now)"
+                    "stopping once its jobs are done ({n} left; see `gearframe admin status`, `stop-server` stops it now)"
                 ),
                 None => "stopping once its jobs are done".to_string(),
             });
