@@ -47,7 +47,9 @@ pub(crate) struct WorkerArgs {
     /// behind (daemons) instead of stopping them when it ends.
     #[arg(long, requires = "function")]
     keep_processes: bool,
-    /// How long running jobs may go on after Ctrl-C or SIGTERM (e.g. 30s).
+    /// How long running jobs may go on after Ctrl-C or SIGTERM (e.g. 30s); a
+    /// second Ctrl-C or SIGTERM stops them at once [default: worker.grace of
+    /// config.yaml, else 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     grace: Option<Duration>,
     /// Functions of config.yaml to run [default: all of them].
@@ -100,11 +102,37 @@ pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure
         let from_config = section.servers.to_vec();
         if from_config.is_empty() { vec!["127.0.0.1:4730".to_string()] } else { from_config }
     };
+    let grace = args.grace.unwrap_or(section.grace.0);
     let worker = start(config, &servers, &functions, args.threads, args.name.clone(), args.grace)?;
     let stopper = worker.stopper();
+    let mut signals = 0u32;
     ctrlc::set_handler(move || {
-        log::info!("signal received: stopping");
-        stopper.shutdown();
+        signals += 1;
+        let jobs = stopper.running();
+        let list = jobs
+            .iter()
+            .map(|j| format!("{} {}", j.function, j.handle))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if signals == 1 {
+            stopper.shutdown();
+            if jobs.is_empty() {
+                eprintln!("gearframe worker: stopping: no job running");
+            } else {
+                eprintln!(
+                    "gearframe worker: stopping: waiting up to {grace:?} for {} running job(s) ({list}); Ctrl-C again to stop them now",
+                    jobs.len()
+                );
+            }
+        } else {
+            stopper.stop_now();
+            if !jobs.is_empty() {
+                eprintln!(
+                    "gearframe worker: stopping now: ending {} running job(s) ({list}); their servers give them to another worker",
+                    jobs.len()
+                );
+            }
+        }
     })
     .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;
     eprintln!(

@@ -144,8 +144,9 @@ pub struct FunctionSection {
     pub on_failure: Option<String>,
     /// Register with CAN_DO_TIMEOUT: the server requeues longer jobs.
     pub server_timeout: Option<DurationStr>,
-    /// How failures are sent: `exception` (WORK_EXCEPTION) or `fail`
-    /// (WORK_WARNING with the message, then WORK_FAIL).
+    /// How failures are sent: `auto` (chosen per server so that every
+    /// client ends and sees the message), `exception` (WORK_EXCEPTION) or
+    /// `fail` (WORK_WARNING with the message, then WORK_FAIL).
     pub failure: FailureKey,
 }
 
@@ -153,8 +154,11 @@ pub struct FunctionSection {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureKey {
-    /// WORK_EXCEPTION with the message.
+    /// WORK_WARNING with the message, then WORK_EXCEPTION on gearframe's
+    /// server and WORK_FAIL on the others ([`FailKind::Auto`]).
     #[default]
+    Auto,
+    /// WORK_EXCEPTION with the message, on every server.
     Exception,
     /// WORK_WARNING with the message, then WORK_FAIL.
     Fail,
@@ -269,6 +273,7 @@ impl FunctionSection {
             None => ShellFunction::new(cmd),
         };
         let handler = handler.failure(match self.failure {
+            FailureKey::Auto => FailKind::Auto,
             FailureKey::Exception => FailKind::Exception,
             FailureKey::Fail => FailKind::Fail,
         });
