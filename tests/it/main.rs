@@ -20,6 +20,8 @@ mod fds;
 mod framework;
 /// The real gearman tools against the embedded server.
 mod interop;
+/// The failure matrix: every peer client through both servers against a gearframe worker.
+mod matrix;
 /// Memory and connection time under abuse: partial packets, slow senders, bogus headers.
 mod memory;
 /// Helpers of the interop and bad-input tests.
