@@ -40,3 +40,5 @@ mod soak;
 mod support;
 /// The worker pool against both servers, and `gearframe worker`.
 mod worker;
+/// `gearframe worker`'s messages: failed jobs at its default level, and its stop.
+mod worker_cli;
