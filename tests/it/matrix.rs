@@ -106,7 +106,7 @@ $t->setDataCallback(function ($k) { echo "DATA " . $k->data() . "\n"; });
 $t->setStatusCallback(function ($k) {
     echo "STATUS " . $k->taskNumerator() . "/" . $k->taskDenominator() . "\n";
 });
-$t->addTask($fn, "hello");
+if (!$t->addTask($fn, "hello")) { echo "ADDTASK failed: " . $t->error() . "\n"; }
 $ok = $t->runTasks();
 echo "RUNTASKS " . ($ok ? "done" : "failed") . " (return code " . $t->returnCode() . ": " . $t->error() . ")\n";
 "#;
