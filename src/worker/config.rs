@@ -296,6 +296,7 @@ mod tests {
         assert_eq!(w.threads, 3);
         assert_eq!(w.servers.to_vec(), ["a:1", "b:4730"]);
         assert_eq!(w.functions["wc"].retries, 2);
+        assert_eq!(w.functions["wc"].failure, super::FailureKey::Auto);
         assert!(!w.functions["wc"].keep_processes);
         w.validate().unwrap();
         let c = Config::parse(
@@ -303,6 +304,11 @@ mod tests {
         )
         .unwrap();
         assert!(c.worker.functions["d"].keep_processes);
+        let c = Config::parse(
+            "worker:\n  functions:\n    e:\n      shell: x\n      failure: exception\n",
+        )
+        .unwrap();
+        assert_eq!(c.worker.functions["e"].failure, super::FailureKey::Exception);
         let c = Config::parse("worker:\n  servers: [x, 'y:5']\n").unwrap();
         assert_eq!(c.worker.servers.to_vec(), ["x:4730", "y:5"]);
     }
