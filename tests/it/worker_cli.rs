@@ -125,11 +125,9 @@ fn the_worker_logs_each_failed_job_with_function_handle_attempt_and_reason() {
 ";
     let (w, _dir) = WorkerProc::start(config, srv.addr());
     let mut c = connect(srv.addr());
-    let handle = eventually(LIMIT, "w_exit to have a worker", || {
-        let h = submit(&mut c, "w_exit", false);
-        wait_failed(&mut c);
-        Some(h)
-    });
+    // Queued until the worker registers, then run twice and failed.
+    let handle = submit(&mut c, "w_exit", false);
+    wait_failed(&mut c);
     let line = w.wait_line(&["job failed", &handle]);
     for part in ["WARN", "function w_exit", "attempt 2 of 2", "exit code 4: no space left"] {
         assert!(line.contains(part), "{part:?} missing from {line:?}");
@@ -149,18 +147,25 @@ fn the_worker_logs_each_failed_job_with_function_handle_attempt_and_reason() {
 fn a_second_ctrl_c_ends_the_running_jobs_and_the_worker_at_once() {
     let _cleanup = support::KillMarked("sleep 613");
     let srv = Ours::start(&Opts::default());
-    let config = "worker:
+    let marks = tempfile::tempdir().unwrap();
+    let started = marks.path().join("started");
+    let config = format!(
+        "worker:
   threads: 3
   grace: 10m
   functions:
     w_long:
-      shell: sleep 613; echo gearframe-stop-marker
-";
-    let (mut w, _dir) = WorkerProc::start(config, srv.addr());
+      shell: echo x >> '{}'; sleep 613; echo gearframe-stop-marker
+",
+        started.display()
+    );
+    let (mut w, _dir) = WorkerProc::start(&config, srv.addr());
     let mut c = connect(srv.addr());
     let handles: Vec<String> = (0..2).map(|_| submit(&mut c, "w_long", true)).collect();
+    // Assigned is not yet started: stop once both commands run.
     eventually(LIMIT, "both commands to run", || {
-        (support::live_with_marker("sleep 613").len() >= 2).then_some(())
+        let n = std::fs::read_to_string(&started).unwrap_or_default().lines().count();
+        (n == 2).then_some(())
     });
     w.signal("-INT");
     let line = w.wait_line(&["stopping: waiting up to"]);
