@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use gearframe::config::{Config, FunctionSection, parse_duration};
 use gearframe::worker::Worker;
-use gearframe::worker::config::OutputKey;
+use gearframe::worker::config::{FailureKey, OutputKey};
 
 use super::Failure;
 
@@ -43,6 +43,11 @@ pub(crate) struct WorkerArgs {
     /// WORK_DATA) or tty.
     #[arg(long, value_name = "MODE", value_parser = ["capture", "stream", "tty"], requires = "function")]
     output: Option<String>,
+    /// How failures of the `-f` command are sent: auto (WORK_WARNING with the
+    /// reason, then WORK_EXCEPTION where the server relays it safely, else
+    /// WORK_FAIL), exception or fail [default: auto].
+    #[arg(long, value_name = "HOW", value_parser = ["auto", "exception", "fail"], requires = "function")]
+    failure: Option<String>,
     /// Leave running the processes the `-f` command starts and leaves
     /// behind (daemons) instead of stopping them when it ends.
     #[arg(long, requires = "function")]
@@ -72,6 +77,11 @@ pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure
             Some("stream") => OutputKey::Stream,
             Some("tty") => OutputKey::Tty,
             _ => OutputKey::Capture,
+        };
+        f.failure = match args.failure.as_deref() {
+            Some("exception") => FailureKey::Exception,
+            Some("fail") => FailureKey::Fail,
+            _ => FailureKey::Auto,
         };
         functions.push((name.clone(), f));
     } else if !args.command.is_empty() {

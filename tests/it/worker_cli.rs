@@ -191,3 +191,57 @@ fn a_second_ctrl_c_ends_the_running_jobs_and_the_worker_at_once() {
         lines.iter().any(|l| l.starts_with("w_long\t2\t0\t")).then_some(())
     });
 }
+
+/// `-f` functions send failures as `--failure` says: by default the reason
+/// as WORK_WARNING, then WORK_EXCEPTION on gearframe's server; `fail` sends
+/// WORK_FAIL, `exception` the WORK_EXCEPTION alone.
+#[test]
+fn failure_chooses_the_packets_of_a_command_function() {
+    let srv = Ours::start(&Opts::default());
+    let reason = b"exit code 2: out of paper".to_vec();
+    for (how, want) in [
+        (None, vec![Some(reason.clone()), None]),
+        (Some("fail"), vec![Some(reason.clone()), None]),
+        (Some("exception"), vec![None]),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gearframe"));
+        cmd.env_remove("GEARMAN_SERVERS").args([
+            "-c",
+            "/dev/null",
+            "worker",
+            "-s",
+            &srv.addr().to_string(),
+            "-f",
+            "w_cmd",
+        ]);
+        if let Some(how) = how {
+            cmd.args(["--failure", how]);
+        }
+        cmd.args(["--", "sh", "-c", "echo 'out of paper' >&2; exit 2"]);
+        let _w = ChildGuard(
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+        );
+        let mut c = connect(srv.addr());
+        c.send(&Packet::OptionReq { option: b"exceptions" }).unwrap();
+        assert_eq!(c.recv(Some(Instant::now() + LIMIT)).unwrap().kind, PacketType::OptionRes);
+        submit(&mut c, "w_cmd", false);
+        // Warnings, then the end: `None` stands for the end packet.
+        let mut got = Vec::new();
+        let end = loop {
+            let p = c.recv(Some(Instant::now() + LIMIT)).unwrap();
+            match p.packet().unwrap() {
+                Packet::WorkWarning { data, .. } => got.push(Some(data.to_vec())),
+                Packet::WorkFail { .. } => break PacketType::WorkFail,
+                Packet::WorkException { data, .. } => {
+                    assert_eq!(data, reason, "{how:?}");
+                    break PacketType::WorkException;
+                }
+                other => panic!("{how:?}: unexpected {other:?}"),
+            }
+        };
+        got.push(None);
+        let want_end =
+            if how == Some("fail") { PacketType::WorkFail } else { PacketType::WorkException };
+        assert_eq!((got, end), (want, want_end), "--failure {how:?}");
+    }
+}
