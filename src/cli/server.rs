@@ -33,7 +33,11 @@ pub(crate) struct ServerArgs {
     /// Most connections served at once (0: the file descriptor limit minus 32).
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// Every connection starts with the `exceptions` option on.
+    /// Every connection starts with the `exceptions` option on, as gearmand's
+    /// --exceptions: clients that never asked get WORK_EXCEPTION too, and then
+    /// pygearman waits forever and `gearman -f` exits 0 on a failed job (PHP,
+    /// Perl and gear cope); gearframe workers then send failures as
+    /// WORK_WARNING + WORK_FAIL.
     #[arg(long)]
     exceptions: bool,
     /// How long one write to a peer may block before it is disconnected (e.g. 30s).

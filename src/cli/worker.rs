@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use gearframe::config::{Config, FunctionSection, parse_duration};
 use gearframe::worker::Worker;
-use gearframe::worker::config::OutputKey;
+use gearframe::worker::config::{FailureKey, OutputKey};
 
 use super::Failure;
 
@@ -39,11 +39,18 @@ pub(crate) struct WorkerArgs {
     /// WORK_DATA) or tty.
     #[arg(long, value_name = "MODE", value_parser = ["capture", "stream", "tty"], requires = "function")]
     output: Option<String>,
+    /// How failures of the `-f` command are sent: auto (WORK_WARNING with the
+    /// reason, then WORK_EXCEPTION where the server relays it safely, else
+    /// WORK_FAIL), exception or fail [default: auto].
+    #[arg(long, value_name = "HOW", value_parser = ["auto", "exception", "fail"], requires = "function")]
+    failure: Option<String>,
     /// Leave running the processes the `-f` command starts and leaves
     /// behind (daemons) instead of stopping them when it ends.
     #[arg(long, requires = "function")]
     keep_processes: bool,
-    /// How long running jobs may go on after Ctrl-C or SIGTERM (e.g. 30s).
+    /// How long running jobs may go on after Ctrl-C or SIGTERM (e.g. 30s); a
+    /// second Ctrl-C or SIGTERM stops them at once [default: worker.grace of
+    /// config.yaml, else 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     grace: Option<Duration>,
     /// Functions of config.yaml to run [default: all of them].
@@ -66,6 +73,11 @@ pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure
             Some("stream") => OutputKey::Stream,
             Some("tty") => OutputKey::Tty,
             _ => OutputKey::Capture,
+        };
+        f.failure = match args.failure.as_deref() {
+            Some("exception") => FailureKey::Exception,
+            Some("fail") => FailureKey::Fail,
+            _ => FailureKey::Auto,
         };
         functions.push((name.clone(), f));
     } else if !args.command.is_empty() {
@@ -91,11 +103,37 @@ pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure
         ));
     }
     let servers = super::servers(&args.servers, &section.servers, "worker.servers")?;
+    let grace = args.grace.unwrap_or(section.grace.0);
     let worker = start(config, &servers, &functions, args.threads, args.name.clone(), args.grace)?;
     let stopper = worker.stopper();
+    let mut signals = 0u32;
     ctrlc::set_handler(move || {
-        log::info!("signal received: stopping");
-        stopper.shutdown();
+        signals += 1;
+        let jobs = stopper.running();
+        let list = jobs
+            .iter()
+            .map(|j| format!("{} {}", j.function, j.handle))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if signals == 1 {
+            stopper.shutdown();
+            if jobs.is_empty() {
+                eprintln!("gearframe worker: stopping: no job running");
+            } else {
+                eprintln!(
+                    "gearframe worker: stopping: waiting up to {grace:?} for {} running job(s) ({list}); Ctrl-C again to stop them now",
+                    jobs.len()
+                );
+            }
+        } else {
+            stopper.stop_now();
+            if !jobs.is_empty() {
+                eprintln!(
+                    "gearframe worker: stopping now: ending {} running job(s) ({list}); their servers give them to another worker",
+                    jobs.len()
+                );
+            }
+        }
     })
     .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;
     eprintln!(

@@ -33,5 +33,17 @@ pub use packet::{
 /// the worker keeps to NOOP and grabs.
 pub const PUSH_OPTION: &str = "gearframe-push";
 
+/// The `OPTION_REQ` name a worker sends to learn whether WORK_EXCEPTION is
+/// safe to send: gearframe's server answers `OPTION_RES` when it gives a
+/// WORK_EXCEPTION only to clients that asked for exceptions and a WORK_FAIL
+/// with the bare handle to the others, and ERROR `EXCEPTIONS_FOR_ALL` when it
+/// was started with `exceptions` on (every client then gets the
+/// WORK_EXCEPTION, which pygearman and the `gearman` tool mishandle). The
+/// option changes nothing on the connection. Other servers answer ERROR
+/// `UNKNOWN_OPTION` (gearmand, which turns an exception into a WORK_FAIL
+/// with a trailing NUL that Perl and Python clients cannot match) or
+/// nothing: there the worker reports failures as WORK_WARNING and WORK_FAIL.
+pub const EXCEPTIONS_SAFE_OPTION: &str = "gearframe-exceptions-safe";
+
 #[cfg(test)]
 mod tests;

@@ -163,6 +163,18 @@ impl State {
                 }
             }
             Packet::OptionReq { option } => {
+                if option.eq_ignore_ascii_case(crate::proto::EXCEPTIONS_SAFE_OPTION.as_bytes()) {
+                    if self.settings.exceptions {
+                        self.send_error(
+                            conn,
+                            "EXCEPTIONS_FOR_ALL",
+                            "every client gets WORK_EXCEPTION (the server runs with exceptions on)",
+                        );
+                    } else {
+                        self.send(conn, T::OptionRes, &[option]);
+                    }
+                    return Control::Continue;
+                }
                 let exceptions = option.eq_ignore_ascii_case(b"exceptions");
                 let push = option.eq_ignore_ascii_case(crate::proto::PUSH_OPTION.as_bytes());
                 if exceptions || push {

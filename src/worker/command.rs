@@ -15,15 +15,14 @@ const STDERR_TAIL: usize = 2048;
 ///
 /// - exit 0: WORK_COMPLETE with stdout (empty data when stdout was
 ///   streamed as WORK_DATA or went to the terminal);
-/// - non-zero exit: WORK_EXCEPTION `exit code N: <stderr tail>`;
-/// - timeout: WORK_EXCEPTION `timed out after N s`;
-/// - a command that cannot start: WORK_EXCEPTION with the reason.
+/// - non-zero exit: a failure `exit code N: <stderr tail>`;
+/// - timeout: a failure `timed out after N s`;
+/// - a command that cannot start: a failure with the reason.
 ///
-/// With [`ShellFunction::failure`] set to [`FailKind::Fail`], failures are
-/// sent as WORK_WARNING (the message) and WORK_FAIL instead. gearmand 1.1
-/// turns a WORK_EXCEPTION into a WORK_FAIL with a trailing NUL for clients
-/// that did not enable exceptions, which python-gearman and pygearman
-/// clients cannot match to their job: use `Fail` for them.
+/// Failures are sent as [`ShellFunction::failure`] says, by default
+/// [`FailKind::Auto`]: WORK_WARNING with the message, then WORK_EXCEPTION on
+/// gearframe's server or WORK_FAIL on the others, so that every client
+/// ends and can show the message.
 ///
 /// The job's function, handle, unique and attempt number are in the
 /// environment as `GEARMAN_FUNCTION`, `GEARMAN_HANDLE`, `GEARMAN_UNIQUE`
@@ -83,7 +82,7 @@ impl PayloadCommands {
 impl ShellFunction {
     /// Runs `command` for every job.
     pub fn new(command: ShellCommand) -> ShellFunction {
-        ShellFunction { template: command, payload_commands: None, failure: FailKind::Exception }
+        ShellFunction { template: command, payload_commands: None, failure: FailKind::Auto }
     }
 
     /// Takes the command from each job's payload, from an allow-list;
@@ -93,11 +92,11 @@ impl ShellFunction {
         ShellFunction {
             template: settings.stdin(false),
             payload_commands: Some(Arc::new(allowed)),
-            failure: FailKind::Exception,
+            failure: FailKind::Auto,
         }
     }
 
-    /// How failures are reported (default [`FailKind::Exception`]).
+    /// How failures are reported (default [`FailKind::Auto`]).
     pub fn failure(mut self, kind: FailKind) -> ShellFunction {
         self.failure = kind;
         self
@@ -107,10 +106,10 @@ impl ShellFunction {
     pub fn result(cmd: &ShellCommand, out: ShellOutcome) -> JobResult {
         if out.timed_out {
             let secs = cmd.get_timeout().unwrap_or_default().as_secs_f64();
-            return Err(JobError::exception(format!("timed out after {secs} s")));
+            return Err(JobError::new(format!("timed out after {secs} s")));
         }
         if out.cancelled {
-            return Err(JobError::exception("cancelled: the worker is shutting down"));
+            return Err(JobError::new("cancelled: the worker is shutting down"));
         }
         if !out.success() {
             let tail_start = out.stderr.len().saturating_sub(STDERR_TAIL);
@@ -121,10 +120,10 @@ impl ShellFunction {
                 msg.push_str(": ");
                 msg.push_str(tail);
             }
-            return Err(JobError::exception(msg));
+            return Err(JobError::new(msg));
         }
         if out.stdout_truncated {
-            return Err(JobError::exception(format!(
+            return Err(JobError::new(format!(
                 "output larger than {} bytes (max_output)",
                 out.stdout.len()
             )));
@@ -135,10 +134,7 @@ impl ShellFunction {
 
 impl Handler for ShellFunction {
     fn call(&self, job: &Job, ctx: &mut JobContext<'_>) -> JobResult {
-        self.run(job, ctx).map_err(|e| match self.failure {
-            FailKind::Exception => e,
-            FailKind::Fail => JobError::fail(e.message().to_vec()),
-        })
+        self.run(job, ctx).map_err(|e| e.with_kind(self.failure))
     }
 }
 
@@ -147,7 +143,7 @@ impl ShellFunction {
         let cmd = match &self.payload_commands {
             None => self.template.clone(),
             Some(allowed) => {
-                let argv = allowed.argv(job.payload()).map_err(JobError::exception)?;
+                let argv = allowed.argv(job.payload()).map_err(JobError::new)?;
                 self.template
                     .with_program(Program::Argv(argv.into_iter().map(OsString::from).collect()))
             }
@@ -169,7 +165,7 @@ impl ShellFunction {
                 send_error = Some(e);
             }
         });
-        let out = out.map_err(|e| JobError::exception(e.to_string()))?;
+        let out = out.map_err(|e| JobError::new(e.to_string()))?;
         Self::result(&cmd, out)
     }
 }

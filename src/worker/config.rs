@@ -119,8 +119,9 @@ pub struct FunctionSection {
     pub on_failure: Option<String>,
     /// Register with CAN_DO_TIMEOUT: the server requeues longer jobs.
     pub server_timeout: Option<DurationStr>,
-    /// How failures are sent: `exception` (WORK_EXCEPTION) or `fail`
-    /// (WORK_WARNING with the message, then WORK_FAIL).
+    /// How failures are sent: `auto` (chosen per server so that every
+    /// client ends and sees the message), `exception` (WORK_EXCEPTION) or
+    /// `fail` (WORK_WARNING with the message, then WORK_FAIL).
     pub failure: FailureKey,
 }
 
@@ -128,8 +129,11 @@ pub struct FunctionSection {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureKey {
-    /// WORK_EXCEPTION with the message.
+    /// WORK_WARNING with the message, then WORK_EXCEPTION on gearframe's
+    /// server and WORK_FAIL on the others ([`FailKind::Auto`]).
     #[default]
+    Auto,
+    /// WORK_EXCEPTION with the message, on every server.
     Exception,
     /// WORK_WARNING with the message, then WORK_FAIL.
     Fail,
@@ -267,6 +271,7 @@ impl FunctionSection {
             None => ShellFunction::new(cmd),
         };
         let handler = handler.failure(match self.failure {
+            FailureKey::Auto => FailKind::Auto,
             FailureKey::Exception => FailKind::Exception,
             FailureKey::Fail => FailKind::Fail,
         });
@@ -289,6 +294,7 @@ mod tests {
         assert_eq!(w.threads, 3);
         assert_eq!(w.servers.to_vec().unwrap(), ["a:1", "b:4730"]);
         assert_eq!(w.functions["wc"].retries, 2);
+        assert_eq!(w.functions["wc"].failure, super::FailureKey::Auto);
         assert!(!w.functions["wc"].keep_processes);
         w.validate().unwrap();
         let c = Config::parse(
@@ -296,6 +302,11 @@ mod tests {
         )
         .unwrap();
         assert!(c.worker.functions["d"].keep_processes);
+        let c = Config::parse(
+            "worker:\n  functions:\n    e:\n      shell: x\n      failure: exception\n",
+        )
+        .unwrap();
+        assert_eq!(c.worker.functions["e"].failure, super::FailureKey::Exception);
         let c = Config::parse("worker:\n  servers: [x, 'y:5']\n").unwrap();
         assert_eq!(c.worker.servers.to_vec().unwrap(), ["x:4730", "y:5"]);
     }

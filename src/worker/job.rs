@@ -64,11 +64,20 @@ impl Job {
 /// How a failed job is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailKind {
+    /// Chosen per server so that every client ends with a failure and can
+    /// see the message: WORK_WARNING with the message, then WORK_EXCEPTION
+    /// on gearframe's server (it relays the exception only to clients that
+    /// asked for exceptions, and a WORK_FAIL to the others), WORK_FAIL on
+    /// every other server (gearmand's relay of an exception breaks Perl and
+    /// Python clients and leaves the `gearman` tool waiting). See
+    /// [`EXCEPTIONS_SAFE_OPTION`](crate::proto::EXCEPTIONS_SAFE_OPTION).
+    Auto,
     /// WORK_FAIL; a non-empty message goes first as WORK_WARNING.
     Fail,
-    /// WORK_EXCEPTION with the message. Clients that enabled the
-    /// `exceptions` option get it as is; the server turns it into WORK_FAIL
-    /// for the others.
+    /// WORK_EXCEPTION with the message, on every server. Clients that
+    /// enabled the `exceptions` option get it as is; the server turns it
+    /// into WORK_FAIL for the others (gearmand with a trailing NUL after the
+    /// handle, which Perl's Gearman::Client and pygearman cannot match).
     Exception,
 }
 
@@ -80,14 +89,26 @@ pub struct JobError {
 }
 
 impl JobError {
+    /// A failure reported as the server it runs on allows best
+    /// ([`FailKind::Auto`]): every client ends and can see `message`.
+    pub fn new(message: impl Into<Vec<u8>>) -> JobError {
+        JobError { kind: FailKind::Auto, message: message.into() }
+    }
+
     /// A failure reported as WORK_FAIL (the message as a WORK_WARNING first).
     pub fn fail(message: impl Into<Vec<u8>>) -> JobError {
         JobError { kind: FailKind::Fail, message: message.into() }
     }
 
-    /// A failure reported as WORK_EXCEPTION carrying `data`.
+    /// A failure reported as WORK_EXCEPTION carrying `data`, on every
+    /// server (see [`FailKind::Exception`]).
     pub fn exception(data: impl Into<Vec<u8>>) -> JobError {
         JobError { kind: FailKind::Exception, message: data.into() }
+    }
+
+    /// The same failure reported as `kind`.
+    pub fn with_kind(self, kind: FailKind) -> JobError {
+        JobError { kind, ..self }
     }
 
     /// How it is reported.
@@ -113,7 +134,7 @@ impl std::error::Error for JobError {}
 /// reconnects), so handlers can use `ctx.data(..)?`.
 impl From<io::Error> for JobError {
     fn from(e: io::Error) -> Self {
-        JobError::fail(e.to_string())
+        JobError::new(e.to_string())
     }
 }
 

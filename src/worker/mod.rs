@@ -11,7 +11,7 @@
 //!     .register("reverse", |job: &Job, ctx: &mut JobContext<'_>| {
 //!         ctx.status(1, 2).ok();
 //!         if job.payload().is_empty() {
-//!             return Err(JobError::exception("empty payload"));
+//!             return Err(JobError::new("empty payload"));
 //!         }
 //!         Ok(job.payload().iter().rev().copied().collect())
 //!     })
@@ -70,7 +70,8 @@
 //! [`CancelToken`] is set, which makes the shell runner kill the job's
 //! process group and every other process the job started (see
 //! [`shell`] for how they are found, and the child subreaper it makes of
-//! the worker process). A job that fails after the grace period is not reported:
+//! the worker process). [`Stopper::stop_now`] ends the grace period at once.
+//! A job that fails after the grace period is not reported:
 //! its connection is closed, so the server gives the job to another worker.
 //!
 //! A job whose payload is the JSON object `{"SHUTDOWN": true}` completes
@@ -82,6 +83,22 @@
 //!
 //! A handler returns the result data or a [`JobError`]. A panic in a
 //! handler is caught and becomes a failure of that job; the slot goes on.
+//! Every failure reported is logged as a warning naming the function, the
+//! handle, the attempt and the reason.
+//!
+//! How a failure is sent depends on the server ([`FailKind::Auto`], the
+//! default of [`JobError::new`], panics and shell commands): each slot asks
+//! its server with the
+//! [`EXCEPTIONS_SAFE_OPTION`](crate::proto::EXCEPTIONS_SAFE_OPTION) whether
+//! WORK_EXCEPTION reaches only the clients that asked for exceptions.
+//! gearframe's server says yes (unless it runs with `exceptions` on): the
+//! failure goes out as WORK_WARNING with the reason, then WORK_EXCEPTION, so
+//! clients with exceptions get an exception and the others a warning and
+//! WORK_FAIL. Every other server (gearmand turns an exception into a
+//! WORK_FAIL that Perl and Python clients cannot match, and leaves the
+//! `gearman` tool waiting) gets WORK_WARNING with the reason, then
+//! WORK_FAIL. [`JobError::fail`] and [`JobError::exception`] choose the
+//! packets explicitly.
 //! With [`FunctionOptions::retries`] a failed job runs again in the same
 //! slot, after a backoff that doubles, before its failure is reported; with
 //! [`FunctionOptions::on_failure`] the finally failed job is then submitted
@@ -339,12 +356,17 @@ impl WorkerBuilder {
         }
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        let (hurry_tx, hurry_rx) = crossbeam_channel::bounded::<()>(0);
+        let slot_count = servers.len() * self.threads;
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
             cancel: CancelToken::default(),
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx,
-            wakers: (0..servers.len() * self.threads).map(|_| Waker::default()).collect(),
+            hurry_tx: Mutex::new(Some(hurry_tx)),
+            hurry_rx,
+            wakers: (0..slot_count).map(|_| Waker::default()).collect(),
+            jobs: (0..slot_count).map(|_| Mutex::new(None)).collect(),
             running: AtomicUsize::new(0),
             live_slots: AtomicUsize::new(0),
         });
@@ -408,9 +430,10 @@ impl WorkerBuilder {
 /// How often the supervisor reaps exited orphans of past shell runs.
 const ORPHAN_SWEEP: Duration = Duration::from_secs(2);
 
-/// Waits for a shutdown, gives running jobs the grace period, then cancels
-/// them. Ends when every slot has ended. Meanwhile it reaps the processes
-/// that shell runs left running and that exited since.
+/// Waits for a shutdown, gives running jobs the grace period (or less, when
+/// [`Stopper::stop_now`] hurries it), then cancels them. Ends when every
+/// slot has ended. Meanwhile it reaps the processes that shell runs left
+/// running and that exited since.
 fn supervise(shared: &Shared, done: &Receiver<()>, grace: Duration) {
     loop {
         crossbeam_channel::select! {
@@ -419,14 +442,34 @@ fn supervise(shared: &Shared, done: &Receiver<()>, grace: Duration) {
             default(ORPHAN_SWEEP) => reaper::reap_orphans(),
         }
     }
-    if done.recv_timeout(grace) == Err(crossbeam_channel::RecvTimeoutError::Timeout) {
-        log::warn!(
-            "shutdown grace of {grace:?} is over: cancelling {} running job(s)",
-            shared.running.load(Ordering::SeqCst)
-        );
-        shared.cancel.0.store(true, Ordering::SeqCst);
-        let _ = done.recv();
+    crossbeam_channel::select! {
+        recv(done) -> _ => return,
+        recv(shared.hurry_rx) -> _ => {
+            log::info!(
+                "stopping now: cancelling {} running job(s)",
+                shared.running.load(Ordering::SeqCst)
+            );
+        }
+        default(grace) => {
+            log::warn!(
+                "shutdown grace of {grace:?} is over: cancelling {} running job(s)",
+                shared.running.load(Ordering::SeqCst)
+            );
+        }
     }
+    shared.cancel.0.store(true, Ordering::SeqCst);
+    let _ = done.recv();
+}
+
+/// A job a slot is running, as [`Stopper::running`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningJob {
+    /// The function it was submitted to.
+    pub function: String,
+    /// The server's job handle.
+    pub handle: String,
+    /// The server it came from.
+    pub server: String,
 }
 
 /// One slot's entry of [`Shared::wakers`], on a cache line of its own:
@@ -442,9 +485,14 @@ pub(crate) struct Shared {
     pub(crate) cancel: CancelToken,
     stop_tx: Mutex<Option<Sender<()>>>,
     pub(crate) stop_rx: Receiver<()>,
+    /// Dropped by [`Stopper::stop_now`]: the grace period ends at once.
+    hurry_tx: Mutex<Option<Sender<()>>>,
+    hurry_rx: Receiver<()>,
     /// Socket clones of the slots, with whether the slot is idle (grabbing
     /// or sleeping), by slot id. Shutdown closes the idle ones to wake them.
     wakers: Vec<Waker>,
+    /// The job each slot runs, by slot id.
+    jobs: Vec<Mutex<Option<RunningJob>>>,
     pub(crate) running: AtomicUsize,
     pub(crate) live_slots: AtomicUsize,
 }
@@ -466,6 +514,18 @@ impl Shared {
     /// The socket clone of a slot's connection, with whether it is idle.
     pub(crate) fn waker(&self, slot: usize) -> MutexGuard<'_, Option<(TcpStream, bool)>> {
         self.wakers[slot].0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the job a slot runs (`None`: it runs none).
+    pub(crate) fn set_job(&self, slot: usize, job: Option<RunningJob>) {
+        *self.jobs[slot].lock().unwrap_or_else(|e| e.into_inner()) = job;
+    }
+
+    fn running_jobs(&self) -> Vec<RunningJob> {
+        self.jobs
+            .iter()
+            .filter_map(|j| j.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
     }
 
     /// Marks a slot idle or busy; false when the worker is stopping (the
@@ -505,6 +565,20 @@ impl Stopper {
     /// Stops taking jobs; running jobs get the grace period. Returns at once.
     pub fn shutdown(&self) {
         self.shared.shutdown();
+    }
+
+    /// Stops taking jobs and cancels the running ones now, without waiting
+    /// for the rest of the grace period: shell runs have their processes
+    /// stopped, and the cancelled jobs go back to their server (see
+    /// [Stopping](self#stopping)). Returns at once.
+    pub fn stop_now(&self) {
+        self.shared.shutdown();
+        drop(self.shared.hurry_tx.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    /// The jobs running right now.
+    pub fn running(&self) -> Vec<RunningJob> {
+        self.shared.running_jobs()
     }
 }
 

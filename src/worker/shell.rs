@@ -457,7 +457,9 @@ impl ShellCommand {
                         phase = Phase::Terminating(now);
                     } else if deadline.is_some_and(|d| now >= d) {
                         timed_out = true;
-                        log::warn!(
+                        // The job's failure is logged as a warning by the worker,
+                        // naming its function and handle.
+                        log::info!(
                             "shell pid={pid} timed out after {:?}: stopping its process group",
                             self.timeout.unwrap_or_default()
                         );

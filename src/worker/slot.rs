@@ -25,6 +25,18 @@ enum Push {
     On,
 }
 
+/// What the server answered to the
+/// [`EXCEPTIONS_SAFE_OPTION`](crate::proto::EXCEPTIONS_SAFE_OPTION).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exceptions {
+    /// Asked; no answer yet (WORK_EXCEPTION is not sent meanwhile).
+    Asked,
+    /// OPTION_RES: WORK_EXCEPTION reaches only clients that asked for it.
+    Safe,
+    /// An ERROR: another server, or one that sends exceptions to all.
+    Unsafe,
+}
+
 /// Why [`Slot::serve`] returned.
 enum End {
     /// The worker stops, or a shutdown job stopped this slot.
@@ -127,6 +139,9 @@ impl Slot {
                 None => conn.queue(&Packet::CanDo { function: f.name.as_bytes() }).map_err(bad)?,
             }
         }
+        // Answered before the push option, and before the first grab.
+        conn.queue(&Packet::OptionReq { option: crate::proto::EXCEPTIONS_SAFE_OPTION.as_bytes() })
+            .map_err(bad)?;
         if self.settings.push {
             conn.queue(&Packet::OptionReq { option: crate::proto::PUSH_OPTION.as_bytes() })
                 .map_err(bad)?;
@@ -140,6 +155,7 @@ impl Slot {
         }
         let mut registered = false;
         let mut push = if self.settings.push { Push::Asked } else { Push::Off };
+        let mut exceptions = Exceptions::Asked;
         loop {
             if !self.shared.set_idle(self.id, true) {
                 // The last job's result may still be buffered.
@@ -150,10 +166,11 @@ impl Slot {
             }
             // Written together with the last job's result, when one is buffered.
             let reply = if push == Push::On {
-                conn.send(&Packet::PreSleep).and_then(|()| self.await_push(conn, &mut push))
+                conn.send(&Packet::PreSleep)
+                    .and_then(|()| self.await_push(conn, &mut push, &mut exceptions))
             } else {
                 conn.send(&Packet::GrabJobUniq)
-                    .and_then(|()| self.await_grab_reply(conn, &mut push))
+                    .and_then(|()| self.await_grab_reply(conn, &mut push, &mut exceptions))
             };
             let reply = match reply {
                 Ok(r) => r,
@@ -181,7 +198,7 @@ impl Slot {
                 // gives it back to the server.
                 return End::Stop;
             }
-            match self.run_job(conn, job) {
+            match self.run_job(conn, job, exceptions == Exceptions::Safe) {
                 Ok(true) => {}
                 Ok(false) => return End::Stop,
                 Err(e) => return End::Lost(e),
@@ -195,7 +212,12 @@ impl Slot {
 
     /// Waits for NO_JOB (`None`) or a job; learns on the way whether the
     /// server took the push option.
-    fn await_grab_reply(&self, conn: &mut Connection, push: &mut Push) -> io::Result<Option<Job>> {
+    fn await_grab_reply(
+        &self,
+        conn: &mut Connection,
+        push: &mut Push,
+        exceptions: &mut Exceptions,
+    ) -> io::Result<Option<Job>> {
         let deadline = Instant::now() + self.settings.io_timeout;
         loop {
             let p = conn.recv(Some(deadline))?;
@@ -203,6 +225,21 @@ impl Slot {
                 PacketType::NoJob => return Ok(None),
                 PacketType::JobAssignUniq | PacketType::JobAssign | PacketType::JobAssignAll => {
                     return parse_assign(&p).map(Some);
+                }
+                PacketType::OptionRes
+                    if *exceptions == Exceptions::Asked
+                        && matches!(p.packet(), Ok(Packet::OptionRes { option })
+                        if option.eq_ignore_ascii_case(
+                            crate::proto::EXCEPTIONS_SAFE_OPTION.as_bytes()
+                        )) =>
+                {
+                    log::debug!("slot={}: failures go out as WORK_EXCEPTION", self.id);
+                    *exceptions = Exceptions::Safe;
+                }
+                PacketType::Error if *exceptions == Exceptions::Asked => {
+                    // The first answer of the two options is this one's.
+                    log::debug!("slot={}: failures go out as WORK_FAIL", self.id);
+                    *exceptions = Exceptions::Unsafe;
                 }
                 PacketType::OptionRes if *push == Push::Asked => {
                     if let Ok(Packet::OptionRes { option }) = p.packet()
@@ -228,7 +265,12 @@ impl Slot {
     /// comes anyway, it is answered with a grab as usual. Every
     /// `sleep_timeout` an ECHO_REQ checks that the connection still works
     /// (a grab here could be answered with a second job).
-    fn await_push(&self, conn: &mut Connection, push: &mut Push) -> io::Result<Option<Job>> {
+    fn await_push(
+        &self,
+        conn: &mut Connection,
+        push: &mut Push,
+        exceptions: &mut Exceptions,
+    ) -> io::Result<Option<Job>> {
         loop {
             let deadline = Instant::now() + self.settings.sleep_timeout;
             match conn.recv(Some(deadline)) {
@@ -240,7 +282,7 @@ impl Slot {
                     }
                     PacketType::Noop => {
                         conn.send(&Packet::GrabJobUniq)?;
-                        return self.await_grab_reply(conn, push);
+                        return self.await_grab_reply(conn, push, exceptions);
                     }
                     PacketType::Error => log_error(self.id, &p),
                     other => log::debug!("slot={}: ignoring {other} while asleep", self.id),
@@ -271,7 +313,12 @@ impl Slot {
     }
 
     /// Runs a job and reports it. `Ok(false)`: the slot stops.
-    fn run_job(&self, conn: &mut Connection, mut job: Job) -> io::Result<bool> {
+    fn run_job(
+        &self,
+        conn: &mut Connection,
+        mut job: Job,
+        exceptions_safe: bool,
+    ) -> io::Result<bool> {
         let handle = job.handle.clone();
         log::debug!("slot={} job start handle={handle} func={}", self.id, job.function);
         if self.settings.shutdown_jobs && is_shutdown_payload(&job.payload) {
@@ -289,7 +336,16 @@ impl Slot {
             return Ok(true);
         };
         self.shared.running.fetch_add(1, Ordering::SeqCst);
+        self.shared.set_job(
+            self.id,
+            Some(super::RunningJob {
+                function: job.function.clone(),
+                handle: handle.clone(),
+                server: self.server.clone(),
+            }),
+        );
         let result = self.attempts(conn, function, &mut job);
+        self.shared.set_job(self.id, None);
         self.shared.running.fetch_sub(1, Ordering::SeqCst);
         let result = result?;
         if result.is_err() && self.shared.cancel.is_cancelled() {
@@ -308,23 +364,26 @@ impl Slot {
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             }
             Err(e) => {
-                log::info!(
-                    "slot={} job failed handle={handle} func={} attempts={}: {e}",
-                    self.id,
+                log::warn!(
+                    "job failed: function {}, handle {handle}, attempt {} of {}: {e}",
                     job.function,
-                    job.attempt
+                    job.attempt,
+                    function.options.retries + 1
                 );
-                match e.kind() {
-                    FailKind::Fail => {
-                        if !e.message().is_empty() {
-                            conn.queue(&Packet::WorkWarning { handle: h, data: e.message() })
-                                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                        }
-                        conn.send(&Packet::WorkFail { handle: h })?;
-                    }
-                    FailKind::Exception => {
-                        conn.send(&Packet::WorkException { handle: h, data: e.message() })?;
-                    }
+                let bad = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
+                let exception = match e.kind() {
+                    FailKind::Auto => exceptions_safe,
+                    FailKind::Fail => false,
+                    FailKind::Exception => true,
+                };
+                if e.kind() != FailKind::Exception && !e.message().is_empty() {
+                    conn.queue(&Packet::WorkWarning { handle: h, data: e.message() })
+                        .map_err(bad)?;
+                }
+                if exception {
+                    conn.send(&Packet::WorkException { handle: h, data: e.message() })?;
+                } else {
+                    conn.send(&Packet::WorkFail { handle: h })?;
                 }
                 if let Some(dead) = &function.options.on_failure {
                     self.dead_letter(conn, dead, &job, e)?;
@@ -351,7 +410,7 @@ impl Slot {
                 Err(panic) => {
                     let msg = panic_message(panic.as_ref());
                     log::error!("slot={} handle={}: handler panicked: {msg}", self.id, job.handle);
-                    Err(JobError::fail(format!("handler panicked: {msg}")))
+                    Err(JobError::new(format!("handler panicked: {msg}")))
                 }
             };
             if broken {

@@ -32,6 +32,8 @@ mod framework;
 mod gearadmin_flags;
 /// The real gearman tools against the embedded server.
 mod interop;
+/// The failure matrix: every peer client through both servers against a gearframe worker.
+mod matrix;
 /// Memory and connection time under abuse: partial packets, slow senders, bogus headers.
 mod memory;
 /// Helpers of the interop and bad-input tests.
@@ -54,3 +56,5 @@ mod stops;
 mod support;
 /// The worker pool against both servers, and `gearframe worker`.
 mod worker;
+/// `gearframe worker`'s messages: failed jobs at its default level, and its stop.
+mod worker_cli;

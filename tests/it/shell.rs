@@ -159,7 +159,7 @@ fn exit_code_and_stderr_tail_reach_the_result() {
     assert_eq!(out.exit_code(), 3);
     let e = ShellFunction::result(&cmd, out).unwrap_err();
     assert_eq!(e.to_string(), "exit code 3: disk full");
-    assert_eq!(e.kind(), gearframe::worker::FailKind::Exception);
+    assert_eq!(e.kind(), gearframe::worker::FailKind::Auto);
     // A signal is reported as 128 + n.
     let out = ShellCommand::shell("kill -9 $$").run(b"").unwrap();
     assert_eq!(out.exit, ExitKind::Signal(9));
