@@ -151,7 +151,12 @@ fn send_sync_cell(server: &str, addr: SocketAddr, bad: &mut Vec<String>) {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for want in ["gf_exit\texception\texit code 3: disk full", "gf_error\texception\tbad input"] {
+    // A shell failure is sent as `failure: auto` chooses: an exception
+    // where the server relays it safely (gearframe's), else a warning with
+    // the reason and WORK_FAIL (gearmand).
+    let exit = if server == "gearframe" { "exception" } else { "failed" };
+    let exit_line = format!("gf_exit\t{exit}\texit code 3: disk full");
+    for want in [exit_line.as_str(), "gf_error\texception\tbad input"] {
         if !stdout.lines().any(|l| l == want) {
             bad.push(format!("send --mode sync via {server}: no line `{want}` in `{stdout}`"));
         }
