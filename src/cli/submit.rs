@@ -121,20 +121,44 @@ pub(crate) fn run(args: SubmitArgs, config: &Config, verbose: u8) -> Result<Exit
     let tty = stdout.is_terminal();
     let mut out = stdout.lock();
     let mut wrote_error = None;
-    let outcome = client.submit_job_with(&job, |e| match e {
-        JobEvent::Data(d) => {
-            if let Err(e) = out.write_all(d).and_then(|()| out.flush()) {
-                wrote_error.get_or_insert(e);
+    // A warning is printed when the next event comes, so that the warning
+    // a worker sends with its failure is not printed twice: it is the
+    // failure's reason, printed below.
+    let mut warning: Option<String> = None;
+    let show = |w: &mut Option<String>| {
+        if let Some(w) = w.take() {
+            eprintln!("warning: {w}");
+        }
+    };
+    let outcome = client.submit_job_with(&job, |e| {
+        if !matches!(e, JobEvent::Warning(_)) {
+            show(&mut warning);
+        }
+        match e {
+            JobEvent::Data(d) => {
+                if let Err(e) = out.write_all(d).and_then(|()| out.flush()) {
+                    wrote_error.get_or_insert(e);
+                }
             }
+            JobEvent::Warning(w) => {
+                show(&mut warning);
+                warning = Some(String::from_utf8_lossy(w).into_owned());
+            }
+            JobEvent::Status { numerator, denominator } if verbose > 0 => {
+                eprintln!("status: {numerator}/{denominator}");
+            }
+            JobEvent::Created(h) if verbose > 0 => eprintln!("handle: {h} on {}", h.server()),
+            JobEvent::Resubmitted { reason } => eprintln!("resubmitting: {reason}"),
+            _ => {}
         }
-        JobEvent::Warning(w) => eprintln!("warning: {}", String::from_utf8_lossy(w)),
-        JobEvent::Status { numerator, denominator } if verbose > 0 => {
-            eprintln!("status: {numerator}/{denominator}");
-        }
-        JobEvent::Created(h) if verbose > 0 => eprintln!("handle: {h} on {}", h.server()),
-        JobEvent::Resubmitted { reason } => eprintln!("resubmitting: {reason}"),
-        _ => {}
-    })?;
+    });
+    if warning.as_deref().is_some_and(|w| {
+        outcome.as_ref().ok().and_then(JobOutcome::reason).as_deref()
+            != Some(w.trim_end_matches(['\0', '\n']))
+    }) {
+        show(&mut warning);
+    }
+    let outcome = outcome?;
     if let Some(e) = wrote_error {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             return Ok(ExitCode::SUCCESS);

@@ -134,6 +134,10 @@ fn submit_cell(cell: &Cell<'_>, bad: &mut Vec<String>) {
             cell.want
         ));
     }
+    // The warning a worker sends with its failure is the reason: shown once.
+    if let Some(w) = cell.want.filter(|w| err.matches(w).count() != 1) {
+        bad.push(format!("{name}: the reason `{w}` is not shown exactly once in `{err}`"));
+    }
 }
 
 /// `gearframe send --mode sync` prints each failed job's reason.
