@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -422,7 +422,27 @@ fn failover_between_two_persistent_servers_delivers_every_result() {
     // that A acknowledged can only run from its persistent queue.
     let fg_runs = Counter::default();
     let bg_runs = Counter::default();
-    let fg_worker = counting_worker(&servers, "echo", 2, &fg_runs);
+    // From the 1000th result on, the `echo` worker holds its jobs until A
+    // is killed, so that the kill finds foreground jobs in flight on A.
+    let hold = Arc::new(AtomicBool::new(false));
+    let fg_worker = {
+        let (c, hold) = (fg_runs.clone(), hold.clone());
+        Worker::builder()
+            .servers(&servers)
+            .threads(2)
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+            .sleep_timeout(Duration::from_secs(1))
+            .register("echo", move |job: &WorkJob, _: &mut JobContext<'_>| {
+                c.add(job.payload());
+                let until = Instant::now() + Duration::from_secs(10);
+                while hold.load(Ordering::SeqCst) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(job.payload().to_vec())
+            })
+            .build()
+            .unwrap()
+    };
     let client = crate::support::failover_client(&servers);
     let jobs: Vec<Job> = (0..JOBS)
         .map(|i| {
@@ -435,22 +455,35 @@ fn failover_between_two_persistent_servers_delivers_every_result() {
         .collect();
     let done = AtomicUsize::new(0);
     let resubmitted = AtomicUsize::new(0);
-    let mut killed = false;
+    let killed = AtomicBool::new(false);
+    // A is killed mid-batch as it acknowledges a foreground job while the
+    // worker holds its jobs: that job cannot have finished.
+    let a_addr = a.addr_string();
     let outs = client
         .batch(&jobs)
-        .on_event(|_, e| {
-            if matches!(e, gearframe::client::JobEvent::Resubmitted { .. }) {
+        .on_event(|i, e| match e {
+            gearframe::client::JobEvent::Resubmitted { .. } => {
                 resubmitted.fetch_add(1, Ordering::Relaxed);
             }
+            gearframe::client::JobEvent::Created(h)
+                if i % 2 == 0
+                    && !killed.load(Ordering::SeqCst)
+                    && h.server() == a_addr
+                    && hold.load(Ordering::SeqCst) =>
+            {
+                killed.store(true, Ordering::SeqCst);
+                a.kill9();
+                hold.store(false, Ordering::SeqCst);
+            }
+            _ => {}
         })
         .on_done(|_, _| {
-            if done.fetch_add(1, Ordering::Relaxed) == 1_000 && !killed {
-                killed = true;
-                a.kill9();
+            if done.fetch_add(1, Ordering::Relaxed) == 1_000 && !killed.load(Ordering::SeqCst) {
+                hold.store(true, Ordering::SeqCst);
             }
         })
         .run();
-    assert!(killed, "server A was killed mid-batch");
+    assert!(killed.load(Ordering::SeqCst), "server A was killed mid-batch");
     if outs.iter().any(Result::is_err) {
         let failed: Vec<_> = outs.iter().enumerate().filter(|(_, o)| o.is_err()).collect();
         eprintln!("failed jobs: {failed:?}");
