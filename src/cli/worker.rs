@@ -26,7 +26,7 @@ pub(crate) struct WorkerArgs {
     #[arg(short = 't', long, value_name = "N")]
     threads: Option<usize>,
     /// Client id shown by the admin `workers` command (no short flag: -n is
-    /// --interval) [default: worker.name, gearframe-worker].
+    /// --interval) [default: worker.name, gearframe-worker-PID].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
     /// Registers FUNCTION to run the command given after `--`.

@@ -16,7 +16,8 @@ use crate::config::DurationStr;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSection {
-    /// Client id shown by the admin `workers` command.
+    /// Client id shown by the admin `workers` command (default
+    /// `gearframe-worker-PID`).
     pub name: String,
     /// Slots (threads and connections) per server.
     pub threads: usize,
@@ -36,7 +37,7 @@ pub struct WorkerSection {
 impl Default for WorkerSection {
     fn default() -> Self {
         WorkerSection {
-            name: super::DEFAULT_CLIENT_ID.into(),
+            name: super::default_client_id(),
             threads: super::DEFAULT_THREADS,
             servers: ServerList::default(),
             grace: DurationStr(Duration::from_secs(30)),

@@ -200,8 +200,11 @@ pub struct WorkerBuilder {
     shutdown_jobs: bool,
 }
 
-/// Default client id.
-pub const DEFAULT_CLIENT_ID: &str = "gearframe-worker";
+/// The default client id, `gearframe-worker-PID`: the slots of one worker
+/// process share it, and `admin workers` tells processes apart by it.
+pub fn default_client_id() -> String {
+    format!("gearframe-worker-{}", std::process::id())
+}
 /// Default slots per server.
 pub const DEFAULT_THREADS: usize = 10;
 
@@ -209,7 +212,7 @@ impl Default for WorkerBuilder {
     fn default() -> Self {
         WorkerBuilder {
             servers: None,
-            client_id: DEFAULT_CLIENT_ID.into(),
+            client_id: default_client_id(),
             threads: DEFAULT_THREADS,
             functions: Vec::new(),
             grace: Duration::from_secs(30),

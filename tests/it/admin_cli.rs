@@ -268,6 +268,44 @@ fn workers_shows_a_10_slot_worker_as_one_row() {
 }
 
 #[test]
+fn two_unnamed_worker_processes_are_two_rows() {
+    let cfg = config("");
+    let srv = Ours::start(&Opts::default());
+    let addr = srv.addr().to_string();
+    let spawn = || {
+        ChildGuard(
+            Command::new(env!("CARGO_BIN_EXE_gearframe"))
+                .arg("-c")
+                .arg(&cfg.path)
+                .args(["-q", "worker", "-s", &addr, "-t", "2", "-f", "unnamed", "--", "cat"])
+                .env_remove("GEARMAN_SERVERS")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let (a, b) = (spawn(), spawn());
+    eventually(LIMIT, "4 slots", || (registered(&addr, "unnamed") == 4).then_some(()));
+    let j = run(&cfg, &["admin", "workers", "unnamed", "-s", &addr, "--json"]).json();
+    let mut ids: Vec<String> = j["servers"][0]["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            assert_eq!(w["slots"], 2, "{j}");
+            w["client_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    ids.sort();
+    let mut want =
+        vec![format!("gearframe-worker-{}", a.id()), format!("gearframe-worker-{}", b.id())];
+    want.sort();
+    assert_eq!(ids, want, "{j}");
+}
+
+#[test]
 fn unknown_functions_exit_1_for_every_command_naming_one() {
     let cfg = config("");
     for srv in servers() {

@@ -146,8 +146,8 @@ enum AdminCommand {
     },
     /// Worker processes: IP, name (client id), slots (connections) and
     /// functions. The connections sharing a client id and IP are one row
-    /// (a gearframe worker's slots share its --name: give each process its
-    /// own); connections without a client id are a row each.
+    /// (a gearframe worker's slots share its --name, by default
+    /// gearframe-worker-PID); connections without a client id are a row each.
     Workers {
         /// Only workers registered for this function.
         function: Option<String>,
