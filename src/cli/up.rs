@@ -50,12 +50,7 @@ pub(crate) fn run(args: UpArgs, config: &Config) -> Result<ExitCode, Failure> {
     }
     let servers = [own];
     let worker = super::worker::start(config, &servers, &functions, args.threads, None, None)?;
-    let worker_stop = worker.stopper();
-    ctrlc::set_handler(move || {
-        log::info!("signal received: stopping");
-        worker_stop.shutdown();
-    })
-    .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;
+    super::worker::stop_on_signals("gearframe up", worker.stopper(), config.worker.grace.0)?;
     println!(
         "gearframe up: job server listening on {} ({})",
         server.local_addr(),

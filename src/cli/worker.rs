@@ -106,36 +106,7 @@ pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure
     let grace = args.grace.unwrap_or(section.grace.0);
     let worker = start(config, &servers, &functions, args.threads, args.name.clone(), args.grace)?;
     let stopper = worker.stopper();
-    let mut signals = 0u32;
-    ctrlc::set_handler(move || {
-        signals += 1;
-        let jobs = stopper.running();
-        let list = jobs
-            .iter()
-            .map(|j| format!("{} {}", j.function, j.handle))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if signals == 1 {
-            stopper.shutdown();
-            if jobs.is_empty() {
-                eprintln!("gearframe worker: stopping: no job running");
-            } else {
-                eprintln!(
-                    "gearframe worker: stopping: waiting up to {grace:?} for {} running job(s) ({list}); Ctrl-C again to stop them now",
-                    jobs.len()
-                );
-            }
-        } else {
-            stopper.stop_now();
-            if !jobs.is_empty() {
-                eprintln!(
-                    "gearframe worker: stopping now: ending {} running job(s) ({list}); their servers give them to another worker",
-                    jobs.len()
-                );
-            }
-        }
-    })
-    .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))?;
+    stop_on_signals("gearframe worker", stopper, grace)?;
     eprintln!(
         "gearframe worker: {} slot(s) on {} for {}",
         worker.live_slots(),
@@ -169,4 +140,43 @@ pub(crate) fn start(
         builder = builder.register_arc(name.clone(), handler, options);
     }
     Ok(builder.build()?)
+}
+
+/// Ctrl-C or SIGTERM stops the pool: the first lets running jobs finish
+/// within `grace` and says which they are, the second ends them at once.
+pub(crate) fn stop_on_signals(
+    who: &'static str,
+    stopper: gearframe::worker::Stopper,
+    grace: std::time::Duration,
+) -> Result<(), Failure> {
+    let mut signals = 0u32;
+    ctrlc::set_handler(move || {
+        signals += 1;
+        let jobs = stopper.running();
+        let list = jobs
+            .iter()
+            .map(|j| format!("{} {}", j.function, j.handle))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if signals == 1 {
+            stopper.shutdown();
+            if jobs.is_empty() {
+                eprintln!("{who}: stopping: no job running");
+            } else {
+                eprintln!(
+                    "{who}: stopping: waiting up to {grace:?} for {} running job(s) ({list}); Ctrl-C again to stop them now",
+                    jobs.len()
+                );
+            }
+        } else {
+            stopper.stop_now();
+            if !jobs.is_empty() {
+                eprintln!(
+                    "{who}: stopping now: ending {} running job(s) ({list}); their servers give them to another worker",
+                    jobs.len()
+                );
+            }
+        }
+    })
+    .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))
 }

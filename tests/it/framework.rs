@@ -250,3 +250,75 @@ fn up_serves_submit_and_stops_on_sigterm() {
     let rest: Vec<String> = rx.try_iter().collect();
     assert_eq!(rest.last().map(String::as_str), Some("gearframe up: stopped"), "{rest:?}");
 }
+
+#[test]
+fn up_reports_its_stop_and_a_second_ctrl_c_ends_the_running_job() {
+    let _cleanup = crate::support::KillMarked("sleep 617");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let started = dir.path().join("started");
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server:\n  listen: 127.0.0.1:{port}\nworker:\n  threads: 2\n  grace: 10m\n  functions:\n    up_slow:\n      shell: echo x >> '{}'; sleep 617\n",
+            started.display()
+        ),
+    )
+    .unwrap();
+    let mut child = ChildGuard(
+        bin()
+            .arg("-c")
+            .arg(&cfg)
+            .arg("up")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let server = format!("127.0.0.1:{port}");
+    let submitted = eventually(T, "a background job accepted by up", || {
+        let out = bin()
+            .arg("-c")
+            .arg(&cfg)
+            .args(["submit", "-b", "-s", &server, "--timeout", "2s", "-f", "up_slow", "x"])
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    eventually(T, "the command to run", || std::fs::metadata(&started).ok());
+    let signal = |pid: u32| {
+        let ok = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+        assert!(ok.success());
+    };
+    let wait_line = |part: &str| -> String {
+        let deadline = Instant::now() + T;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(part) => return l,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no line with {part:?} from gearframe up");
+    };
+    signal(child.id());
+    let line = wait_line("gearframe up: stopping: waiting up to 600s for 1 running job(s)");
+    assert!(line.contains(&format!("up_slow {submitted}")), "{line}");
+    assert!(line.contains("Ctrl-C again"), "{line}");
+    signal(child.id());
+    wait_line("gearframe up: stopping now: ending 1 running job(s)");
+    let status = eventually(T, "up to exit", || child.0.try_wait().unwrap());
+    assert!(status.success(), "{status:?}");
+    crate::support::none_left(T, "sleep 617", &[]);
+    drop(rx);
+    reader.join().unwrap();
+}
