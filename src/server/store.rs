@@ -643,7 +643,7 @@ mod without_sqlite_tests {
             queue: Some(dir.join("q.db")),
             ..ServerConfig::default()
         };
-        let e = Server::bind(config).err().expect("a server with a queue");
+        let e = Server::bind(config).expect_err("a server with a queue");
         let msg = e.to_string();
         assert!(msg.contains("persistent-queue feature") && msg.contains("q.db"), "{msg}");
         assert!(!dir.exists(), "nothing is created");
