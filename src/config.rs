@@ -2,14 +2,17 @@
 //! that name the key to fix.
 //!
 //! Unknown keys are errors. Durations are written with a unit: `500ms`,
-//! `15s`, `2m`, `1h`.
+//! `15s`, `2m`, `1h`. The section of a component left out of the build
+//! (a cargo feature that is off) is accepted and not read.
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+#[cfg(feature = "admin")]
 pub use crate::admin::AdminSection;
+#[cfg(feature = "worker")]
 pub use crate::worker::config::{FunctionSection, WorkerSection};
 
 /// The whole file.
@@ -17,16 +20,32 @@ pub use crate::worker::config::{FunctionSection, WorkerSection};
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The `server:` section.
+    #[cfg(feature = "server")]
     pub server: ServerSection,
+    #[cfg(not(feature = "server"))]
+    #[serde(rename = "server")]
+    _server: serde::de::IgnoredAny,
     /// The `worker:` section.
+    #[cfg(feature = "worker")]
     #[serde(default)]
     pub worker: WorkerSection,
+    #[cfg(not(feature = "worker"))]
+    #[serde(rename = "worker")]
+    _worker: serde::de::IgnoredAny,
     /// The `client:` section.
+    #[cfg(feature = "client")]
     #[serde(default)]
     pub client: ClientSection,
+    #[cfg(not(feature = "client"))]
+    #[serde(rename = "client")]
+    _client: serde::de::IgnoredAny,
     /// The `admin:` section.
+    #[cfg(feature = "admin")]
     #[serde(default)]
     pub admin: AdminSection,
+    #[cfg(not(feature = "admin"))]
+    #[serde(rename = "admin")]
+    _admin: serde::de::IgnoredAny,
     /// The `log:` section.
     #[serde(default)]
     pub log: LogSection,
@@ -76,6 +95,7 @@ impl LogLevel {
 }
 
 /// The `server:` section; each key mirrors a `gearframe server` option.
+#[cfg(feature = "server")]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
@@ -158,16 +178,24 @@ impl ServerList {
 }
 
 /// Parses `sqlite:PATH`.
+#[cfg(feature = "server")]
 ///
 /// # Errors
 /// Any other form, naming the value.
 pub fn parse_queue(s: &str) -> Result<std::path::PathBuf, String> {
     match s.split_once(':') {
-        Some(("sqlite", path)) if !path.is_empty() => Ok(path.into()),
+        Some(("sqlite", path)) if !path.is_empty() && cfg!(feature = "persistent-queue") => {
+            Ok(path.into())
+        }
+        Some(("sqlite", path)) if !path.is_empty() => Err(format!(
+            "queue `{s}` needs the persistent-queue feature, which this build of gearframe \
+             lacks: rebuild with `--features persistent-queue` or remove the queue"
+        )),
         _ => Err(format!("unknown queue `{s}`: write sqlite:PATH")),
     }
 }
 
+#[cfg(feature = "server")]
 impl Default for ServerSection {
     fn default() -> Self {
         let d = crate::server::ServerConfig::default();
@@ -195,6 +223,7 @@ impl Default for ServerSection {
     }
 }
 
+#[cfg(feature = "server")]
 impl ServerSection {
     /// The server settings this section describes.
     ///
@@ -240,6 +269,7 @@ impl ServerSection {
 
 /// The `client:` section: `gearframe submit`, `gearframe send`, and the
 /// library's [`ClientBuilder`](crate::client::ClientBuilder) defaults.
+#[cfg(feature = "client")]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClientSection {
@@ -270,6 +300,7 @@ pub struct ClientSection {
     pub send: SendSection,
 }
 
+#[cfg(feature = "client")]
 impl Default for ClientSection {
     fn default() -> Self {
         ClientSection {
@@ -289,6 +320,7 @@ impl Default for ClientSection {
     }
 }
 
+#[cfg(feature = "client")]
 impl ClientSection {
     /// A client builder with this section's settings (servers only when
     /// the list is not empty, so that `GEARMAN_SERVERS` still applies).
@@ -314,6 +346,7 @@ impl ClientSection {
 }
 
 /// How `gearframe send` submits a plan.
+#[cfg(feature = "client")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SendMode {
@@ -324,6 +357,7 @@ pub enum SendMode {
     Sync,
 }
 
+#[cfg(feature = "client")]
 impl std::str::FromStr for SendMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -336,6 +370,7 @@ impl std::str::FromStr for SendMode {
 }
 
 /// The `client.send:` subsection; each key mirrors a `gearframe send` option.
+#[cfg(feature = "client")]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SendSection {
@@ -349,6 +384,7 @@ pub struct SendSection {
     pub reload: DurationStr,
 }
 
+#[cfg(feature = "client")]
 impl Default for SendSection {
     fn default() -> Self {
         SendSection {
@@ -525,6 +561,7 @@ impl Config {
     /// The full key path of the first bad value and what is wrong with it.
     pub fn validate(&self) -> Result<(), (String, String)> {
         // `worker.functions.f: cwd: ...` names the key `worker.functions.f.cwd`.
+        #[cfg(any(feature = "worker", feature = "server"))]
         let split = |e: String| {
             let (mut key, mut msg) = (String::new(), e.as_str());
             while let Some((k, m)) = msg.split_once(": ")
@@ -536,15 +573,16 @@ impl Config {
             }
             (key, msg.to_string())
         };
+        #[cfg(feature = "worker")]
         self.worker.validate().map_err(split)?;
+        #[cfg(feature = "server")]
         self.server.to_server_config().map_err(|e| split(e.0))?;
-        for (key, list) in [
-            ("worker.servers", &self.worker.servers),
-            ("client.servers", &self.client.servers),
-            ("admin.servers", &self.admin.servers),
-        ] {
-            list.to_vec().map_err(|e| (key.to_string(), e.to_string()))?;
-        }
+        #[cfg(feature = "worker")]
+        self.worker.servers.to_vec().map_err(|e| ("worker.servers".into(), e.to_string()))?;
+        #[cfg(feature = "client")]
+        self.client.servers.to_vec().map_err(|e| ("client.servers".into(), e.to_string()))?;
+        #[cfg(feature = "admin")]
+        self.admin.servers.to_vec().map_err(|e| ("admin.servers".into(), e.to_string()))?;
         Ok(())
     }
 }
@@ -607,7 +645,7 @@ fn find_key(text: &str, path: &[&str]) -> Option<(usize, usize)> {
     None
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "admin", feature = "server"))]
 mod tests {
     use super::*;
 

@@ -10,17 +10,25 @@
 //! - [`config`]: the config.yaml model.
 //!
 //! The library logs through the `log` facade and never installs a logger.
+//!
+//! Each component is a cargo feature (`client`, `worker`, `admin`,
+//! `server`, `persistent-queue`, and `cli` for the `gearframe` command),
+//! all on by default; [`proto`], [`conn`] and [`config`] are always there.
 
+#[cfg(feature = "admin")]
 pub mod admin;
 pub mod busy_poll;
+#[cfg(feature = "client")]
 pub mod client;
 pub mod config;
 pub mod conn;
 pub mod proto;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "worker")]
 pub mod worker;
 
 /// The Rust examples of README.md, compiled and run as doc tests.
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "admin", feature = "persistent-queue"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

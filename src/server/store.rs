@@ -35,13 +35,24 @@
 //! jobs replace them in one transaction: if that fails, the previous rows
 //! are kept, the error names the file and how many jobs were not saved, and
 //! [`crate::server::ServerHandle::join_result`] reports it.
+//!
+//! Without the `persistent-queue` feature only the link is built: the
+//! state's code for it stays, and [`open`] refuses every path.
+// Without SQLite no writer reads the link's operations.
+#![cfg_attr(not(feature = "persistent-queue"), allow(dead_code))]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+#[cfg(feature = "persistent-queue")]
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+#[cfg(feature = "persistent-queue")]
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::Sender;
+#[cfg(feature = "persistent-queue")]
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+#[cfg(feature = "persistent-queue")]
 use rusqlite::{Connection, TransactionBehavior, params};
 
 use super::outbox::Outbox;
@@ -53,6 +64,7 @@ pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a failing store tries a probe transaction.
 pub(crate) const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How long a probe waits for a lock.
+#[cfg(feature = "persistent-queue")]
 const PROBE_BUSY_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// When rows are written.
@@ -183,6 +195,7 @@ impl StoreLink {
 
 /// The database, opened and read, before its writer thread starts.
 #[derive(Debug)]
+#[cfg(feature = "persistent-queue")]
 pub(crate) struct Writer {
     db: Connection,
     path: PathBuf,
@@ -193,10 +206,12 @@ pub(crate) struct Writer {
 /// The writer thread's handle; dropping the link's sender and joining it
 /// commits what is left.
 #[derive(Debug)]
+#[cfg(feature = "persistent-queue")]
 pub(crate) struct StoreThread {
     handle: Option<JoinHandle<Result<(), String>>>,
 }
 
+#[cfg(feature = "persistent-queue")]
 impl StoreThread {
     /// Waits for the writer; the error of a shutdown dump that failed.
     pub(crate) fn join(mut self) -> Result<(), String> {
@@ -208,6 +223,7 @@ impl StoreThread {
     }
 }
 
+#[cfg(feature = "persistent-queue")]
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS gearframe_queue (
         id INTEGER PRIMARY KEY,
@@ -218,6 +234,7 @@ const SCHEMA: &str = "
         when_to_run INTEGER NOT NULL DEFAULT 0
     );";
 
+#[cfg(feature = "persistent-queue")]
 fn open_db(path: &Path) -> rusqlite::Result<Connection> {
     let db = Connection::open(path)?;
     db.busy_timeout(BUSY_TIMEOUT)?;
@@ -231,9 +248,11 @@ fn open_db(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// Reads every stored job (the columns `load` expects).
+#[cfg(feature = "persistent-queue")]
 const SELECT_JOBS: &str =
     "SELECT id, function, unique_id, priority, data, when_to_run FROM gearframe_queue";
 
+#[cfg(feature = "persistent-queue")]
 fn load(db: &Connection) -> rusqlite::Result<Vec<StoredJob>> {
     let mut stmt = db.prepare(&format!("{SELECT_JOBS} ORDER BY id"))?;
     let rows = stmt.query_map([], |r| {
@@ -254,6 +273,7 @@ fn load(db: &Connection) -> rusqlite::Result<Vec<StoredJob>> {
 ///
 /// # Errors
 /// The database cannot be opened, created or read.
+#[cfg(feature = "persistent-queue")]
 pub(crate) fn open(
     path: &Path,
     durability: Durability,
@@ -280,6 +300,7 @@ pub(crate) fn open(
 ///
 /// # Errors
 /// The thread cannot be started.
+#[cfg(feature = "persistent-queue")]
 pub(crate) fn spawn(w: Writer, report: Reporter) -> Result<StoreThread, String> {
     let handle = std::thread::Builder::new()
         .name("gearframe-store".into())
@@ -288,13 +309,54 @@ pub(crate) fn spawn(w: Writer, report: Reporter) -> Result<StoreThread, String> 
     Ok(StoreThread { handle: Some(handle) })
 }
 
+/// No database without the `persistent-queue` feature.
+#[cfg(not(feature = "persistent-queue"))]
+#[derive(Debug)]
+pub(crate) enum Writer {}
+
+/// No writer thread without the `persistent-queue` feature.
+#[cfg(not(feature = "persistent-queue"))]
+#[derive(Debug)]
+pub(crate) enum StoreThread {}
+
+#[cfg(not(feature = "persistent-queue"))]
+impl StoreThread {
+    pub(crate) fn join(self) -> Result<(), String> {
+        match self {}
+    }
+}
+
+/// Refuses `path`: this build has no SQLite.
+///
+/// # Errors
+/// Always, naming the path and the missing feature.
+#[cfg(not(feature = "persistent-queue"))]
+pub(crate) fn open(
+    path: &Path,
+    _durability: Durability,
+) -> Result<(Vec<StoredJob>, StoreLink, Writer), String> {
+    Err(format!(
+        "persistent queue {}: this build of gearframe lacks the persistent-queue feature; \
+         rebuild with `--features persistent-queue` or run without a queue",
+        path.display()
+    ))
+}
+
+#[cfg(not(feature = "persistent-queue"))]
+pub(crate) fn spawn(w: Writer, _report: Reporter) -> Result<StoreThread, String> {
+    match w {}
+}
+
 /// Most operations in one transaction.
+#[cfg(feature = "persistent-queue")]
 const MAX_BATCH: usize = 20_000;
 
+#[cfg(feature = "persistent-queue")]
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+#[cfg(feature = "persistent-queue")]
 fn run(w: Writer, mut report: Reporter) -> Result<(), String> {
     let Writer { mut db, path, rx, rows } = w;
     let mut health = Health { rows, ..Health::default() };
@@ -412,12 +474,14 @@ fn run(w: Writer, mut report: Reporter) -> Result<(), String> {
 
 /// Bytes written (and deleted again) by a probe transaction: a write of
 /// about the size of a job must fit for the store to count as writable.
+#[cfg(feature = "persistent-queue")]
 const PROBE_BYTES: i32 = 4096;
 
 /// Applies the batch (and the deletions left from failed transactions) in
 /// one transaction; returns the rows in the table afterwards, given the
 /// `rows` before. An empty batch is a probe: it writes and deletes a
 /// scratch row.
+#[cfg(feature = "persistent-queue")]
 fn apply(db: &mut Connection, batch: &[Op], deletes: &[u64], rows: u64) -> rusqlite::Result<u64> {
     let mut rows = rows;
     let tx = db.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -474,7 +538,7 @@ fn apply(db: &mut Connection, batch: &[Op], deletes: &[u64], rows: u64) -> rusql
     Ok(rows)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "persistent-queue"))]
 mod tests {
     use super::*;
 
@@ -562,5 +626,42 @@ mod tests {
         thread.join().unwrap();
         let (jobs, _, _) = open(&path, Durability::Sync).unwrap();
         assert_eq!(jobs.iter().map(|j| j.key).collect::<Vec<_>>(), [2]);
+    }
+}
+
+#[cfg(all(test, not(feature = "persistent-queue")))]
+mod without_sqlite_tests {
+    use crate::server::{Server, ServerConfig};
+
+    #[test]
+    fn a_queue_is_refused_naming_the_feature() {
+        let e = crate::config::parse_queue("sqlite:q.db").unwrap_err();
+        assert!(e.contains("persistent-queue feature"), "{e}");
+        let dir = std::env::temp_dir().join(format!("gearframe-noqueue-{}", std::process::id()));
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".into(),
+            queue: Some(dir.join("q.db")),
+            ..ServerConfig::default()
+        };
+        let e = Server::bind(config).expect_err("a server with a queue");
+        let msg = e.to_string();
+        assert!(msg.contains("persistent-queue feature") && msg.contains("q.db"), "{msg}");
+        assert!(!dir.exists(), "nothing is created");
+    }
+
+    #[test]
+    fn the_in_memory_queue_serves() {
+        use crate::conn::Connection;
+        use crate::proto::{Packet, PacketType};
+        let config = ServerConfig { listen: "127.0.0.1:0".into(), ..ServerConfig::default() };
+        let server = Server::bind(config).unwrap();
+        let addr = server.local_addr().to_string();
+        let mut c = Connection::connect(&addr, std::time::Duration::from_secs(10)).unwrap();
+        c.send(&Packet::EchoReq { data: b"hi" }).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let reply = c.recv(Some(deadline)).unwrap();
+        assert_eq!((reply.kind, reply.body.as_slice()), (PacketType::EchoRes, b"hi".as_slice()));
+        server.shutdown();
+        server.join();
     }
 }
