@@ -6,7 +6,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::sync::Arc;
 
 use super::job::{FailKind, Handler, Job, JobContext, JobError, JobResult};
-use super::shell::{OutputMode, Program, ShellCommand, ShellOutcome};
+use super::shell::{Ending, ExitKind, OutputMode, Program, ShellCommand, ShellOutcome};
 
 /// How much of stderr goes into a failure message.
 const STDERR_TAIL: usize = 2048;
@@ -103,25 +103,25 @@ impl ShellFunction {
     }
 
     /// Maps an outcome to the job's result.
-    pub fn result(cmd: &ShellCommand, out: ShellOutcome) -> JobResult {
-        if out.timed_out {
-            let secs = cmd.get_timeout().unwrap_or_default().as_secs_f64();
-            return Err(JobError::new(format!("timed out after {secs} s")));
-        }
-        if out.cancelled {
-            return Err(JobError::new("cancelled: the worker is shutting down"));
-        }
-        if !out.success() {
-            let tail_start = out.stderr.len().saturating_sub(STDERR_TAIL);
-            let tail = String::from_utf8_lossy(&out.stderr[tail_start..]);
-            let tail = tail.trim_end();
-            let mut msg = format!("exit code {}", out.exit_code());
-            if !tail.is_empty() {
-                msg.push_str(": ");
-                msg.push_str(tail);
+    pub fn result(out: ShellOutcome) -> JobResult {
+        match out.ending {
+            Ending::TimedOut(t) => {
+                Err(JobError::new(format!("timed out after {} s", t.as_secs_f64())))
             }
-            return Err(JobError::new(msg));
-        }
+            Ending::Cancelled => Err(JobError::new("cancelled: the worker is shutting down")),
+            Ending::Exited(ExitKind::Code(0)) => Ok(()),
+            Ending::Exited(kind) => {
+                let tail_start = out.stderr.len().saturating_sub(STDERR_TAIL);
+                let tail = String::from_utf8_lossy(&out.stderr[tail_start..]);
+                let tail = tail.trim_end();
+                let mut msg = format!("exit code {}", kind.code());
+                if !tail.is_empty() {
+                    msg.push_str(": ");
+                    msg.push_str(tail);
+                }
+                Err(JobError::new(msg))
+            }
+        }?;
         if out.stdout_truncated {
             return Err(JobError::new(format!(
                 "output larger than {} bytes (max_output)",
@@ -166,6 +166,6 @@ impl ShellFunction {
             }
         });
         let out = out.map_err(|e| JobError::new(e.to_string()))?;
-        Self::result(&cmd, out)
+        Self::result(out)
     }
 }

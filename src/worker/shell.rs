@@ -135,18 +135,45 @@ pub enum ExitKind {
     Signal(i32),
 }
 
+impl ExitKind {
+    /// The exit code, with a signal `n` reported as `128 + n` (the shell's
+    /// convention).
+    pub fn code(self) -> i32 {
+        match self {
+            ExitKind::Code(c) => c,
+            ExitKind::Signal(s) => 128 + s,
+        }
+    }
+
+    fn from_status(status: ExitStatus) -> ExitKind {
+        match status {
+            ExitStatus::Exited(c) => ExitKind::Code(c as i32),
+            ExitStatus::Signaled(s) => ExitKind::Signal(i32::from(s)),
+            ExitStatus::Other(c) => ExitKind::Code(c),
+            ExitStatus::Undetermined => ExitKind::Code(-1),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The command's main process ended by itself, in this way.
+    Exited(ExitKind),
+    /// The run hit its timeout, this long, and its process group was stopped.
+    TimedOut(Duration),
+    /// The caller cancelled the run and its process group was stopped.
+    Cancelled,
+}
+
 /// The result of a run that started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShellOutcome {
     /// The process id of the command's main process, which was also its
     /// process group id.
     pub pid: u32,
-    /// How the command's main process ended.
-    pub exit: ExitKind,
-    /// The run hit its timeout and was killed.
-    pub timed_out: bool,
-    /// The caller cancelled the run and it was killed.
-    pub cancelled: bool,
+    /// How the run ended.
+    pub ending: Ending,
     /// Captured stdout (empty for [`OutputMode::Stream`] and [`OutputMode::Tty`]).
     pub stdout: Vec<u8>,
     /// stdout went over its cap; `stdout` holds the first bytes.
@@ -160,18 +187,18 @@ pub struct ShellOutcome {
 }
 
 impl ShellOutcome {
-    /// The exit code, with a signal `n` reported as `128 + n` (the shell's
-    /// convention).
-    pub fn exit_code(&self) -> i32 {
-        match self.exit {
-            ExitKind::Code(c) => c,
-            ExitKind::Signal(s) => 128 + s,
+    /// The exit code of a command that ended by itself (see
+    /// [`ExitKind::code`]); `None` after a timeout or a cancel.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self.ending {
+            Ending::Exited(kind) => Some(kind.code()),
+            Ending::TimedOut(_) | Ending::Cancelled => None,
         }
     }
 
     /// Exit code 0, no timeout, no cancel.
     pub fn success(&self) -> bool {
-        self.exit == ExitKind::Code(0) && !self.timed_out && !self.cancelled
+        self.ending == Ending::Exited(ExitKind::Code(0))
     }
 }
 
@@ -337,6 +364,29 @@ impl ShellCommand {
         cancel: &dyn Fn() -> bool,
         on_line: &mut dyn FnMut(&[u8]),
     ) -> Result<ShellOutcome, ShellError> {
+        let start = Instant::now();
+        let token = reaper::new_token();
+        let mut group = self.spawn(input, extra_env, &token)?;
+        let pid = group.pid();
+        log::debug!("shell start pid={pid} cmd={:?}", self.display_name());
+        let mut output = Output::new(self, &mut group);
+        let stopped = group.wait(self.timeout, cancel, &mut || output.read_once(on_line));
+        let exit = self.reap(group, &token);
+        output.drain(on_line);
+        let ending = stopped.unwrap_or(Ending::Exited(exit));
+        let elapsed = start.elapsed();
+        log::debug!("shell end pid={pid} exit={exit:?} ending={ending:?} elapsed={elapsed:?}");
+        Ok(output.into_outcome(ending, elapsed))
+    }
+
+    /// Starts the command as the leader of a new process group, with the
+    /// run's token in its environment.
+    fn spawn(
+        &self,
+        input: &[u8],
+        extra_env: &[(OsString, OsString)],
+        token: &str,
+    ) -> Result<ProcessGroup, ShellError> {
         let argv: Vec<OsString> = match &self.program {
             Program::Argv(a) => a.clone(),
             Program::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.into()],
@@ -364,8 +414,7 @@ impl ShellCommand {
                 .map_err(|e| ShellError::new("cannot open /dev/null".into(), e))?
         };
         reaper::become_subreaper();
-        let token = reaper::new_token();
-        let token_var = [(OsString::from(reaper::TOKEN_VAR), OsString::from(&token))];
+        let token_var = [(OsString::from(reaper::TOKEN_VAR), OsString::from(token))];
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         for (k, v) in self.env.iter().chain(extra_env).chain(&token_var) {
             env.retain(|(ek, _)| ek != k);
@@ -381,23 +430,9 @@ impl ShellCommand {
             stderr: err,
             cwd: self.cwd.as_ref().map(|d| d.as_os_str().to_owned()),
             env: Some(env),
-            setpgid: true,
             ..Default::default()
         };
-        let start = Instant::now();
-        // One start at a time in this process: the subprocess crate opens
-        // the child's pipes without close-on-exec and marks them afterwards,
-        // so a command forked by another thread meanwhile would inherit
-        // them and hold this one's output (or its exec report) open for as
-        // long as it runs. The child is registered under the same lock, so
-        // the orphan reaper never takes it for one of its own.
-        let mut spawning = reaper::RUNNER_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
-        let child = Popen::create(&argv, config);
-        if let Ok(pid) = child.as_ref().map(|c| c.pid()) {
-            spawning.extend(pid);
-        }
-        drop(spawning);
-        let mut child = child.map_err(|e| {
+        let group = ProcessGroup::start(&argv, config).map_err(|e| {
             let io = match e {
                 subprocess::PopenError::IoError(io) => io,
                 other => std::io::Error::other(other.to_string()),
@@ -408,69 +443,173 @@ impl ShellCommand {
             };
             ShellError::new(format!("cannot start `{}`{place}", self.display_name()), io)
         })?;
+        Ok(group.kill_grace(self.kill_grace).keep_group(self.keep_processes))
+    }
+
+    /// Stops (or, with [`ShellCommand::keep_processes`], tracks) the
+    /// processes that left the group, then reaps the leader.
+    fn reap(&self, group: ProcessGroup, token: &str) -> ExitKind {
+        let pid = group.pid();
+        // Processes that left the group (a new session or group, a double
+        // fork): found by the run's token. The leader is still unreaped, so
+        // its pid cannot name another process meanwhile.
+        if self.keep_processes {
+            reaper::keep_all(token, pid);
+        } else {
+            let stopped = reaper::end_all(token, pid, self.kill_grace, KILL_WAIT);
+            if stopped > 0 {
+                log::info!(
+                    "shell pid={pid}: stopped {stopped} process(es) it left outside its group"
+                );
+            }
+        }
+        let exit = group.finish();
+        if reaper::tracking() {
+            // Processes of earlier runs that were left running may have
+            // exited since (a worker pool also sweeps every few seconds).
+            reaper::reap_orphans();
+        }
+        exit
+    }
+}
+
+/// A process started as the leader of a new process group, and stopped as a
+/// group: the one way this crate runs a command with a deadline.
+///
+/// [`ProcessGroup::wait`] waits for the leader until a timeout or a cancel,
+/// then sends the whole group SIGTERM, and SIGKILL after the kill grace;
+/// processes the leader leaves in its group when it exits are stopped the
+/// same way (unless [`ProcessGroup::keep_group`]). The leader is reaped only
+/// by [`ProcessGroup::finish`] (or on drop, after a SIGKILL to the group), so
+/// its process group id cannot name another group while signals are sent.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use gearframe::worker::shell::{Ending, ProcessGroup};
+/// use subprocess::PopenConfig;
+///
+/// let group = ProcessGroup::start(&["sleep".into(), "9".into()], PopenConfig::default())?;
+/// let ending = group.run(Some(Duration::from_millis(100)));
+/// assert_eq!(ending, Ending::TimedOut(Duration::from_millis(100)));
+/// # Ok::<(), subprocess::PopenError>(())
+/// ```
+#[derive(Debug)]
+pub struct ProcessGroup {
+    child: Popen,
+    pid: u32,
+    kill_grace: Duration,
+    keep_group: bool,
+    reaped: bool,
+}
+
+impl ProcessGroup {
+    /// Starts `argv` with `config` (whose `setpgid` is set here) as the
+    /// leader of a new process group.
+    ///
+    /// # Errors
+    /// The command could not be started.
+    pub fn start(argv: &[OsString], config: PopenConfig) -> subprocess::Result<ProcessGroup> {
+        let config = PopenConfig { setpgid: true, ..config };
+        // One start at a time in this process: the subprocess crate opens
+        // the child's pipes, and the pipe on which the child reports a
+        // failed exec, without close-on-exec and marks them afterwards, so a
+        // command forked by another thread meanwhile would inherit them and
+        // hold this one's output (or its exec report, and with it this
+        // start) open for as long as it runs. The child is registered under
+        // the same lock, so the orphan reaper never takes it for one of its
+        // own.
+        let mut spawning = reaper::RUNNER_CHILDREN.lock().unwrap_or_else(|e| e.into_inner());
+        let child = Popen::create(argv, config)?;
         let pid = child.pid().unwrap_or(0);
-        log::debug!("shell start pid={pid} cmd={:?}", self.display_name());
-        let mut run = Run {
+        spawning.insert(pid);
+        drop(spawning);
+        Ok(ProcessGroup {
+            child,
             pid,
-            stdout: Vec::new(),
-            stdout_truncated: false,
-            stderr: Vec::new(),
-            stderr_truncated: false,
-            line: Vec::new(),
-            mode: self.output,
-            max_stdout: self.max_stdout,
-            max_stderr: self.max_stderr,
-        };
-        let mut comm = match self.output {
-            OutputMode::Tty => None,
-            _ => Some(child.communicate_start(None).limit_time(TICK).limit_size(64 << 10)),
-        };
-        let deadline = self.timeout.map(|t| start + t);
+            kill_grace: DEFAULT_KILL_GRACE,
+            keep_group: false,
+            reaped: false,
+        })
+    }
+
+    /// Time between SIGTERM and SIGKILL (default [`DEFAULT_KILL_GRACE`]).
+    pub fn kill_grace(mut self, d: Duration) -> Self {
+        self.kill_grace = d;
+        self
+    }
+
+    /// Whether processes left in the group once the leader has exited keep
+    /// running (default `false`: they are stopped). On a timeout or a cancel
+    /// the group is stopped all the same.
+    pub fn keep_group(mut self, keep: bool) -> Self {
+        self.keep_group = keep;
+        self
+    }
+
+    /// The leader's process id, which is also the group's id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The leader, for its pipes (`stdin`, `stdout`, `stderr`).
+    pub fn popen(&mut self) -> &mut Popen {
+        &mut self.child
+    }
+
+    /// Waits until the leader has exited and its group is empty, for at
+    /// most `timeout` from now (`None`: no limit), asking `cancel` and
+    /// calling `pump` every few milliseconds (`pump` reads output and says
+    /// whether a pipe is still open; while none is, the wait naps instead).
+    /// On the timeout or a cancel the group is stopped, which is returned;
+    /// `None` when the leader ended by itself. The leader is not reaped.
+    pub fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        cancel: &dyn Fn() -> bool,
+        pump: &mut dyn FnMut() -> bool,
+    ) -> Option<Ending> {
+        let pid = self.pid;
+        let deadline = timeout.map(|t| Instant::now() + t);
         let mut phase = Phase::Running;
-        let mut timed_out = false;
-        let mut cancelled = false;
+        let mut stopped = None;
         let mut nap = Duration::from_millis(1);
         let mut leader_gone = false;
         loop {
             // Output, or a short nap when there is none to wait on.
-            let open = match comm.as_mut() {
-                Some(c) => run.read_once(c, on_line),
-                None => false,
-            };
-            if !open {
-                comm = None;
+            if !pump() {
                 std::thread::sleep(nap);
                 nap = (nap * 2).min(TICK);
             }
             if !leader_gone {
-                leader_gone = leader_exited(&mut child, pid);
+                leader_gone = leader_exited(&mut self.child, pid);
             }
             let now = Instant::now();
             match phase {
                 Phase::Running => {
-                    if leader_gone {
-                        if self.keep_processes || !group_alive(pid) {
+                    let why = if leader_gone {
+                        if self.keep_group || !group_alive(pid) {
                             break;
                         }
                         log::debug!("shell pid={pid} exited leaving processes in its group");
-                        signal_group(&child, SIGTERM);
-                        phase = Phase::Terminating(now);
-                    } else if deadline.is_some_and(|d| now >= d) {
-                        timed_out = true;
-                        // The job's failure is logged as a warning by the worker,
-                        // naming its function and handle.
+                        None
+                    } else if let Some(t) = timeout
+                        && deadline.is_some_and(|d| now >= d)
+                    {
+                        // The job's failure is logged as a warning by the
+                        // worker, naming its function and handle.
                         log::info!(
-                            "shell pid={pid} timed out after {:?}: stopping its process group",
-                            self.timeout.unwrap_or_default()
+                            "shell pid={pid} timed out after {t:?}: stopping its process group"
                         );
-                        signal_group(&child, SIGTERM);
-                        phase = Phase::Terminating(now);
+                        Some(Ending::TimedOut(t))
                     } else if cancel() {
-                        cancelled = true;
                         log::info!("shell pid={pid} cancelled: stopping its process group");
-                        signal_group(&child, SIGTERM);
-                        phase = Phase::Terminating(now);
-                    }
+                        Some(Ending::Cancelled)
+                    } else {
+                        continue;
+                    };
+                    stopped = why;
+                    self.signal(SIGTERM);
+                    phase = Phase::Terminating(now);
                 }
                 Phase::Terminating(since) => {
                     if leader_gone && !group_alive(pid) {
@@ -478,7 +617,7 @@ impl ShellCommand {
                     }
                     if now.duration_since(since) >= self.kill_grace {
                         log::warn!("shell pid={pid} still running after SIGTERM: SIGKILL");
-                        signal_group(&child, SIGKILL);
+                        self.signal(SIGKILL);
                         phase = Phase::Killed(now);
                     }
                 }
@@ -493,60 +632,54 @@ impl ShellCommand {
                 }
             }
         }
-        // Processes that left the group (a new session or group, a double
-        // fork): found by the run's token. The leader is still unreaped, so
-        // its pid cannot name another process meanwhile.
-        if self.keep_processes {
-            reaper::keep_all(&token, pid);
-        } else {
-            let stopped = reaper::end_all(&token, pid, self.kill_grace, KILL_WAIT);
-            if stopped > 0 {
-                log::info!(
-                    "shell pid={pid}: stopped {stopped} process(es) it left outside its group"
-                );
-            }
-        }
-        // Reap the leader (it has exited, or was sent SIGKILL).
-        let status = match child.wait_timeout(KILL_WAIT) {
+        stopped
+    }
+
+    /// Reaps the leader (it has exited, or was sent SIGKILL) and returns
+    /// how it ended.
+    pub fn finish(mut self) -> ExitKind {
+        self.reap_leader()
+    }
+
+    /// [`ProcessGroup::wait`] with no cancel and no output to read, then
+    /// [`ProcessGroup::finish`].
+    pub fn run(mut self, timeout: Option<Duration>) -> Ending {
+        let stopped = self.wait(timeout, &|| false, &mut || false);
+        let exit = self.finish();
+        stopped.unwrap_or(Ending::Exited(exit))
+    }
+
+    fn reap_leader(&mut self) -> ExitKind {
+        let status = match self.child.wait_timeout(KILL_WAIT) {
             Ok(Some(s)) => s,
             Ok(None) | Err(_) => {
-                let _ = child.kill();
-                child.wait().unwrap_or(ExitStatus::Undetermined)
+                let _ = self.child.kill();
+                self.child.wait().unwrap_or(ExitStatus::Undetermined)
             }
         };
-        reaper::RUNNER_CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
-        if reaper::tracking() {
-            // Processes of earlier runs that were left running may have
-            // exited since (a worker pool also sweeps every few seconds).
-            reaper::reap_orphans();
+        self.reaped = true;
+        reaper::RUNNER_CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.pid);
+        ExitKind::from_status(status)
+    }
+
+    /// Sends `sig` to the group. The leader is not reaped yet, so the group
+    /// id still names this group.
+    fn signal(&self, sig: i32) {
+        if let Err(e) = self.child.send_signal_group(sig) {
+            // ESRCH: the group is already empty.
+            log::debug!("signal {sig} to group {}: {e}", self.pid);
         }
-        // Pipes still held by a process that left the group: read what is
-        // there for a short while, then let them go.
-        if let Some(c) = comm.as_mut() {
-            let until = Instant::now() + FINAL_DRAIN;
-            while Instant::now() < until && run.read_once(c, on_line) {}
+    }
+}
+
+impl Drop for ProcessGroup {
+    /// A group dropped before [`ProcessGroup::finish`] is killed and its
+    /// leader reaped.
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.signal(SIGKILL);
+            let _ = self.reap_leader();
         }
-        drop(comm);
-        run.flush_line(on_line);
-        let exit = match status {
-            ExitStatus::Exited(c) => ExitKind::Code(c as i32),
-            ExitStatus::Signaled(s) => ExitKind::Signal(i32::from(s)),
-            ExitStatus::Other(c) => ExitKind::Code(c),
-            ExitStatus::Undetermined => ExitKind::Code(-1),
-        };
-        let elapsed = start.elapsed();
-        log::debug!("shell end pid={pid} exit={exit:?} timed_out={timed_out} elapsed={elapsed:?}");
-        Ok(ShellOutcome {
-            pid,
-            exit,
-            timed_out,
-            cancelled,
-            stdout: run.stdout,
-            stdout_truncated: run.stdout_truncated,
-            stderr: run.stderr,
-            stderr_truncated: run.stderr_truncated,
-            elapsed,
-        })
     }
 }
 
@@ -557,9 +690,10 @@ enum Phase {
     Killed(Instant),
 }
 
-/// The output side of one run.
-struct Run {
+/// The output side of one run: its pipes and what was kept of them.
+struct Output {
     pid: u32,
+    comm: Option<subprocess::Communicator>,
     stdout: Vec<u8>,
     stdout_truncated: bool,
     stderr: Vec<u8>,
@@ -570,15 +704,33 @@ struct Run {
     max_stderr: usize,
 }
 
-impl Run {
+impl Output {
+    fn new(cmd: &ShellCommand, group: &mut ProcessGroup) -> Output {
+        let comm = match cmd.output {
+            OutputMode::Tty => None,
+            OutputMode::Capture | OutputMode::Stream => {
+                Some(group.popen().communicate_start(None).limit_time(TICK).limit_size(64 << 10))
+            }
+        };
+        Output {
+            pid: group.pid(),
+            comm,
+            stdout: Vec::new(),
+            stdout_truncated: false,
+            stderr: Vec::new(),
+            stderr_truncated: false,
+            line: Vec::new(),
+            mode: cmd.output,
+            max_stdout: cmd.max_stdout,
+            max_stderr: cmd.max_stderr,
+        }
+    }
+
     /// Reads once (at most [`TICK`]); false once both pipes are at end of
-    /// file or broken.
-    fn read_once(
-        &mut self,
-        c: &mut subprocess::Communicator,
-        on_line: &mut dyn FnMut(&[u8]),
-    ) -> bool {
-        match c.read() {
+    /// file or broken (then they are closed), or there are none.
+    fn read_once(&mut self, on_line: &mut dyn FnMut(&[u8])) -> bool {
+        let Some(c) = self.comm.as_mut() else { return false };
+        let open = match c.read() {
             Ok((o, e)) => {
                 let (o, e) = (o.unwrap_or_default(), e.unwrap_or_default());
                 let eof = o.is_empty() && e.is_empty();
@@ -595,6 +747,34 @@ impl Run {
                     false
                 }
             }
+        };
+        if !open {
+            self.comm = None;
+        }
+        open
+    }
+
+    /// Pipes still held by a process that left the group: reads what is
+    /// there for a short while, then lets them go.
+    fn drain(&mut self, on_line: &mut dyn FnMut(&[u8])) {
+        let until = Instant::now() + FINAL_DRAIN;
+        while Instant::now() < until && self.read_once(on_line) {}
+        self.comm = None;
+        if !self.line.is_empty() {
+            on_line(&self.line);
+            self.line.clear();
+        }
+    }
+
+    fn into_outcome(self, ending: Ending, elapsed: Duration) -> ShellOutcome {
+        ShellOutcome {
+            pid: self.pid,
+            ending,
+            stdout: self.stdout,
+            stdout_truncated: self.stdout_truncated,
+            stderr: self.stderr,
+            stderr_truncated: self.stderr_truncated,
+            elapsed,
         }
     }
 
@@ -630,22 +810,6 @@ impl Run {
                 self.stderr_truncated = true;
             }
         }
-    }
-
-    fn flush_line(&mut self, on_line: &mut dyn FnMut(&[u8])) {
-        if !self.line.is_empty() {
-            on_line(&self.line);
-            self.line.clear();
-        }
-    }
-}
-
-/// Sends `sig` to the child's process group. The leader is not reaped yet,
-/// so the group id still names this group.
-fn signal_group(child: &Popen, sig: i32) {
-    if let Err(e) = child.send_signal_group(sig) {
-        // ESRCH: the group is already empty.
-        log::debug!("signal {sig} to group {:?}: {e}", child.pid());
     }
 }
 
@@ -731,8 +895,34 @@ mod tests {
         assert!(out.success());
         assert_eq!(out.stdout, b"hi");
         let out = ShellCommand::shell("echo oops >&2; exit 3").run(b"").unwrap();
-        assert_eq!(out.exit, ExitKind::Code(3));
+        assert_eq!(out.ending, Ending::Exited(ExitKind::Code(3)));
         assert_eq!(out.stderr, b"oops\n");
+    }
+
+    #[test]
+    fn a_group_runs_to_its_exit_or_is_stopped_at_its_deadline() {
+        let argv = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        let group = ProcessGroup::start(&argv(&["sh", "-c", "exit 7"]), PopenConfig::default());
+        assert_eq!(group.unwrap().run(None), Ending::Exited(ExitKind::Code(7)));
+        let script = "sleep 60 & echo $!; wait";
+        let config = PopenConfig { stdout: Redirection::Pipe, ..Default::default() };
+        let mut group = ProcessGroup::start(&argv(&["sh", "-c", script]), config).unwrap();
+        let pgid = group.pid();
+        let mut first = String::new();
+        let stdout = group.popen().stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut first).unwrap();
+        let sleeper: u32 = first.trim().parse().unwrap();
+        let limit = Duration::from_millis(50);
+        assert_eq!(
+            group.kill_grace(Duration::from_millis(100)).run(Some(limit)),
+            Ending::TimedOut(limit)
+        );
+        // The whole group was stopped, not only its leader.
+        let alive = std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+            .ok()
+            .and_then(|s| parse_stat(&s))
+            .is_some_and(|(state, _, pgrp)| pgrp == pgid && state != b'Z' && state != b'X');
+        assert!(!alive, "the group's sleep {sleeper} survived");
     }
 
     #[test]

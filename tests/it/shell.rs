@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use gearframe::worker::shell::{ExitKind, OutputMode, ShellCommand};
+use gearframe::worker::shell::{Ending, ExitKind, OutputMode, ShellCommand};
 use gearframe::worker::{Handler, Job, JobContext, PayloadCommands, ShellFunction};
 use rayon::prelude::*;
 
@@ -56,15 +56,16 @@ fn timeout_kills_the_whole_group_including_a_background_grandchild() {
         .timeout(Some(Duration::from_millis(300)))
         .kill_grace(Duration::from_millis(200));
     let out = cmd.run(b"").unwrap();
-    assert!(out.timed_out, "{out:?}");
+    assert_eq!(out.ending, Ending::TimedOut(Duration::from_millis(300)), "{out:?}");
     assert!(!out.success());
+    assert_eq!(out.exit_code(), None);
     assert!(out.elapsed < Duration::from_secs(3), "{:?}", out.elapsed);
     let pgid = first_line_pid(&out.stdout);
     assert_eq!(pgid, out.pid);
     let left = live_in_groups(&HashSet::from([pgid]));
     assert!(left.is_empty(), "processes of group {pgid} survived: {left:?}");
     assert!(our_zombies(&[pgid]).is_empty());
-    let msg = ShellFunction::result(&cmd, out).unwrap_err();
+    let msg = ShellFunction::result(out).unwrap_err();
     assert_eq!(msg.to_string(), "timed out after 0.3 s");
 }
 
@@ -75,7 +76,7 @@ fn a_child_that_ignores_sigterm_gets_sigkill() {
         .kill_grace(Duration::from_millis(100))
         .run(b"")
         .unwrap();
-    assert!(out.timed_out);
+    assert!(matches!(out.ending, Ending::TimedOut(_)), "{out:?}");
     let pgid = first_line_pid(&out.stdout);
     assert!(live_in_groups(&HashSet::from([pgid])).is_empty());
 }
@@ -102,7 +103,7 @@ fn a_thousand_timeouts_leave_no_zombie_and_no_process() {
             .into_par_iter()
             .map(|_| {
                 let out = cmd.run(b"").unwrap();
-                assert!(out.timed_out, "{out:?}");
+                assert!(matches!(out.ending, Ending::TimedOut(_)), "{out:?}");
                 out.pid
             })
             .collect()
@@ -124,8 +125,7 @@ fn stdout_cap_holds_and_the_child_still_finishes() {
     assert!(out.success());
     assert_eq!(out.stdout.len(), 1000);
     assert!(out.stdout_truncated);
-    let cmd = ShellCommand::argv(["head", "-c", "3000000", "/dev/zero"]).max_stdout(1000);
-    let e = ShellFunction::result(&cmd, out).unwrap_err();
+    let e = ShellFunction::result(out).unwrap_err();
     assert!(e.to_string().contains("max_output"), "{e}");
 }
 
@@ -135,7 +135,7 @@ fn stderr_keeps_its_tail_under_a_flood() {
         .max_stderr(100)
         .run(b"")
         .unwrap();
-    assert_eq!(out.exit, ExitKind::Code(4));
+    assert_eq!(out.ending, Ending::Exited(ExitKind::Code(4)));
     assert_eq!(out.stderr.len(), 100);
     assert!(out.stderr_truncated);
     assert!(out.stderr.ends_with(b"last-words\n"));
@@ -156,14 +156,14 @@ fn stdin_reaches_the_child_even_when_large() {
 fn exit_code_and_stderr_tail_reach_the_result() {
     let cmd = ShellCommand::shell("echo partial; echo 'disk full' >&2; exit 3");
     let out = cmd.run(b"").unwrap();
-    assert_eq!(out.exit_code(), 3);
-    let e = ShellFunction::result(&cmd, out).unwrap_err();
+    assert_eq!(out.exit_code(), Some(3));
+    let e = ShellFunction::result(out).unwrap_err();
     assert_eq!(e.to_string(), "exit code 3: disk full");
     assert_eq!(e.kind(), gearframe::worker::FailKind::Auto);
     // A signal is reported as 128 + n.
     let out = ShellCommand::shell("kill -9 $$").run(b"").unwrap();
-    assert_eq!(out.exit, ExitKind::Signal(9));
-    assert_eq!(out.exit_code(), 137);
+    assert_eq!(out.ending, Ending::Exited(ExitKind::Signal(9)));
+    assert_eq!(out.exit_code(), Some(137));
 }
 
 #[test]
@@ -290,7 +290,7 @@ fn a_setsid_process_of_a_timed_out_job_is_stopped() {
     let script = "setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.102'; sleep 60";
     let (out, pids) =
         run_escaping(ShellCommand::shell(script).timeout(Some(Duration::from_secs(1))));
-    assert!(out.timed_out, "{out:?}");
+    assert!(matches!(out.ending, Ending::TimedOut(_)), "{out:?}");
     all_gone("sleep 61.102", &pids);
 }
 
@@ -365,7 +365,7 @@ fn a_failing_job_stops_its_setsid_process() {
     let script =
         format!("setsid sh -c 'echo $$ >> \"$F\"; exec sleep 61.108' & {WAIT_PID}; exit 3");
     let (out, pids) = run_escaping(ShellCommand::shell(script));
-    assert_eq!(out.exit, ExitKind::Code(3), "{out:?}");
+    assert_eq!(out.ending, Ending::Exited(ExitKind::Code(3)), "{out:?}");
     assert_eq!(pids.len(), 1);
     all_gone("sleep 61.108", &pids);
 }
@@ -380,7 +380,7 @@ fn a_cancelled_job_stops_its_setsid_process() {
         .kill_grace(Duration::from_millis(300))
         .run_with(b"", &[], &|| !support::pids_in(&path).is_empty(), &mut |_| {})
         .unwrap();
-    assert!(out.cancelled, "{out:?}");
+    assert_eq!(out.ending, Ending::Cancelled, "{out:?}");
     let pids = support::pids_in(&path);
     assert_eq!(pids.len(), 1);
     all_gone("sleep 61.107", &pids);
