@@ -19,9 +19,9 @@
 //! In sync mode each result is printed as it arrives; Ctrl-C then ends at
 //! once with `interrupted: D of N done, F failed, R not finished`.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,13 +30,17 @@ use clap::Args;
 use gearframe::client::{Job, JobOutcome, MAX_UNIQUE_LEN, derive_unique};
 use gearframe::config::{Config, SendMode, parse_duration};
 use gearframe::proto::Priority;
+use gearframe::worker::shell::{Ending, ExitKind, ProcessGroup};
 use serde::Deserialize;
+use subprocess::{PopenConfig, Redirection};
 
 use super::Failure;
 use super::submit::ServerArgs;
 
 /// Longest an executable plan may run.
 const PLAN_RUN_LIMIT: Duration = Duration::from_secs(60);
+/// How long one read of a plan's stdout may wait.
+const PLAN_READ_TICK: Duration = Duration::from_millis(20);
 
 /// Options of `gearframe send`; each overrides the `client.send:` key of the
 /// same name in config.yaml.
@@ -167,40 +171,59 @@ fn is_executable(_meta: &std::fs::Metadata) -> bool {
     false
 }
 
-/// Runs an executable plan and returns its stdout, within [`PLAN_RUN_LIMIT`].
-/// A relative path is run from the current directory (`plan.sh` as
-/// `./plan.sh`), never looked up in `PATH`: the plan is the file named.
+/// Runs an executable plan and returns its stdout, within [`PLAN_RUN_LIMIT`]
+/// (then its process group is stopped). A relative path is run from the
+/// current directory (`plan.sh` as `./plan.sh`), never looked up in `PATH`:
+/// the plan is the file named.
 fn run_plan(path: &Path) -> Result<String, String> {
     let program = if path.is_relative() { Path::new(".").join(path) } else { path.to_path_buf() };
-    let mut child = Command::new(program)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
+    let null =
+        std::fs::File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    let config = PopenConfig {
+        stdin: Redirection::File(null),
+        stdout: Redirection::Pipe,
+        ..Default::default()
+    };
+    let mut group = ProcessGroup::start(&[program.into_os_string()], config)
         .map_err(|e| format!("cannot run it: {e}"))?;
-    let mut stdout = child.stdout.take().ok_or("no stdout")?;
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        stdout.read_to_string(&mut s).map(|_| s)
-    });
-    let deadline = Instant::now() + PLAN_RUN_LIMIT;
-    let status = loop {
-        match child.try_wait().map_err(|e| e.to_string())? {
-            Some(s) => break s,
-            None if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("still running after {PLAN_RUN_LIMIT:?}: killed"));
-            }
-            None => std::thread::sleep(Duration::from_millis(20)),
+    let mut comm = Some(group.popen().communicate_start(None).limit_time(PLAN_READ_TICK));
+    let mut out = Vec::new();
+    let stopped =
+        group.wait(Some(PLAN_RUN_LIMIT), &|| false, &mut || read_stdout(&mut comm, &mut out));
+    // What is left in the pipe once the plan has exited.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until && read_stdout(&mut comm, &mut out) {}
+    drop(comm);
+    let exit = group.finish();
+    match stopped.unwrap_or(Ending::Exited(exit)) {
+        Ending::Exited(ExitKind::Code(0)) => {}
+        Ending::Exited(ExitKind::Code(c)) => return Err(format!("it exited with code {c}")),
+        Ending::Exited(ExitKind::Signal(s)) => return Err(format!("signal {s} ended it")),
+        Ending::TimedOut(t) => return Err(format!("still running after {t:?}: killed")),
+        Ending::Cancelled => return Err("cancelled".into()),
+    }
+    String::from_utf8(out).map_err(|e| format!("its output is not UTF-8 text: {e}"))
+}
+
+/// Reads the plan's stdout once (at most [`PLAN_READ_TICK`]); false once
+/// it is closed.
+fn read_stdout(comm: &mut Option<subprocess::Communicator>, out: &mut Vec<u8>) -> bool {
+    let Some(c) = comm.as_mut() else { return false };
+    let open = match c.read() {
+        Ok((o, _)) => {
+            let o = o.unwrap_or_default();
+            out.extend_from_slice(&o);
+            !o.is_empty()
+        }
+        Err(e) => {
+            out.extend_from_slice(&e.capture.0.unwrap_or_default());
+            e.error.kind() == std::io::ErrorKind::TimedOut
         }
     };
-    let out = reader.join().map_err(|_| "reader panicked".to_string())?;
-    let out = out.map_err(|e| format!("its output is not UTF-8 text: {e}"))?;
-    if !status.success() {
-        return Err(format!("it exited with {status}"));
+    if !open {
+        *comm = None;
     }
-    Ok(out)
+    open
 }
 
 #[derive(Debug, Default)]

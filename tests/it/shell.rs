@@ -397,3 +397,56 @@ fn an_escaped_process_that_cleared_its_environment_is_found_through_its_parent()
     assert_eq!(pids.len(), 1);
     all_gone("sleep 61.109", &pids);
 }
+
+/// An executable plan for `gearframe send` named `plan.sh` in `dir`.
+fn plan(dir: &std::path::Path, script: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("plan.sh");
+    std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+fn send_plan(addr: &str, plan: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_gearframe"))
+        .args(["send", "-s", addr, "--cycle", "0", "--plan", plan.to_str().unwrap()])
+        .env_remove("GEARMAN_SERVERS")
+        .env_remove("GEARFRAME_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_executable_plan_runs_as_a_process_group_that_is_stopped_when_it_ends() {
+    let _cleanup = support::KillMarked("sleep 61.120");
+    let ours = support::Ours::start(&support::Opts::default());
+    let addr = ours.addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let script = format!(
+        "sleep 61.120 >/dev/null 2>&1 & echo $! > '{}'\necho '[{{\"function\": \"planned\", \"data\": \"x\"}}]'",
+        pids.display()
+    );
+    let out = send_plan(&addr, &plan(dir.path(), &script));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("sent 1"), "{err}");
+    assert_eq!(support::pids_in(&pids).len(), 1, "the plan wrote its sleep's pid");
+    // What the plan left running in its group is stopped with it.
+    support::none_left(Duration::from_secs(10), "sleep 61.120", &[]);
+}
+
+#[test]
+fn a_failing_executable_plan_is_a_one_line_error_and_sends_nothing() {
+    let ours = support::Ours::start(&support::Opts::default());
+    let addr = ours.addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let script = "echo '[{\"function\": \"planned\", \"data\": \"x\"}]'; exit 3";
+    let out = send_plan(&addr, &plan(dir.path(), script));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("plan.sh: it exited with code 3"), "{err}");
+    assert!(!err.contains("sent"), "{err}");
+}
