@@ -197,8 +197,7 @@ fn run_plan(path: &Path) -> Result<String, String> {
     let exit = group.finish();
     match stopped.unwrap_or(Ending::Exited(exit)) {
         Ending::Exited(ExitKind::Code(0)) => {}
-        Ending::Exited(ExitKind::Code(c)) => return Err(format!("it exited with code {c}")),
-        Ending::Exited(ExitKind::Signal(s)) => return Err(format!("signal {s} ended it")),
+        Ending::Exited(kind) => return Err(format!("it ended with {kind}")),
         Ending::TimedOut(t) => return Err(format!("still running after {t:?}: killed")),
         Ending::Cancelled => return Err("cancelled".into()),
     }

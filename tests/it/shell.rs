@@ -447,6 +447,6 @@ fn a_failing_executable_plan_is_a_one_line_error_and_sends_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("plan.sh: it exited with code 3"), "{err}");
+    assert!(err.contains("plan.sh: it ended with exit code 3"), "{err}");
     assert!(!err.contains("sent"), "{err}");
 }

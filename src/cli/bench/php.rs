@@ -1,12 +1,15 @@
 //! The libgearman peer: the same scenarios driven by PHP's gearman
 //! extension (benches/peers/php_bench.php, built into this program).
 
+use std::ffi::OsString;
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use gearframe::client::{Client, Job};
+use gearframe::worker::shell::{Ending, ExitKind, ProcessGroup};
+use subprocess::{PopenConfig, Redirection};
 
 use super::target::{Meter, status, wait_for};
 use super::{Load, Sample};
@@ -14,6 +17,8 @@ use super::{Load, Sample};
 const SCRIPT: &str = include_str!("../../../benches/peers/php_bench.php");
 /// How long a PHP process may run before the scenario is declared failed.
 const LIMIT: Duration = Duration::from_secs(300);
+/// How long a PHP process may take to exit once its stdin is closed.
+const RELEASE_LIMIT: Duration = Duration::from_secs(30);
 
 /// The script written to a temporary file, removed on drop.
 #[derive(Debug)]
@@ -32,7 +37,7 @@ impl Drop for Php {
 /// server's threads for it are still there when the server's CPU time and
 /// context switches are read.
 struct Running {
-    child: Child,
+    group: ProcessGroup,
     what: String,
     first_line: std::sync::mpsc::Receiver<String>,
     stdout: std::thread::JoinHandle<()>,
@@ -40,9 +45,9 @@ struct Running {
 }
 
 impl Running {
-    fn new(mut child: Child, what: &str) -> Running {
+    fn new(mut group: ProcessGroup, what: &str) -> Running {
         let (tx, first_line) = std::sync::mpsc::channel();
-        let out = child.stdout.take();
+        let out = group.popen().stdout.take();
         // Output is read while the process runs, so that a large report
         // cannot fill the pipe and stall it.
         let stdout = std::thread::spawn(move || {
@@ -53,7 +58,7 @@ impl Running {
             }
             lines.for_each(drop);
         });
-        let err = child.stderr.take();
+        let err = group.popen().stderr.take();
         let stderr = std::thread::spawn(move || {
             let mut s = String::new();
             if let Some(mut r) = err {
@@ -61,7 +66,7 @@ impl Running {
             }
             s
         });
-        Running { child, what: what.to_string(), first_line, stdout, stderr }
+        Running { group, what: what.to_string(), first_line, stdout, stderr }
     }
 
     /// The process's JSON report, once its part is done.
@@ -70,7 +75,8 @@ impl Running {
             Ok(line) => serde_json::from_str(line.trim())
                 .map_err(|e| format!("php {}: bad output ({e}): {:.200}", self.what, line.trim())),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                let _ = self.child.kill();
+                // Its time is up: its group is stopped now.
+                let _ = self.group.wait(Some(Duration::ZERO), &|| false, &mut || false);
                 Err(format!("php {} still running after {LIMIT:?}", self.what))
             }
             // It ended without a report: release() says why.
@@ -81,30 +87,19 @@ impl Running {
     }
 
     /// Closes its stdin and waits for it to exit.
-    fn release(mut self) -> Result<(), String> {
-        drop(self.child.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break Ok(status),
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    break Err(format!("php {} did not exit once released", self.what));
-                }
-                Err(e) => break Err(format!("php {}: {e}", self.what)),
+    fn release(self) -> Result<(), String> {
+        let Running { mut group, what, stdout, stderr, .. } = self;
+        drop(group.popen().stdin.take());
+        let ending = group.run(Some(RELEASE_LIMIT));
+        let _ = stdout.join();
+        let err = stderr.join().unwrap_or_default();
+        match ending {
+            Ending::Exited(ExitKind::Code(0)) => Ok(()),
+            Ending::Exited(kind) => Err(format!("php {what} failed ({kind}): {}", err.trim())),
+            Ending::TimedOut(_) | Ending::Cancelled => {
+                Err(format!("php {what} did not exit once released"))
             }
-        };
-        let _ = self.stdout.join();
-        let err = self.stderr.join().unwrap_or_default();
-        let status = status?;
-        if !status.success() {
-            return Err(format!("php {} failed ({status}): {}", self.what, err.trim()));
         }
-        Ok(())
     }
 }
 
@@ -175,14 +170,18 @@ impl Php {
     }
 
     fn spawn(&self, args: &[String], what: &str) -> Result<Running, String> {
-        Command::new("php")
-            .arg(self.script())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map(|c| Running::new(c, what))
+        let argv: Vec<OsString> = ["php".into(), self.script().into()]
+            .into_iter()
+            .chain(args.iter().map(OsString::from))
+            .collect();
+        let config = PopenConfig {
+            stdin: Redirection::Pipe,
+            stdout: Redirection::Pipe,
+            stderr: Redirection::Pipe,
+            ..Default::default()
+        };
+        ProcessGroup::start(&argv, config)
+            .map(|g| Running::new(g, what))
             .map_err(|e| format!("cannot start php: {e}"))
     }
 
