@@ -198,8 +198,9 @@ fn run_plan(path: &Path) -> Result<String, String> {
     match stopped.unwrap_or(Ending::Exited(exit)) {
         Ending::Exited(ExitKind::Code(0)) => {}
         Ending::Exited(kind) => return Err(format!("it ended with {kind}")),
-        Ending::TimedOut(t) => return Err(format!("still running after {t:?}: killed")),
-        Ending::Cancelled => return Err("cancelled".into()),
+        Ending::TimedOut(_) | Ending::Cancelled => {
+            return Err(format!("still running after {PLAN_RUN_LIMIT:?}: killed"));
+        }
     }
     String::from_utf8(out).map_err(|e| format!("its output is not UTF-8 text: {e}"))
 }

@@ -3,7 +3,10 @@
 //! A [`ShellCommand`] describes what to run (an argv list or a `sh -c`
 //! string), where (`cwd`), with which environment, for how long, and what
 //! to do with the output. [`ShellCommand::run`] starts it and returns a
-//! [`ShellOutcome`] once every process it started is gone.
+//! [`ShellOutcome`] once every process it started is gone: it spawns the
+//! command as a [`ProcessGroup`], supervises it (output, timeout, cancel),
+//! then reaps what it left. [`ProcessGroup`] alone is the crate's one way
+//! to run any command with a deadline and then stop its whole group.
 //!
 //! Guarantees:
 //!
