@@ -81,6 +81,11 @@ impl Decoder {
         self
     }
 
+    /// Sets the largest body accepted from the next header on.
+    pub fn set_max_body(&mut self, max_body: u32) {
+        self.max_body = max_body;
+    }
+
     /// Bytes buffered but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos
