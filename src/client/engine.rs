@@ -554,9 +554,11 @@ impl<'a> Lane<'a> {
                     Ok(p) => p,
                     Err(e) => {
                         self.conn = Some(conn);
+                        let phase =
+                            if self.awaiting.is_empty() { Phase::Result } else { Phase::Ack };
                         let e = Error::Connection {
-                            phase: Phase::Result,
-                            reason: e.to_string(),
+                            phase,
+                            reason: io_reason(&e),
                             context: self.slot().ctx(),
                         };
                         return self.broken(e);
