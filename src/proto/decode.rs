@@ -367,6 +367,20 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_limit_applies_from_the_next_header() {
+        let mut d = Decoder::new(u32::MAX);
+        d.set_max_body(100);
+        d.push(&header(101));
+        assert_eq!(d.next_frame(), Err(ProtocolError::BodyTooLarge { size: 101, max: 100 }));
+        let mut d = Decoder::new(10);
+        d.set_max_body(u32::MAX);
+        d.push(&header(u32::MAX));
+        d.push(&[b'x'; 100]);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert!(d.capacity() <= 2 * RESERVE_AHEAD, "capacity {}", d.capacity());
+    }
+
+    #[test]
     fn the_buffer_grows_with_the_received_bytes() {
         let size = 8 << 20;
         let mut d = Decoder::new(u32::MAX);
