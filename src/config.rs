@@ -296,6 +296,8 @@ pub struct ClientSection {
     pub client_id: Option<String>,
     /// How long a connection polls for a reply before its read blocks (0: never).
     pub busy_poll: DurationStr,
+    /// Largest packet body in bytes, sent or received.
+    pub max_packet_size: u32,
     /// The `client.send:` subsection (`gearframe send`).
     pub send: SendSection,
 }
@@ -315,6 +317,7 @@ impl Default for ClientSection {
             exceptions: true,
             client_id: None,
             busy_poll: DurationStr(crate::busy_poll::DEFAULT_BUSY_POLL),
+            max_packet_size: crate::proto::DEFAULT_MAX_BODY,
             send: SendSection::default(),
         }
     }
@@ -333,7 +336,8 @@ impl ClientSection {
             .window(self.window)
             .backoff(self.backoff_min.0, self.backoff_max.0)
             .exceptions(self.exceptions)
-            .busy_poll(self.busy_poll.0);
+            .busy_poll(self.busy_poll.0)
+            .max_packet_size(self.max_packet_size);
         let servers = self.servers.entries();
         if !servers.is_empty() {
             b = b.servers(servers);
@@ -749,6 +753,8 @@ mod tests {
         assert_eq!(c.client.window, d.window);
         assert_eq!(c.client.busy_poll, d.busy_poll);
         assert_eq!(c.worker.busy_poll, WorkerSection::default().busy_poll);
+        assert_eq!(c.client.max_packet_size, d.max_packet_size);
+        assert_eq!(c.worker.max_packet_size, WorkerSection::default().max_packet_size);
         assert_eq!(c.server.busy_poll, ServerSection::default().busy_poll);
         assert_eq!(c.client.send.plan, d.send.plan);
         assert_eq!(c.client.send.reload, d.send.reload);

@@ -189,8 +189,10 @@ pub fn resolve_servers(
 }
 
 /// A connection with its read buffer and decoder. A packet from the server
-/// over [`DEFAULT_MAX_BODY`](crate::proto::DEFAULT_MAX_BODY) (64 MiB) is
-/// refused from its header as `InvalidData`, before any of it is buffered.
+/// over the largest packet size ([`Connection::set_max_packet_size`],
+/// default [`DEFAULT_MAX_BODY`](crate::proto::DEFAULT_MAX_BODY), 64 MiB) is
+/// refused from its header as `InvalidData`, before any of it is buffered;
+/// the buffer grows with the bytes that arrive, never with a header's claim.
 #[derive(Debug)]
 pub struct Connection {
     stream: TcpStream,
@@ -246,6 +248,12 @@ impl Connection {
             read_timeout: None,
             busy: BusyPoll::new(DEFAULT_BUSY_POLL),
         })
+    }
+
+    /// Sets the largest packet body accepted from the server, in bytes;
+    /// a header declaring more is an `InvalidData` error.
+    pub fn set_max_packet_size(&mut self, bytes: u32) {
+        self.decoder.set_max_body(bytes);
     }
 
     /// The server's address.
@@ -384,6 +392,13 @@ impl Connection {
                 format!("unexpected text from server: {:?}", String::from_utf8_lossy(line)),
             )),
             Ok(None) => Ok(None),
+            Err(ProtocolError::BodyTooLarge { size, max }) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a packet body of {size} bytes is over the maximum of {max} \
+                     (max_packet_size); raise it if the server is meant to send such packets"
+                ),
+            )),
             Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
         }
     }

@@ -23,6 +23,10 @@ pub(crate) struct ServerArgs {
     /// [default: client.job_timeout, 1h].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Largest packet body in bytes, sent or received
+    /// [default: client.max_packet_size, 67108864].
+    #[arg(long, value_name = "BYTES")]
+    max_packet_size: Option<u32>,
 }
 
 impl ServerArgs {
@@ -33,6 +37,9 @@ impl ServerArgs {
         let mut b = config.client.to_builder().servers(servers);
         if let Some(t) = self.timeout {
             b = b.job_timeout(t);
+        }
+        if let Some(n) = self.max_packet_size {
+            b = b.max_packet_size(n);
         }
         Ok(b.build()?)
     }

@@ -53,6 +53,10 @@ pub(crate) struct WorkerArgs {
     /// config.yaml, else 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     grace: Option<Duration>,
+    /// Largest packet body accepted from a server, in bytes
+    /// [default: worker.max_packet_size, 67108864].
+    #[arg(long, value_name = "BYTES")]
+    max_packet_size: Option<u32>,
     /// Functions of config.yaml to run [default: all of them].
     #[arg(value_name = "FUNCTION")]
     functions: Vec<String>,
@@ -104,7 +108,11 @@ pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure
     }
     let servers = super::servers(&args.servers, &section.servers, "worker.servers")?;
     let grace = args.grace.unwrap_or(section.grace.0);
-    let worker = start(config, &servers, &functions, args.threads, args.name.clone(), args.grace)?;
+    let mut config = config.clone();
+    if let Some(n) = args.max_packet_size {
+        config.worker.max_packet_size = n;
+    }
+    let worker = start(&config, &servers, &functions, args.threads, args.name.clone(), args.grace)?;
     let stopper = worker.stopper();
     stop_on_signals("gearframe worker", stopper, grace)?;
     eprintln!(
@@ -134,6 +142,7 @@ pub(crate) fn start(
         .threads(threads.unwrap_or(section.threads))
         .grace(grace.unwrap_or(section.grace.0))
         .busy_poll(section.busy_poll.0)
+        .max_packet_size(section.max_packet_size)
         .push(section.push);
     for (name, f) in functions {
         let (handler, options) = f.to_function();

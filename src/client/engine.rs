@@ -33,7 +33,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, unboun
 use super::error::{Context, Error, Phase, Result};
 use super::job::{Job, JobEvent, JobHandle, JobOutcome, parse_num, random_u64, stable_hash};
 use crate::conn::{Connection, OwnedPacket};
-use crate::proto::{DEFAULT_MAX_BODY, Packet, PacketType, SubmitKind};
+use crate::proto::{Packet, PacketType, SubmitKind};
 
 /// How often a blocked lane looks at its inbox, and the coordinator at
 /// job deadlines.
@@ -54,6 +54,7 @@ pub(crate) struct Settings {
     pub(crate) exceptions: bool,
     pub(crate) client_id: Option<String>,
     pub(crate) busy_poll: Duration,
+    pub(crate) max_packet_size: u32,
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +124,7 @@ impl Slot {
         })?;
         self.record_ok();
         c.set_busy_poll(set.busy_poll);
+        c.set_max_packet_size(set.max_packet_size);
         let _ = c.set_write_timeout(Some(set.ack_timeout));
         if let Some(id) = &set.client_id {
             let _ = c.queue(&Packet::SetClientId { id: id.as_bytes() });
@@ -552,9 +554,11 @@ impl<'a> Lane<'a> {
                     Ok(p) => p,
                     Err(e) => {
                         self.conn = Some(conn);
+                        let phase =
+                            if self.awaiting.is_empty() { Phase::Result } else { Phase::Ack };
                         let e = Error::Connection {
-                            phase: Phase::Result,
-                            reason: e.to_string(),
+                            phase,
+                            reason: io_reason(&e),
                             context: self.slot().ctx(),
                         };
                         return self.broken(e);
@@ -937,7 +941,7 @@ pub(crate) fn run(
             }
             continue;
         }
-        if let Some(reason) = too_large(job, &uniques[i]) {
+        if let Some(reason) = too_large(job, &uniques[i], set.max_packet_size) {
             let e = Error::InvalidJob { function: job.function().to_string(), reason };
             if finish(i, Err(e), &mut hooks) {
                 remaining -= 1;
@@ -1156,18 +1160,26 @@ fn unreachable(slots: &[Slot], last: &[Option<Error>], job: &Job, limit: String)
 }
 
 /// Why a job cannot be sent in one packet: its body would be over the
-/// limit every Gearman peer here reads ([`DEFAULT_MAX_BODY`]).
-fn too_large(job: &Job, unique: &str) -> Option<String> {
+/// client's largest packet, `max` bytes (the servers' limit by default).
+fn too_large(job: &Job, unique: &str, max: u32) -> Option<String> {
     let body = job.function().len() + unique.len() + job.payload().len() + 2 + 20;
-    let max = DEFAULT_MAX_BODY as usize;
-    (body > max).then(|| {
+    (body > max as usize).then(|| {
         format!(
-            "ARGUMENT_TOO_LARGE: the payload is {} bytes, over the {} MiB a packet may carry; \
-             send a reference to the data (a path or URL) instead",
+            "ARGUMENT_TOO_LARGE: the payload is {} bytes, over the {} a packet may carry \
+             (client.max_packet_size); send a reference to the data (a path or URL) instead",
             job.payload().len(),
-            max >> 20
+            size_words(max)
         )
     })
+}
+
+/// `64 MiB` for whole mebibytes, else `N bytes`.
+fn size_words(bytes: u32) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 /// The first server from `start` on (wrapping) that is not backing off;

@@ -95,10 +95,13 @@
 //! A job that ran and failed is a [`JobOutcome`], with its reason in
 //! [`JobOutcome::reason`]: the exception text (the client asks for
 //! exceptions by default), else the job's last WORK_WARNING, else
-//! [`NO_REASON`]. A job whose packet would be over the 64 MiB limit of
-//! [`DEFAULT_MAX_BODY`](crate::proto::DEFAULT_MAX_BODY) is refused before
-//! it is sent ([`Error::InvalidJob`], `ARGUMENT_TOO_LARGE`), and a server's
-//! ERROR such as `ARGUMENT_TOO_LARGE` ends the job rather than being retried.
+//! [`NO_REASON`]. A job whose packet would be over the client's
+//! [`max_packet_size`](ClientBuilder::max_packet_size) (64 MiB, as a
+//! server's) is refused before it is sent ([`Error::InvalidJob`],
+//! `ARGUMENT_TOO_LARGE`), and a server's ERROR such as `ARGUMENT_TOO_LARGE`
+//! ends the job rather than being retried. A packet from a server over that
+//! size is refused from its header, before any of it is buffered: a
+//! protocol error for that connection, naming the server.
 //!
 //! # Batches
 //!
@@ -162,6 +165,7 @@ impl Default for ClientBuilder {
                 exceptions: true,
                 client_id: None,
                 busy_poll: crate::busy_poll::DEFAULT_BUSY_POLL,
+                max_packet_size: crate::proto::DEFAULT_MAX_BODY,
             },
         }
     }
@@ -212,6 +216,15 @@ impl ClientBuilder {
     /// (default 100 µs; zero never polls); see [`crate::busy_poll`].
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.set.busy_poll = window;
+        self
+    }
+
+    /// Largest packet body in bytes, both ways (default 64 MiB, as a
+    /// server's `max_packet_size`): a job whose submission would be larger
+    /// is refused before it is sent (`ARGUMENT_TOO_LARGE`), and a server's
+    /// packet declaring more is a protocol error that closes its connection.
+    pub fn max_packet_size(mut self, bytes: u32) -> Self {
+        self.set.max_packet_size = bytes;
         self
     }
 

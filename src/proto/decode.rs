@@ -81,6 +81,11 @@ impl Decoder {
         self
     }
 
+    /// Sets the largest body accepted from the next header on.
+    pub fn set_max_body(&mut self, max_body: u32) {
+        self.max_body = max_body;
+    }
+
     /// Bytes buffered but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.pos
@@ -359,6 +364,20 @@ mod tests {
         assert_eq!(d.next_frame(), Ok(None));
         assert!(d.capacity() <= 2 * RESERVE_AHEAD, "capacity {}", d.capacity());
         assert!(d.in_frame());
+    }
+
+    #[test]
+    fn a_changed_limit_applies_from_the_next_header() {
+        let mut d = Decoder::new(u32::MAX);
+        d.set_max_body(100);
+        d.push(&header(101));
+        assert_eq!(d.next_frame(), Err(ProtocolError::BodyTooLarge { size: 101, max: 100 }));
+        let mut d = Decoder::new(10);
+        d.set_max_body(u32::MAX);
+        d.push(&header(u32::MAX));
+        d.push(&[b'x'; 100]);
+        assert_eq!(d.next_frame(), Ok(None));
+        assert!(d.capacity() <= 2 * RESERVE_AHEAD, "capacity {}", d.capacity());
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct WorkerSection {
     pub grace: DurationStr,
     /// How long a slot polls for the server's reply before its read blocks (0: never).
     pub busy_poll: DurationStr,
+    /// Largest packet body accepted from a server, in bytes.
+    pub max_packet_size: u32,
     /// Ask gearframe's server to assign jobs directly instead of NOOP and a grab.
     pub push: bool,
     /// The functions, by name.
@@ -42,6 +44,7 @@ impl Default for WorkerSection {
             servers: ServerList::default(),
             grace: DurationStr(Duration::from_secs(30)),
             busy_poll: DurationStr(crate::busy_poll::DEFAULT_BUSY_POLL),
+            max_packet_size: crate::proto::DEFAULT_MAX_BODY,
             push: true,
             functions: BTreeMap::new(),
         }

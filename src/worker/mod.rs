@@ -196,6 +196,7 @@ pub struct WorkerBuilder {
     backoff_min: Duration,
     backoff_max: Duration,
     busy_poll: Duration,
+    max_packet_size: u32,
     push: bool,
     shutdown_jobs: bool,
 }
@@ -222,6 +223,7 @@ impl Default for WorkerBuilder {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             busy_poll: crate::busy_poll::DEFAULT_BUSY_POLL,
+            max_packet_size: crate::proto::DEFAULT_MAX_BODY,
             push: true,
             shutdown_jobs: true,
         }
@@ -320,6 +322,15 @@ impl WorkerBuilder {
     /// (default 100 µs; zero never polls); see [`crate::busy_poll`].
     pub fn busy_poll(mut self, window: Duration) -> Self {
         self.busy_poll = window;
+        self
+    }
+
+    /// Largest packet body accepted from a server, in bytes (default
+    /// 64 MiB, as a server's `max_packet_size`): a packet declaring more is
+    /// a protocol error that closes the slot's connection, and the slot
+    /// reconnects.
+    pub fn max_packet_size(mut self, bytes: u32) -> Self {
+        self.max_packet_size = bytes;
         self
     }
 

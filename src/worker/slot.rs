@@ -92,6 +92,7 @@ impl Slot {
                 log::info!("slot={} server={}: connected", self.id, self.server);
             }
             conn.set_busy_poll(self.settings.busy_poll);
+            conn.set_max_packet_size(self.settings.max_packet_size);
             match conn.shutdown_handle() {
                 Ok(s) => *self.shared.waker(self.id) = Some((s, true)),
                 Err(e) => log::warn!("slot={}: cannot clone the socket: {e}", self.id),

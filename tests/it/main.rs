@@ -30,6 +30,8 @@ mod fds;
 mod framework;
 /// gearadmin's flags on `gearframe admin`, compared with gearadmin byte for byte.
 mod gearadmin_flags;
+/// A 4 GiB header from a fake server against `gearframe submit` and `worker`.
+mod header_memory;
 /// The real gearman tools against the embedded server.
 mod interop;
 /// The failure matrix: every peer client through both servers against a gearframe worker.
