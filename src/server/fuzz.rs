@@ -246,7 +246,7 @@ fn check(st: &State) {
     // sleeps while a job it can do waits.
     if st.settings.worker_wakeup == 0 {
         for (&cid, c) in &st.conns {
-            if !(c.push && c.sleeping && !c.noop_sent) {
+            if !(c.push && c.sleep == super::state::Sleep::Asleep) {
                 continue;
             }
             for a in &c.abilities {

@@ -199,6 +199,18 @@ struct NewJob<'a> {
     row: Row,
 }
 
+/// Where a worker connection is between PRE_SLEEP and its next grab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sleep {
+    /// Not asleep: it grabs when it wants work.
+    Awake,
+    /// Sent PRE_SLEEP and nothing was waiting: a new job wakes it.
+    Asleep,
+    /// Sent NOOP: it is not woken again until it grabs or sleeps once
+    /// more.
+    Woken,
+}
+
 /// One registration of a connection: a function and its optional timeout.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ability {
@@ -217,8 +229,7 @@ pub(crate) struct Conn {
     /// The `gearframe-push` option: a sleeping worker is assigned a job
     /// directly instead of being sent NOOP.
     pub(crate) push: bool,
-    pub(crate) sleeping: bool,
-    pub(crate) noop_sent: bool,
+    pub(crate) sleep: Sleep,
     /// Newest registration first.
     pub(crate) abilities: Vec<Ability>,
     /// Jobs assigned to this connection.
@@ -344,8 +355,7 @@ impl State {
                 client_id: b"-"[..].into(),
                 exceptions,
                 push: false,
-                sleeping: false,
-                noop_sent: false,
+                sleep: Sleep::Awake,
                 abilities: Vec::new(),
                 running: Vec::new(),
                 attached: IdMap::default(),
@@ -740,7 +750,7 @@ impl State {
             let conn_id = self.functions[fid].workers[(start + i) % n];
             i += 1;
             let Some(c) = self.conns.get_mut(&conn_id) else { continue };
-            if !c.sleeping || c.noop_sent {
+            if c.sleep != Sleep::Asleep {
                 continue;
             }
             if c.push {
@@ -753,7 +763,7 @@ impl State {
                     break;
                 }
             } else {
-                c.noop_sent = true;
+                c.sleep = Sleep::Woken;
                 if c.out.push_with(|b| encode_raw(Magic::Res, PacketType::Noop, &[], b)) {
                     self.dirty.push(Arc::clone(&c.out));
                 }
@@ -782,15 +792,15 @@ impl State {
     /// the option on while asleep.
     pub(crate) fn offer(&mut self, conn: ConnId) -> bool {
         let Some(c) = self.conns.get_mut(&conn) else { return false };
-        if !c.push || !c.sleeping || c.noop_sent {
+        if !c.push || c.sleep != Sleep::Asleep {
             return false;
         }
-        c.sleeping = false;
+        c.sleep = Sleep::Awake;
         if self.assign(conn, PacketType::GrabJobUniq) {
             return true;
         }
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.sleeping = true;
+            c.sleep = Sleep::Asleep;
         }
         false
     }
@@ -979,8 +989,7 @@ impl State {
     /// GRAB_JOB, GRAB_JOB_UNIQ, GRAB_JOB_ALL.
     pub(crate) fn grab(&mut self, conn: ConnId, kind: PacketType) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.sleeping = false;
-            c.noop_sent = false;
+            c.sleep = Sleep::Awake;
         }
         if !self.assign(conn, kind) {
             self.send(conn, PacketType::NoJob, &[]);
@@ -1039,13 +1048,12 @@ impl State {
     /// the job itself), else sleep until woken.
     pub(crate) fn pre_sleep(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        c.sleeping = true;
-        c.noop_sent = false;
+        c.sleep = Sleep::Asleep;
         if c.push {
             self.offer(conn);
         } else if self.find_job(conn, false).is_some() {
             if let Some(c) = self.conns.get_mut(&conn) {
-                c.sleeping = false;
+                c.sleep = Sleep::Woken;
             }
             self.send(conn, PacketType::Noop, &[]);
         }
@@ -1509,6 +1517,37 @@ mod tests {
         assert_eq!(sent(&other), ["JOB_ASSIGN_UNIQ H:t:3,f,u3,three"]);
         let to_client = sent(&client);
         assert!(to_client.contains(&"WORK_COMPLETE H:t:1,r".to_string()), "{to_client:?}");
+    }
+
+    #[test]
+    fn a_sleeper_is_woken_once_per_sleep() {
+        let mut st = state();
+        let client = conn(&mut st, 1);
+        let w = conn(&mut st, 2);
+        apply(&mut st, 2, Packet::CanDo { function: b"f" });
+        apply(&mut st, 2, Packet::PreSleep);
+        assert_eq!(st.conns[&2].sleep, Sleep::Asleep);
+        apply(&mut st, 1, submit(b"f", b"u1", b"one", Priority::Normal, true));
+        apply(&mut st, 1, submit(b"f", b"u2", b"two", Priority::Normal, true));
+        assert_eq!(sent(&w), ["NOOP"], "woken once, not once per job");
+        assert_eq!(st.conns[&2].sleep, Sleep::Woken);
+        apply(&mut st, 2, Packet::GrabJobUniq);
+        assert_eq!(st.conns[&2].sleep, Sleep::Awake);
+        apply(&mut st, 2, Packet::WorkComplete { handle: b"H:t:1", data: b"" });
+        // Work waits at PRE_SLEEP: NOOP at once, and no second one when
+        // another job arrives before the grab.
+        apply(&mut st, 2, Packet::PreSleep);
+        apply(&mut st, 1, submit(b"f", b"u3", b"three", Priority::Normal, true));
+        assert_eq!(sent(&w), ["JOB_ASSIGN_UNIQ H:t:1,f,u1,one", "NOOP"]);
+        assert_eq!(st.conns[&2].sleep, Sleep::Woken);
+        apply(&mut st, 2, Packet::GrabJob);
+        apply(&mut st, 2, Packet::GrabJob);
+        apply(&mut st, 2, Packet::GrabJob);
+        assert_eq!(sent(&w), ["JOB_ASSIGN H:t:2,f,two", "JOB_ASSIGN H:t:3,f,three", "NO_JOB"]);
+        apply(&mut st, 2, Packet::PreSleep);
+        apply(&mut st, 1, submit(b"f", b"u4", b"four", Priority::Normal, true));
+        assert_eq!(sent(&w), ["NOOP"], "asleep again, woken again");
+        sent(&client);
     }
 
     #[test]
