@@ -15,7 +15,7 @@
 
 use std::io::Write;
 
-use super::state::{ConnId, Control, State};
+use super::state::{ConnId, Control, Owner, State};
 use crate::proto::admin::{AdminRequest, is_listable_name, parse_request};
 
 /// Refusal of a command that changes state, from a peer outside `admin_allow`.
@@ -222,8 +222,8 @@ impl State {
                 out,
                 "\t{}\t{}\t{}",
                 job.retries,
-                u8::from(job.ignore),
-                u8::from(job.job_queued)
+                u8::from(job.owner == Owner::Ignored),
+                u8::from(job.owner == Owner::Background { queued: true })
             );
         }
         out.extend_from_slice(b".\n");

@@ -103,6 +103,35 @@ pub(crate) enum JobState {
     Running { conn: ConnId, seq: u64 },
 }
 
+/// Who a job runs for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// Only its foreground listeners (`clients`).
+    Listeners,
+    /// A background submission: it runs even with no listener. `queued`:
+    /// counted as stored in the (background) queue, as `show jobs`
+    /// reports; false when the background submission joined a job a
+    /// foreground one had created.
+    Background { queued: bool },
+    /// Cancelled, or abandoned by its last foreground client: a queued job
+    /// is never handed out, a running one finishes for nobody.
+    Ignored,
+}
+
+impl Owner {
+    pub(crate) fn is_background(self) -> bool {
+        matches!(self, Owner::Background { .. })
+    }
+
+    /// The background owner is gone (its row was not written); listeners
+    /// keep the job.
+    fn disown(&mut self) {
+        if self.is_background() {
+            *self = Owner::Listeners;
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) handle: Box<[u8]>,
@@ -114,15 +143,10 @@ pub(crate) struct Job {
     pub(crate) state: JobState,
     /// Foreground listeners; a connection attached twice appears twice.
     pub(crate) clients: Vec<ConnId>,
-    /// A background submission owns this job: it runs even with no listener.
-    pub(crate) bg_owned: bool,
+    pub(crate) owner: Owner,
     pub(crate) retries: u32,
     pub(crate) numerator: u32,
     pub(crate) denominator: u32,
-    /// Cancelled, or abandoned by its last foreground client.
-    pub(crate) ignore: bool,
-    /// Counted as stored in the (background) queue, as `show jobs` reports.
-    pub(crate) job_queued: bool,
     /// Unix time before which an epoch job does not run (0: now).
     pub(crate) when: u64,
     /// Its row in the persistent queue.
@@ -398,11 +422,10 @@ impl State {
         for (job_id, _) in conn.attached {
             let Some(job) = self.jobs.get_mut(&job_id) else { continue };
             job.clients.retain(|&c| c != id);
-            if job.clients.is_empty() && !job.bg_owned {
+            if job.clients.is_empty() && !job.owner.is_background() {
                 // Nobody waits for the result any more: a queued job is never
                 // handed out, a running one finishes without a listener.
-                job.ignore = true;
-                job.job_queued = false;
+                job.owner = Owner::Ignored;
                 log::debug!("abandoned job={}", String::from_utf8_lossy(&job.handle));
             }
         }
@@ -496,10 +519,12 @@ impl State {
         // Only jobs abandoned by their last client are ignored and still
         // found by unique (a cancelled job leaves the maps): a new listener
         // or owner revives it, so it runs and reports to them.
-        job.ignore = false;
-        if background {
-            job.bg_owned = true;
-        } else {
+        job.owner = match job.owner {
+            Owner::Background { queued } => Owner::Background { queued },
+            _ if background => Owner::Background { queued: false },
+            _ => Owner::Listeners,
+        };
+        if !background {
             job.clients.push(conn);
             if let Some(c) = self.conns.get_mut(&conn) {
                 *c.attached.entry(job_id).or_insert(0) += 1;
@@ -604,8 +629,7 @@ impl State {
                 job.row = Row::Stored(key);
             } else {
                 job.row = Row::None;
-                job.bg_owned = false;
-                job.job_queued = false;
+                job.owner.disown();
                 if job.clients.is_empty() {
                     log::debug!(
                         "job handle={} not accepted: its row was not written",
@@ -646,7 +670,7 @@ impl State {
     /// The background jobs to write when the server stops (`OnShutdown` mode).
     pub(crate) fn jobs_to_store(&mut self) -> Vec<StoredJob> {
         let mut ids: Vec<JobId> =
-            self.jobs.iter().filter(|(_, j)| j.bg_owned && !j.ignore).map(|(id, _)| *id).collect();
+            self.jobs.iter().filter(|(_, j)| j.owner.is_background()).map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids.iter()
             .enumerate()
@@ -684,12 +708,14 @@ impl State {
             priority: new.priority,
             state: JobState::Storing,
             clients: new.client.into_iter().collect(),
-            bg_owned: new.background,
+            owner: if new.background {
+                Owner::Background { queued: true }
+            } else {
+                Owner::Listeners
+            },
             retries: 0,
             numerator: 0,
             denominator: 0,
-            ignore: false,
-            job_queued: new.background,
             when: new.due.unwrap_or(0),
             row: new.row,
         };
@@ -965,7 +991,7 @@ impl State {
             for q in f.queues.iter_mut() {
                 while let Some(&job_id) = q.front() {
                     match self.jobs.get(&job_id) {
-                        Some(job) if !job.ignore => {
+                        Some(job) if job.owner != Owner::Ignored => {
                             if take {
                                 q.pop_front();
                             }
@@ -1230,9 +1256,7 @@ impl State {
     pub(crate) fn cancel(&mut self, handle: &[u8]) -> bool {
         let Some(id) = self.job_id(handle) else { return false };
         let job = self.jobs.get_mut(&id).expect("job_id checks existence");
-        job.ignore = true;
-        job.job_queued = false;
-        job.bg_owned = false;
+        job.owner = Owner::Ignored;
         if let (Some(key), Some(store)) = (job.row.key(), &self.store) {
             store.done(key);
         }
@@ -1519,6 +1543,42 @@ mod tests {
         assert!(to_client.contains(&"WORK_COMPLETE H:t:1,r".to_string()), "{to_client:?}");
     }
 
+    /// `show jobs` columns: retries, ignored, queued (created by a
+    /// background submission).
+    #[test]
+    fn a_job_is_owned_by_listeners_a_background_submission_or_nobody() {
+        let mut st = state();
+        conn(&mut st, 1);
+        conn(&mut st, 2);
+        let admin = conn(&mut st, 3);
+        let jobs = |st: &mut State| {
+            st.admin(3, b"show jobs");
+            String::from_utf8(admin.take_now()).unwrap()
+        };
+        apply(&mut st, 1, submit(b"f", b"a", b"x", Priority::Normal, false));
+        apply(&mut st, 2, submit(b"f", b"b", b"x", Priority::Normal, true));
+        assert_eq!(st.jobs[&1].owner, Owner::Listeners);
+        assert_eq!(st.jobs[&2].owner, Owner::Background { queued: true });
+        assert_eq!(jobs(&mut st), "H:t:1\t0\t0\t0\nH:t:2\t0\t0\t1\n.\n");
+        // Its last listener gone, the foreground job runs for nobody; a
+        // background submission of the same unique adopts it.
+        st.remove_conn(1);
+        assert_eq!(st.jobs[&1].owner, Owner::Ignored);
+        assert_eq!(jobs(&mut st), "H:t:1\t0\t1\t0\nH:t:2\t0\t0\t1\n.\n");
+        apply(&mut st, 2, submit(b"f", b"a", b"x", Priority::Normal, true));
+        assert_eq!(st.jobs[&1].owner, Owner::Background { queued: false });
+        assert_eq!(jobs(&mut st), "H:t:1\t0\t0\t0\nH:t:2\t0\t0\t1\n.\n");
+        assert_eq!(st.jobs_to_store().len(), 2, "both are owned by a background submission");
+        // A foreground joiner leaves a background job background.
+        let again = conn(&mut st, 4);
+        apply(&mut st, 4, submit(b"f", b"b", b"x", Priority::Normal, false));
+        assert_eq!(st.jobs[&2].owner, Owner::Background { queued: true });
+        assert!(st.cancel(b"H:t:2"));
+        assert!(!st.jobs.contains_key(&2), "a queued cancelled job is freed at once");
+        assert_eq!(sent(&again), ["JOB_CREATED H:t:2", "WORK_FAIL H:t:2"]);
+        assert_eq!(st.jobs_to_store().len(), 1);
+    }
+
     #[test]
     fn a_sleeper_is_woken_once_per_sleep() {
         let mut st = state();
@@ -1698,7 +1758,7 @@ mod tests {
         // The write fails: the joiner is refused, the foreground client keeps its job.
         commit(&mut st, &[(1, 1)], Some(LOCKED));
         assert_eq!(sent(&bg), [format!("ERROR QUEUE_ERROR,{LOCKED}")]);
-        assert!(!st.jobs[&1].bg_owned);
+        assert_eq!(st.jobs[&1].owner, Owner::Listeners);
         apply(&mut st, 3, Packet::CanDo { function: b"f" });
         apply(&mut st, 3, Packet::GrabJob);
         assert_eq!(sent(&worker), ["JOB_ASSIGN H:t:1,f,x"]);
@@ -1707,7 +1767,7 @@ mod tests {
         assert_eq!(ops(&rx), ["add job=1 key=2"]);
         commit(&mut st, &[(1, 2)], None);
         assert_eq!(sent(&bg), ["JOB_CREATED H:t:1"]);
-        assert!(st.jobs[&1].bg_owned);
+        assert_eq!(st.jobs[&1].owner, Owner::Background { queued: false });
         apply(&mut st, 3, Packet::WorkComplete { handle: b"H:t:1", data: b"r" });
         assert_eq!(sent(&fg), ["WORK_COMPLETE H:t:1,r"]);
         assert_eq!(ops(&rx), ["delete key=2"]);
