@@ -63,7 +63,7 @@ impl State {
             }
             AdminRequest::Store => self.render_store(&mut out),
             AdminRequest::Stopping => {
-                if self.lifecycle.graceful {
+                if self.lifecycle.graceful() {
                     let _ = write!(out, "OK graceful jobs={}\r\n", self.jobs.len());
                 } else {
                     out.extend_from_slice(b"OK running\r\n");
@@ -100,11 +100,7 @@ impl State {
                         "shutdown{} requested by conn={conn}",
                         if graceful { " graceful" } else { "" }
                     );
-                    if graceful {
-                        self.start_graceful();
-                    } else {
-                        self.lifecycle.stop = true;
-                    }
+                    self.request_stop(graceful);
                     out.extend_from_slice(b"OK\r\n");
                 } else {
                     out.extend_from_slice(b"ERR PERMISSION_DENIED shutdown+is+only+accepted+from+a+loopback+address\r\n");

@@ -280,11 +280,32 @@ pub(crate) enum Control {
     Close,
 }
 
-/// Lifecycle requests raised while applying commands.
+/// Where the server is in its life; moved on by [`State::request_stop`]
+/// and by the last job of a graceful stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Lifecycle {
-    pub(crate) stop: bool,
-    pub(crate) graceful: bool,
+pub(crate) enum Lifecycle {
+    #[default]
+    Running,
+    /// A graceful stop: no new jobs are taken; the server stops once it
+    /// holds none.
+    Draining,
+    /// A stop was asked for (`graceful`: by a graceful stop); the next
+    /// release acts on it, after sending the replies applied with it.
+    Stopping { graceful: bool },
+    /// A release took the stop and closes the server.
+    Stopped { graceful: bool },
+}
+
+impl Lifecycle {
+    /// A graceful stop was asked for: new jobs are refused.
+    pub(crate) fn graceful(self) -> bool {
+        matches!(
+            self,
+            Lifecycle::Draining
+                | Lifecycle::Stopping { graceful: true }
+                | Lifecycle::Stopped { graceful: true }
+        )
+    }
 }
 
 /// The whole server state.
@@ -301,10 +322,6 @@ pub(crate) struct State {
     /// Set when a timer earlier than every other was added.
     pub(crate) timers_changed: bool,
     pub(crate) lifecycle: Lifecycle,
-    /// The part of `lifecycle` a release has already taken to act on: the
-    /// release that takes a request is the one that sends the replies
-    /// applied with it, before it acts.
-    pub(crate) lifecycle_taken: Lifecycle,
     /// When a graceful stop next logs what it waits for.
     pub(crate) graceful_report: Option<Instant>,
     /// Reply of `version`.
@@ -341,7 +358,6 @@ impl State {
             timers: BinaryHeap::new(),
             timers_changed: false,
             lifecycle: Lifecycle::default(),
-            lifecycle_taken: Lifecycle::default(),
             graceful_report: None,
             version: format!("gearframe-{}", env!("CARGO_PKG_VERSION")),
             verbose: "ERROR",
@@ -460,7 +476,7 @@ impl State {
         epoch: Option<u64>,
         reducer: Option<&[u8]>,
     ) {
-        if self.lifecycle.graceful {
+        if self.lifecycle.graceful() {
             self.send_error(
                 conn,
                 "SERVER_STOPPING",
@@ -930,28 +946,52 @@ impl State {
                 conn.attached.remove(&job_id);
             }
         }
-        if self.lifecycle.graceful && self.jobs.is_empty() {
-            self.lifecycle.stop = true;
+        self.stop_if_drained();
+    }
+
+    /// Asks the server to stop: at once, or (`graceful`) once it holds no
+    /// job, taking no new ones meanwhile (queued jobs that no worker serves
+    /// keep it waiting, as in gearmand). The release that takes the request
+    /// acts on it.
+    pub(crate) fn request_stop(&mut self, graceful: bool) {
+        use Lifecycle::*;
+        self.lifecycle = match self.lifecycle {
+            Running | Draining if graceful => Draining,
+            Running => Stopping { graceful: false },
+            Draining => Stopping { graceful: true },
+            Stopping { graceful: g } => Stopping { graceful: g || graceful },
+            Stopped { graceful: g } => Stopped { graceful: g || graceful },
+        };
+        if self.lifecycle == Draining {
+            self.stop_if_drained();
+            self.graceful_report = None;
+            self.report_graceful(Instant::now());
         }
     }
 
-    /// Begins a graceful stop: no new jobs are taken, and the server stops
-    /// once it holds none (queued jobs that no worker serves keep it
-    /// waiting, as in gearmand).
-    pub(crate) fn start_graceful(&mut self) {
-        self.lifecycle.graceful = true;
-        if self.jobs.is_empty() {
-            self.lifecycle.stop = true;
-        } else {
-            self.graceful_report = None;
-            self.report_graceful(Instant::now());
+    /// A graceful stop stops once no job is left.
+    fn stop_if_drained(&mut self) {
+        if self.lifecycle == Lifecycle::Draining && self.jobs.is_empty() {
+            self.lifecycle = Lifecycle::Stopping { graceful: true };
+        }
+    }
+
+    /// Takes a stop that was asked for: true once, for the release that
+    /// acts on it.
+    pub(crate) fn take_stop(&mut self) -> bool {
+        match self.lifecycle {
+            Lifecycle::Stopping { graceful } => {
+                self.lifecycle = Lifecycle::Stopped { graceful };
+                true
+            }
+            _ => false,
         }
     }
 
     /// What a graceful stop waits for, logged at most every
     /// [`GRACEFUL_REPORT`]: `N jobs: f (1 running, 2 queued), ...`.
     pub(crate) fn report_graceful(&mut self, now: Instant) {
-        if !self.lifecycle.graceful || self.lifecycle.stop || self.jobs.is_empty() {
+        if self.lifecycle != Lifecycle::Draining || self.jobs.is_empty() {
             return;
         }
         if self.graceful_report.is_some_and(|at| now < at) {
@@ -1847,7 +1887,7 @@ mod tests {
         assert_eq!(admin.take_now(), b"OK running\r\n");
         st.admin(2, b"shutdown graceful");
         assert_eq!(admin.take_now(), b"OK\r\n");
-        assert!(st.lifecycle.graceful && !st.lifecycle.stop, "a job is left");
+        assert_eq!(st.lifecycle, Lifecycle::Draining, "a job is left");
         st.admin(2, b"stopping");
         assert_eq!(admin.take_now(), b"OK graceful jobs=1\r\n");
         apply(&mut st, 1, submit(b"f", b"b", b"d", Priority::Normal, true));
@@ -1857,9 +1897,15 @@ mod tests {
         apply(&mut st, 3, Packet::CanDo { function: b"f" });
         apply(&mut st, 3, Packet::GrabJob);
         assert_eq!(sent(&worker), ["JOB_ASSIGN H:t:1,f,d"]);
-        assert!(!st.lifecycle.stop);
+        assert_eq!(st.lifecycle, Lifecycle::Draining);
         apply(&mut st, 3, Packet::WorkComplete { handle: b"H:t:1", data: b"" });
-        assert!(st.lifecycle.stop, "the last job is done");
+        assert_eq!(st.lifecycle, Lifecycle::Stopping { graceful: true }, "the last job is done");
+        assert!(st.take_stop());
+        assert!(!st.take_stop(), "a stop is taken once");
+        st.admin(2, b"stopping");
+        assert_eq!(admin.take_now(), b"OK graceful jobs=0\r\n");
+        st.request_stop(false);
+        assert_eq!(st.lifecycle, Lifecycle::Stopped { graceful: true }, "taken is taken");
     }
 
     #[test]
@@ -1868,7 +1914,7 @@ mod tests {
         let remote = Arc::new(Outbox::new(None, 1 << 20));
         st.add_conn(7, 7, Some([192, 0, 2, 1].into()), Arc::clone(&remote));
         st.admin(7, b"shutdown");
-        assert!(!st.lifecycle.stop);
+        assert_eq!(st.lifecycle, Lifecycle::Running);
         assert_eq!(
             remote.take_now(),
             b"ERR PERMISSION_DENIED shutdown+is+only+accepted+from+a+loopback+address\r\n"
@@ -1876,8 +1922,11 @@ mod tests {
         let local = conn(&mut st, 8);
         st.admin(8, b"shutdown graceful");
         assert_eq!(local.take_now(), b"OK\r\n");
-        assert!(st.lifecycle.graceful);
-        assert!(st.lifecycle.stop, "no job is left, so a graceful stop is immediate");
+        assert_eq!(
+            st.lifecycle,
+            Lifecycle::Stopping { graceful: true },
+            "no job is left, so a graceful stop is immediate"
+        );
     }
 
     /// The ERROR codes a connection was sent, in order.
