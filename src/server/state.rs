@@ -208,6 +208,20 @@ impl Function {
     }
 }
 
+/// A SUBMIT_* request, whichever packet carried it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Submission<'a> {
+    pub(crate) function: &'a [u8],
+    pub(crate) unique: &'a [u8],
+    pub(crate) data: &'a [u8],
+    pub(crate) priority: Priority,
+    pub(crate) background: bool,
+    /// Unix time before which it does not run (SUBMIT_JOB_EPOCH).
+    pub(crate) epoch: Option<u64>,
+    /// The reducer of a SUBMIT_REDUCE_JOB.
+    pub(crate) reducer: Option<&'a [u8]>,
+}
+
 /// What `State::insert_job` needs to create a job.
 #[derive(Debug)]
 struct NewJob<'a> {
@@ -464,18 +478,8 @@ impl State {
     // ----- submission --------------------------------------------------
 
     /// Applies a SUBMIT_* packet and replies JOB_CREATED or ERROR.
-    #[allow(clippy::too_many_arguments)] // one argument per field of the packet
-    pub(crate) fn submit(
-        &mut self,
-        conn: ConnId,
-        function: &[u8],
-        unique: &[u8],
-        data: &[u8],
-        priority: Priority,
-        background: bool,
-        epoch: Option<u64>,
-        reducer: Option<&[u8]>,
-    ) {
+    pub(crate) fn submit(&mut self, conn: ConnId, s: Submission<'_>) {
+        let Submission { function, unique, data, priority, background, epoch, reducer } = s;
         if self.lifecycle.graceful() {
             self.send_error(
                 conn,
