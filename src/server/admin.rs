@@ -15,7 +15,7 @@
 
 use std::io::Write;
 
-use super::state::{ConnId, Control, State};
+use super::state::{ConnId, Control, Owner, State};
 use crate::proto::admin::{AdminRequest, is_listable_name, parse_request};
 
 /// Refusal of a command that changes state, from a peer outside `admin_allow`.
@@ -63,7 +63,7 @@ impl State {
             }
             AdminRequest::Store => self.render_store(&mut out),
             AdminRequest::Stopping => {
-                if self.lifecycle.graceful {
+                if self.lifecycle.graceful() {
                     let _ = write!(out, "OK graceful jobs={}\r\n", self.jobs.len());
                 } else {
                     out.extend_from_slice(b"OK running\r\n");
@@ -100,11 +100,7 @@ impl State {
                         "shutdown{} requested by conn={conn}",
                         if graceful { " graceful" } else { "" }
                     );
-                    if graceful {
-                        self.start_graceful();
-                    } else {
-                        self.lifecycle.stop = true;
-                    }
+                    self.request_stop(graceful);
                     out.extend_from_slice(b"OK\r\n");
                 } else {
                     out.extend_from_slice(b"ERR PERMISSION_DENIED shutdown+is+only+accepted+from+a+loopback+address\r\n");
@@ -222,8 +218,8 @@ impl State {
                 out,
                 "\t{}\t{}\t{}",
                 job.retries,
-                u8::from(job.ignore),
-                u8::from(job.job_queued)
+                u8::from(job.owner == Owner::Ignored),
+                u8::from(job.owner == Owner::Background { queued: true })
             );
         }
         out.extend_from_slice(b".\n");

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::state::{ConnId, Control, State, atoi};
+use super::state::{ConnId, Control, State, Submission, atoi};
 use crate::proto::admin::is_listable_name;
 use crate::proto::{Frame, Magic, Packet, PacketType, ProtocolError};
 
@@ -92,37 +92,43 @@ impl State {
         match p {
             Packet::Submit { kind, function, unique, data } => self.submit(
                 conn,
-                function,
-                unique,
-                data,
-                kind.priority,
-                kind.background,
-                None,
-                None,
+                Submission {
+                    function,
+                    unique,
+                    data,
+                    priority: kind.priority,
+                    background: kind.background,
+                    epoch: None,
+                    reducer: None,
+                },
             ),
             Packet::SubmitJobEpoch { function, unique, epoch, data } => {
                 let when = u64::try_from(atoi(epoch)).unwrap_or(0);
                 self.submit(
                     conn,
-                    function,
-                    unique,
-                    data,
-                    crate::proto::Priority::Normal,
-                    true,
-                    Some(when),
-                    None,
+                    Submission {
+                        function,
+                        unique,
+                        data,
+                        priority: crate::proto::Priority::Normal,
+                        background: true,
+                        epoch: Some(when),
+                        reducer: None,
+                    },
                 )
             }
             Packet::SubmitReduceJob { background, function, unique, reducer, data, .. } => self
                 .submit(
                     conn,
-                    function,
-                    unique,
-                    data,
-                    crate::proto::Priority::Normal,
-                    background,
-                    None,
-                    Some(reducer),
+                    Submission {
+                        function,
+                        unique,
+                        data,
+                        priority: crate::proto::Priority::Normal,
+                        background,
+                        epoch: None,
+                        reducer: Some(reducer),
+                    },
                 ),
             Packet::CanDo { function } => self.can_do(conn, function, None),
             Packet::CanDoTimeout { function, timeout } => {

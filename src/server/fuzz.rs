@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use super::AddrRule;
 use super::outbox::Outbox;
-use super::state::{ConnId, Control, JobState, Settings, State};
+use super::state::{ConnId, Control, JobState, Owner, Settings, Sleep, State};
 use crate::proto::{DEFAULT_MAX_LINE, Decoder};
 
 /// Connections fed at once.
@@ -183,7 +183,10 @@ fn check(st: &State) {
         let f = st.functions.get(job.func).unwrap_or_else(|| panic!("job {id}: no function"));
         payload += job.data.len();
         // An ignored job is reaped unrun, or runs without anyone to tell.
-        assert!(!job.ignore || job.clients.is_empty(), "ignored job {id} has listening clients");
+        assert!(
+            job.owner != Owner::Ignored || job.clients.is_empty(),
+            "ignored job {id} has listening clients"
+        );
         let in_queue = f.queues.iter().flatten().filter(|&&q| q == id).count();
         match job.state {
             JobState::Queued => assert_eq!(
@@ -246,7 +249,7 @@ fn check(st: &State) {
     // sleeps while a job it can do waits.
     if st.settings.worker_wakeup == 0 {
         for (&cid, c) in &st.conns {
-            if !(c.push && c.sleeping && !c.noop_sent) {
+            if !(c.push && c.sleep == Sleep::Asleep) {
                 continue;
             }
             for a in &c.abilities {
@@ -254,7 +257,7 @@ fn check(st: &State) {
                     .queues
                     .iter()
                     .flatten()
-                    .any(|j| st.jobs.get(j).is_some_and(|job| !job.ignore));
+                    .any(|j| st.jobs.get(j).is_some_and(|job| job.owner != Owner::Ignored));
                 assert!(!waiting, "connection {cid} sleeps with pushed jobs on while one waits");
             }
         }

@@ -64,7 +64,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use outbox::Outbox;
-use state::{Control, Lifecycle, Settings, State};
+use state::{Control, Settings, State};
 
 use crate::busy_poll::BusyPoll;
 use crate::proto::{DEFAULT_MAX_LINE, Decoder};
@@ -313,11 +313,7 @@ impl Shared {
         // A stop is acted on by the release that takes it: the one whose
         // batch asked for it, so its replies (the OK of `shutdown`) are
         // sent before the sockets close.
-        let lifecycle = Lifecycle {
-            stop: st.lifecycle.stop && !st.lifecycle_taken.stop,
-            graceful: st.lifecycle.graceful && !st.lifecycle_taken.graceful,
-        };
-        st.lifecycle_taken = st.lifecycle;
+        let stop = st.take_stop();
         let dirty = std::mem::take(&mut st.dirty);
         drop(st);
         // Newest first: a batch's last replies are usually to workers (the
@@ -327,7 +323,7 @@ impl Shared {
         for out in dirty.iter().rev() {
             out.flush();
         }
-        if lifecycle.stop && !self.stop.load(Ordering::SeqCst) {
+        if stop && !self.stop.load(Ordering::SeqCst) {
             {
                 let _st = self.lock();
                 self.stop.store(true, Ordering::SeqCst);
@@ -499,7 +495,7 @@ impl Stopper {
     /// Stops at once: the listener and every connection close.
     pub fn shutdown(&self) {
         let mut st = self.shared.lock();
-        st.lifecycle.stop = true;
+        st.request_stop(false);
         self.shared.release(st);
     }
 
@@ -508,7 +504,7 @@ impl Stopper {
     /// the wait be watched (`status`, `stopping`).
     pub fn shutdown_graceful(&self) {
         let mut st = self.shared.lock();
-        st.start_graceful();
+        st.request_stop(true);
         self.shared.release(st);
     }
 }
@@ -605,9 +601,8 @@ fn run_timer(shared: &Shared) {
         st.run_timers(now);
         st.report_graceful(now);
         st.timers_changed = false;
-        let pending = !st.dirty.is_empty()
-            || st.lifecycle.stop != st.lifecycle_taken.stop
-            || st.lifecycle.graceful != st.lifecycle_taken.graceful;
+        let pending =
+            !st.dirty.is_empty() || matches!(st.lifecycle, state::Lifecycle::Stopping { .. });
         if pending {
             shared.release(st);
             st = shared.lock();

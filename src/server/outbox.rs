@@ -14,28 +14,44 @@
 //! The reader, the outbox and the writer thread share one socket (one file
 //! descriptor per connection): `&TcpStream` reads and writes.
 //!
-//! Lock order: `writer` before `inner`. [`Outbox::ensure_writer`] checks
-//! `closed` under the writer lock and starts no thread once it is set;
-//! [`Outbox::finish`] sets `closed` first and only then, without holding
-//! `inner`, takes the writer to join it, so a writer is either started
-//! before `finish` looks (and joined) or not started at all.
+//! One mutex guards the outbox: its bytes, its [`Mode`] and the writer
+//! thread's handle. A writer is started under that lock only while the mode
+//! is `Direct` or `HandedOff`, and [`Outbox::finish`] moves the mode to
+//! `Closing` and takes the handle under the same lock, so a writer is either
+//! started before `finish` looks (and joined) or not started at all.
 
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+/// Who sends an outbox's bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The thread that appended sends without blocking.
+    #[default]
+    Direct,
+    /// The socket would block: the writer thread sends with blocking
+    /// writes until the buffer is empty, then the mode is `Direct` again.
+    HandedOff,
+    /// The connection ended: nothing more is queued, and the connection's
+    /// reader (or the writer thread it joins) writes what is left.
+    Closing,
+    /// The socket was shut down: nothing more can be sent, and nothing is
+    /// kept.
+    Dead,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     buf: Vec<u8>,
+    mode: Mode,
     /// A thread is sending bytes taken from `buf`; nobody else may send.
     writing: bool,
     /// Registered for a flush by the thread that appended to it.
     dirty: bool,
-    /// The writer thread must take over (the socket would block).
-    handoff: bool,
-    closed: bool,
-    /// The socket was shut down: nothing more can be sent.
-    dead: bool,
+    /// The writer thread, started the first time the socket is full; the
+    /// connection's reader joins it when the connection ends.
+    writer: Option<std::thread::JoinHandle<()>>,
     /// Bytes from these offsets on wait until the store has answered for
     /// the given hold (a JOB_CREATED for a durable job, and every reply
     /// after it). Ascending in sequence and offset.
@@ -53,6 +69,11 @@ struct Hold {
 }
 
 impl Inner {
+    /// No more bytes are queued (the connection is closing or dead).
+    fn closed(&self) -> bool {
+        matches!(self.mode, Mode::Closing | Mode::Dead)
+    }
+
     /// How many bytes at the front may be sent now.
     fn sendable(&self) -> usize {
         self.holds.front().map_or(self.buf.len(), |h| h.at.min(self.buf.len()))
@@ -117,9 +138,6 @@ pub(crate) struct Outbox {
     /// The socket (shared with the connection's reader); sent to without
     /// blocking here, blocking in the writer.
     stream: Option<Arc<TcpStream>>,
-    /// The writer thread, started the first time the socket is full; the
-    /// connection's reader joins it when the connection ends.
-    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// Result of a non-blocking send attempt.
@@ -131,13 +149,7 @@ enum Sent {
 
 impl Outbox {
     pub(crate) fn new(stream: Option<Arc<TcpStream>>, limit: usize) -> Outbox {
-        Outbox {
-            inner: Mutex::new(Inner::default()),
-            wake_writer: Condvar::new(),
-            limit,
-            stream,
-            writer: Mutex::new(None),
-        }
+        Outbox { inner: Mutex::new(Inner::default()), wake_writer: Condvar::new(), limit, stream }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -148,7 +160,7 @@ impl Outbox {
     /// register this outbox for a [`Outbox::flush`] (it was not dirty yet).
     pub(crate) fn push_with(&self, f: impl FnOnce(&mut Vec<u8>)) -> bool {
         let mut g = self.lock();
-        if g.closed {
+        if g.closed() {
             return false;
         }
         f(&mut g.buf);
@@ -159,13 +171,8 @@ impl Outbox {
     /// the outbox dirty, returning true when it was not yet.
     fn check_limit(&self, mut g: MutexGuard<'_, Inner>) -> bool {
         if g.buf.len() > self.limit {
-            g.closed = true;
-            g.buf.clear();
-            g.holds.clear();
-            drop(g);
             log::warn!("outbox over {} bytes: peer is not reading; disconnecting", self.limit);
-            self.shutdown_socket();
-            self.wake_writer.notify_all();
+            self.kill(g);
             return false;
         }
         !std::mem::replace(&mut g.dirty, true)
@@ -177,7 +184,7 @@ impl Outbox {
     /// Returns what [`Outbox::push_with`] returns.
     pub(crate) fn push_held(&self, seq: u64, f: impl FnOnce(&mut Vec<u8>)) -> bool {
         let mut g = self.lock();
-        if g.closed {
+        if g.closed() {
             return false;
         }
         let at = g.buf.len();
@@ -204,14 +211,9 @@ impl Outbox {
         let mut g = self.lock();
         g.dirty = false;
         loop {
-            if g.dead {
-                // Shut down at a stop: nothing can be sent any more, and
-                // holds must not outlive the bytes they point into.
-                g.buf.clear();
-                g.holds.clear();
-                return;
-            }
-            if g.writing || g.handoff || g.sendable() == 0 {
+            // Handed off, the writer sends; closing, the connection's reader
+            // does; dead, nothing is kept to send.
+            if g.mode != Mode::Direct || g.writing || g.sendable() == 0 {
                 return;
             }
             let chunk = g.take_sendable();
@@ -228,29 +230,27 @@ impl Outbox {
                         chunk.clear();
                         g.buf = chunk;
                     }
-                    if g.closed {
+                    if g.mode == Mode::Closing {
                         self.wake_writer.notify_all();
                     }
                 }
                 Sent::WouldBlock(n) => {
+                    if g.mode == Mode::Dead {
+                        // Shut down meanwhile: nothing is kept.
+                        return;
+                    }
                     g.put_back(chunk, n);
-                    g.handoff = true;
-                    // Once closed, the connection's reader drains what is left.
-                    let start = !g.closed;
-                    drop(g);
-                    if start {
-                        self.ensure_writer();
+                    if g.mode == Mode::Closing {
+                        // The connection's reader drains what is left.
+                        drop(g);
+                    } else {
+                        self.hand_off(g);
                     }
                     self.wake_writer.notify_all();
                     return;
                 }
                 Sent::Failed => {
-                    g.closed = true;
-                    g.buf.clear();
-                    g.holds.clear();
-                    drop(g);
-                    self.shutdown_socket();
-                    self.wake_writer.notify_all();
+                    self.kill(g);
                     return;
                 }
             }
@@ -279,15 +279,16 @@ impl Outbox {
         Sent::All
     }
 
-    /// Starts the writer thread unless it runs already or the outbox is
-    /// closed (then the connection's reader writes what is left).
-    fn ensure_writer(self: &Arc<Self>) {
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        if w.is_some() || self.lock().closed {
+    /// Hands the socket to the writer thread, starting it on first need.
+    /// Spawned under the lock: the new thread waits for it, and `finish`
+    /// cannot take the handle before it is stored.
+    fn hand_off(self: &Arc<Self>, mut g: MutexGuard<'_, Inner>) {
+        g.mode = Mode::HandedOff;
+        if g.writer.is_some() {
             return;
         }
         let Some(stream) = self.stream.clone() else {
-            self.shutdown_socket();
+            self.kill(g);
             return;
         };
         let me = Arc::clone(self);
@@ -296,11 +297,10 @@ impl Outbox {
             .stack_size(128 << 10)
             .spawn(move || me.run_writer(stream))
         {
-            Ok(h) => *w = Some(h),
+            Ok(h) => g.writer = Some(h),
             Err(e) => {
                 log::error!("cannot start a writer thread: {e}; closing connection");
-                drop(w);
-                self.shutdown_socket();
+                self.kill(g);
             }
         }
     }
@@ -311,12 +311,14 @@ impl Outbox {
     /// one was started, is joined. Called by the connection's reader.
     pub(crate) fn finish(&self, stream: &TcpStream, limit: std::time::Duration) {
         let deadline = std::time::Instant::now() + limit;
-        {
+        let writer = {
             let mut g = self.lock();
-            g.closed = true;
-            self.wake_writer.notify_all();
-        }
-        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if g.mode != Mode::Dead {
+                g.mode = Mode::Closing;
+            }
+            g.writer.take()
+        };
+        self.wake_writer.notify_all();
         match writer {
             Some(w) => {
                 let _ = w.join();
@@ -327,11 +329,17 @@ impl Outbox {
 
     /// Shuts the socket down both ways, waking a blocked reader and writer.
     pub(crate) fn shutdown_socket(&self) {
-        {
-            let mut g = self.lock();
-            g.dead = true;
-            g.closed = true;
-        }
+        self.kill(self.lock());
+    }
+
+    /// Moves to `Dead`: what is pending is dropped (holds go with the bytes
+    /// they point into), the socket is shut down both ways, waking a
+    /// blocked reader and writer.
+    fn kill(&self, mut g: MutexGuard<'_, Inner>) {
+        g.mode = Mode::Dead;
+        g.buf = Vec::new();
+        g.holds.clear();
+        drop(g);
         if let Some(s) = &self.stream {
             let _ = s.shutdown(Shutdown::Both);
         }
@@ -359,10 +367,10 @@ impl Outbox {
     fn write_blocking(&self, mut stream: &TcpStream, deadline: Option<std::time::Instant>) {
         let mut g = self.lock();
         loop {
-            if g.dead {
+            if g.mode == Mode::Dead {
                 return;
             }
-            if !g.writing && g.sendable() > 0 && (g.handoff || g.closed) {
+            if !g.writing && g.sendable() > 0 && g.mode != Mode::Direct {
                 let chunk = g.take_sendable();
                 g.writing = true;
                 drop(g);
@@ -371,18 +379,16 @@ impl Outbox {
                 g.writing = false;
                 if let Err(e) = r {
                     log::debug!("write failed: {e}; closing connection");
-                    g.closed = true;
-                    g.buf.clear();
-                    g.holds.clear();
-                    drop(g);
-                    self.shutdown_socket();
+                    self.kill(g);
                     return;
                 }
                 continue;
             }
             if g.sendable() == 0 {
-                g.handoff = false;
-                if g.closed && !g.writing && g.buf.is_empty() {
+                if g.mode == Mode::HandedOff {
+                    g.mode = Mode::Direct;
+                }
+                if g.mode == Mode::Closing && !g.writing && g.buf.is_empty() {
                     drop(g);
                     let _ = stream.flush();
                     return;
@@ -468,5 +474,36 @@ mod tests {
         assert_eq!(out.take_now(), b"OK1;ERROR-TWO;z;");
         // An unknown hold is ignored.
         out.resolve(9, None);
+    }
+
+    /// A peer that reads slowly: the socket fills, the bytes are handed to
+    /// the writer thread, and `finish` joins it once everything is written,
+    /// whatever the order of the hand-off and the close.
+    #[test]
+    fn a_full_socket_hands_off_to_the_writer_and_finish_joins_it() {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = Arc::new(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
+        stream.set_write_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        let out = Arc::new(Outbox::new(Some(Arc::clone(&stream)), 64 << 20));
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..16 {
+            out.push_with(|b| b.extend_from_slice(&chunk));
+            out.flush();
+        }
+        assert_eq!(out.lock().mode, Mode::HandedOff, "16 MiB do not fit a socket buffer");
+        assert!(out.lock().writer.is_some());
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).unwrap();
+            got.len()
+        });
+        out.finish(&stream, std::time::Duration::from_secs(30));
+        assert_eq!(out.lock().mode, Mode::Closing);
+        assert!(out.lock().writer.is_none(), "finish joined the writer");
+        stream.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(reader.join().unwrap(), 16 << 20);
+        assert!(!out.push_with(|b| b.push(1)), "a closing outbox queues nothing");
     }
 }

@@ -103,6 +103,35 @@ pub(crate) enum JobState {
     Running { conn: ConnId, seq: u64 },
 }
 
+/// Who a job runs for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// Only its foreground listeners (`clients`).
+    Listeners,
+    /// A background submission: it runs even with no listener. `queued`:
+    /// counted as stored in the (background) queue, as `show jobs`
+    /// reports; false when the background submission joined a job a
+    /// foreground one had created.
+    Background { queued: bool },
+    /// Cancelled, or abandoned by its last foreground client: a queued job
+    /// is never handed out, a running one finishes for nobody.
+    Ignored,
+}
+
+impl Owner {
+    pub(crate) fn is_background(self) -> bool {
+        matches!(self, Owner::Background { .. })
+    }
+
+    /// The background owner is gone (its row was not written); listeners
+    /// keep the job.
+    fn disown(&mut self) {
+        if self.is_background() {
+            *self = Owner::Listeners;
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) handle: Box<[u8]>,
@@ -114,15 +143,10 @@ pub(crate) struct Job {
     pub(crate) state: JobState,
     /// Foreground listeners; a connection attached twice appears twice.
     pub(crate) clients: Vec<ConnId>,
-    /// A background submission owns this job: it runs even with no listener.
-    pub(crate) bg_owned: bool,
+    pub(crate) owner: Owner,
     pub(crate) retries: u32,
     pub(crate) numerator: u32,
     pub(crate) denominator: u32,
-    /// Cancelled, or abandoned by its last foreground client.
-    pub(crate) ignore: bool,
-    /// Counted as stored in the (background) queue, as `show jobs` reports.
-    pub(crate) job_queued: bool,
     /// Unix time before which an epoch job does not run (0: now).
     pub(crate) when: u64,
     /// Its row in the persistent queue.
@@ -184,6 +208,20 @@ impl Function {
     }
 }
 
+/// A SUBMIT_* request, whichever packet carried it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Submission<'a> {
+    pub(crate) function: &'a [u8],
+    pub(crate) unique: &'a [u8],
+    pub(crate) data: &'a [u8],
+    pub(crate) priority: Priority,
+    pub(crate) background: bool,
+    /// Unix time before which it does not run (SUBMIT_JOB_EPOCH).
+    pub(crate) epoch: Option<u64>,
+    /// The reducer of a SUBMIT_REDUCE_JOB.
+    pub(crate) reducer: Option<&'a [u8]>,
+}
+
 /// What `State::insert_job` needs to create a job.
 #[derive(Debug)]
 struct NewJob<'a> {
@@ -197,6 +235,18 @@ struct NewJob<'a> {
     due: Option<u64>,
     client: Option<ConnId>,
     row: Row,
+}
+
+/// Where a worker connection is between PRE_SLEEP and its next grab.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sleep {
+    /// Not asleep: it grabs when it wants work.
+    Awake,
+    /// Sent PRE_SLEEP and nothing was waiting: a new job wakes it.
+    Asleep,
+    /// Sent NOOP: it is not woken again until it grabs or sleeps once
+    /// more.
+    Woken,
 }
 
 /// One registration of a connection: a function and its optional timeout.
@@ -217,8 +267,7 @@ pub(crate) struct Conn {
     /// The `gearframe-push` option: a sleeping worker is assigned a job
     /// directly instead of being sent NOOP.
     pub(crate) push: bool,
-    pub(crate) sleeping: bool,
-    pub(crate) noop_sent: bool,
+    pub(crate) sleep: Sleep,
     /// Newest registration first.
     pub(crate) abilities: Vec<Ability>,
     /// Jobs assigned to this connection.
@@ -245,11 +294,32 @@ pub(crate) enum Control {
     Close,
 }
 
-/// Lifecycle requests raised while applying commands.
+/// Where the server is in its life; moved on by [`State::request_stop`]
+/// and by the last job of a graceful stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Lifecycle {
-    pub(crate) stop: bool,
-    pub(crate) graceful: bool,
+pub(crate) enum Lifecycle {
+    #[default]
+    Running,
+    /// A graceful stop: no new jobs are taken; the server stops once it
+    /// holds none.
+    Draining,
+    /// A stop was asked for (`graceful`: by a graceful stop); the next
+    /// release acts on it, after sending the replies applied with it.
+    Stopping { graceful: bool },
+    /// A release took the stop and closes the server.
+    Stopped { graceful: bool },
+}
+
+impl Lifecycle {
+    /// A graceful stop was asked for: new jobs are refused.
+    pub(crate) fn graceful(self) -> bool {
+        matches!(
+            self,
+            Lifecycle::Draining
+                | Lifecycle::Stopping { graceful: true }
+                | Lifecycle::Stopped { graceful: true }
+        )
+    }
 }
 
 /// The whole server state.
@@ -266,10 +336,6 @@ pub(crate) struct State {
     /// Set when a timer earlier than every other was added.
     pub(crate) timers_changed: bool,
     pub(crate) lifecycle: Lifecycle,
-    /// The part of `lifecycle` a release has already taken to act on: the
-    /// release that takes a request is the one that sends the replies
-    /// applied with it, before it acts.
-    pub(crate) lifecycle_taken: Lifecycle,
     /// When a graceful stop next logs what it waits for.
     pub(crate) graceful_report: Option<Instant>,
     /// Reply of `version`.
@@ -306,7 +372,6 @@ impl State {
             timers: BinaryHeap::new(),
             timers_changed: false,
             lifecycle: Lifecycle::default(),
-            lifecycle_taken: Lifecycle::default(),
             graceful_report: None,
             version: format!("gearframe-{}", env!("CARGO_PKG_VERSION")),
             verbose: "ERROR",
@@ -344,8 +409,7 @@ impl State {
                 client_id: b"-"[..].into(),
                 exceptions,
                 push: false,
-                sleeping: false,
-                noop_sent: false,
+                sleep: Sleep::Awake,
                 abilities: Vec::new(),
                 running: Vec::new(),
                 attached: IdMap::default(),
@@ -388,11 +452,10 @@ impl State {
         for (job_id, _) in conn.attached {
             let Some(job) = self.jobs.get_mut(&job_id) else { continue };
             job.clients.retain(|&c| c != id);
-            if job.clients.is_empty() && !job.bg_owned {
+            if job.clients.is_empty() && !job.owner.is_background() {
                 // Nobody waits for the result any more: a queued job is never
                 // handed out, a running one finishes without a listener.
-                job.ignore = true;
-                job.job_queued = false;
+                job.owner = Owner::Ignored;
                 log::debug!("abandoned job={}", String::from_utf8_lossy(&job.handle));
             }
         }
@@ -415,19 +478,9 @@ impl State {
     // ----- submission --------------------------------------------------
 
     /// Applies a SUBMIT_* packet and replies JOB_CREATED or ERROR.
-    #[allow(clippy::too_many_arguments)] // one argument per field of the packet
-    pub(crate) fn submit(
-        &mut self,
-        conn: ConnId,
-        function: &[u8],
-        unique: &[u8],
-        data: &[u8],
-        priority: Priority,
-        background: bool,
-        epoch: Option<u64>,
-        reducer: Option<&[u8]>,
-    ) {
-        if self.lifecycle.graceful {
+    pub(crate) fn submit(&mut self, conn: ConnId, s: Submission<'_>) {
+        let Submission { function, unique, data, priority, background, epoch, reducer } = s;
+        if self.lifecycle.graceful() {
             self.send_error(
                 conn,
                 "SERVER_STOPPING",
@@ -486,10 +539,12 @@ impl State {
         // Only jobs abandoned by their last client are ignored and still
         // found by unique (a cancelled job leaves the maps): a new listener
         // or owner revives it, so it runs and reports to them.
-        job.ignore = false;
-        if background {
-            job.bg_owned = true;
-        } else {
+        job.owner = match job.owner {
+            Owner::Background { queued } => Owner::Background { queued },
+            _ if background => Owner::Background { queued: false },
+            _ => Owner::Listeners,
+        };
+        if !background {
             job.clients.push(conn);
             if let Some(c) = self.conns.get_mut(&conn) {
                 *c.attached.entry(job_id).or_insert(0) += 1;
@@ -594,8 +649,7 @@ impl State {
                 job.row = Row::Stored(key);
             } else {
                 job.row = Row::None;
-                job.bg_owned = false;
-                job.job_queued = false;
+                job.owner.disown();
                 if job.clients.is_empty() {
                     log::debug!(
                         "job handle={} not accepted: its row was not written",
@@ -636,7 +690,7 @@ impl State {
     /// The background jobs to write when the server stops (`OnShutdown` mode).
     pub(crate) fn jobs_to_store(&mut self) -> Vec<StoredJob> {
         let mut ids: Vec<JobId> =
-            self.jobs.iter().filter(|(_, j)| j.bg_owned && !j.ignore).map(|(id, _)| *id).collect();
+            self.jobs.iter().filter(|(_, j)| j.owner.is_background()).map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids.iter()
             .enumerate()
@@ -674,12 +728,14 @@ impl State {
             priority: new.priority,
             state: JobState::Storing,
             clients: new.client.into_iter().collect(),
-            bg_owned: new.background,
+            owner: if new.background {
+                Owner::Background { queued: true }
+            } else {
+                Owner::Listeners
+            },
             retries: 0,
             numerator: 0,
             denominator: 0,
-            ignore: false,
-            job_queued: new.background,
             when: new.due.unwrap_or(0),
             row: new.row,
         };
@@ -740,7 +796,7 @@ impl State {
             let conn_id = self.functions[fid].workers[(start + i) % n];
             i += 1;
             let Some(c) = self.conns.get_mut(&conn_id) else { continue };
-            if !c.sleeping || c.noop_sent {
+            if c.sleep != Sleep::Asleep {
                 continue;
             }
             if c.push {
@@ -753,7 +809,7 @@ impl State {
                     break;
                 }
             } else {
-                c.noop_sent = true;
+                c.sleep = Sleep::Woken;
                 if c.out.push_with(|b| encode_raw(Magic::Res, PacketType::Noop, &[], b)) {
                     self.dirty.push(Arc::clone(&c.out));
                 }
@@ -782,15 +838,15 @@ impl State {
     /// the option on while asleep.
     pub(crate) fn offer(&mut self, conn: ConnId) -> bool {
         let Some(c) = self.conns.get_mut(&conn) else { return false };
-        if !c.push || !c.sleeping || c.noop_sent {
+        if !c.push || c.sleep != Sleep::Asleep {
             return false;
         }
-        c.sleeping = false;
+        c.sleep = Sleep::Awake;
         if self.assign(conn, PacketType::GrabJobUniq) {
             return true;
         }
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.sleeping = true;
+            c.sleep = Sleep::Asleep;
         }
         false
     }
@@ -894,28 +950,52 @@ impl State {
                 conn.attached.remove(&job_id);
             }
         }
-        if self.lifecycle.graceful && self.jobs.is_empty() {
-            self.lifecycle.stop = true;
+        self.stop_if_drained();
+    }
+
+    /// Asks the server to stop: at once, or (`graceful`) once it holds no
+    /// job, taking no new ones meanwhile (queued jobs that no worker serves
+    /// keep it waiting, as in gearmand). The release that takes the request
+    /// acts on it.
+    pub(crate) fn request_stop(&mut self, graceful: bool) {
+        use Lifecycle::*;
+        self.lifecycle = match self.lifecycle {
+            Running | Draining if graceful => Draining,
+            Running => Stopping { graceful: false },
+            Draining => Stopping { graceful: true },
+            Stopping { graceful: g } => Stopping { graceful: g || graceful },
+            Stopped { graceful: g } => Stopped { graceful: g || graceful },
+        };
+        if self.lifecycle == Draining {
+            self.stop_if_drained();
+            self.graceful_report = None;
+            self.report_graceful(Instant::now());
         }
     }
 
-    /// Begins a graceful stop: no new jobs are taken, and the server stops
-    /// once it holds none (queued jobs that no worker serves keep it
-    /// waiting, as in gearmand).
-    pub(crate) fn start_graceful(&mut self) {
-        self.lifecycle.graceful = true;
-        if self.jobs.is_empty() {
-            self.lifecycle.stop = true;
-        } else {
-            self.graceful_report = None;
-            self.report_graceful(Instant::now());
+    /// A graceful stop stops once no job is left.
+    fn stop_if_drained(&mut self) {
+        if self.lifecycle == Lifecycle::Draining && self.jobs.is_empty() {
+            self.lifecycle = Lifecycle::Stopping { graceful: true };
+        }
+    }
+
+    /// Takes a stop that was asked for: true once, for the release that
+    /// acts on it.
+    pub(crate) fn take_stop(&mut self) -> bool {
+        match self.lifecycle {
+            Lifecycle::Stopping { graceful } => {
+                self.lifecycle = Lifecycle::Stopped { graceful };
+                true
+            }
+            _ => false,
         }
     }
 
     /// What a graceful stop waits for, logged at most every
     /// [`GRACEFUL_REPORT`]: `N jobs: f (1 running, 2 queued), ...`.
     pub(crate) fn report_graceful(&mut self, now: Instant) {
-        if !self.lifecycle.graceful || self.lifecycle.stop || self.jobs.is_empty() {
+        if self.lifecycle != Lifecycle::Draining || self.jobs.is_empty() {
             return;
         }
         if self.graceful_report.is_some_and(|at| now < at) {
@@ -955,7 +1035,7 @@ impl State {
             for q in f.queues.iter_mut() {
                 while let Some(&job_id) = q.front() {
                     match self.jobs.get(&job_id) {
-                        Some(job) if !job.ignore => {
+                        Some(job) if job.owner != Owner::Ignored => {
                             if take {
                                 q.pop_front();
                             }
@@ -979,8 +1059,7 @@ impl State {
     /// GRAB_JOB, GRAB_JOB_UNIQ, GRAB_JOB_ALL.
     pub(crate) fn grab(&mut self, conn: ConnId, kind: PacketType) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.sleeping = false;
-            c.noop_sent = false;
+            c.sleep = Sleep::Awake;
         }
         if !self.assign(conn, kind) {
             self.send(conn, PacketType::NoJob, &[]);
@@ -1039,13 +1118,12 @@ impl State {
     /// the job itself), else sleep until woken.
     pub(crate) fn pre_sleep(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        c.sleeping = true;
-        c.noop_sent = false;
+        c.sleep = Sleep::Asleep;
         if c.push {
             self.offer(conn);
         } else if self.find_job(conn, false).is_some() {
             if let Some(c) = self.conns.get_mut(&conn) {
-                c.sleeping = false;
+                c.sleep = Sleep::Woken;
             }
             self.send(conn, PacketType::Noop, &[]);
         }
@@ -1222,9 +1300,7 @@ impl State {
     pub(crate) fn cancel(&mut self, handle: &[u8]) -> bool {
         let Some(id) = self.job_id(handle) else { return false };
         let job = self.jobs.get_mut(&id).expect("job_id checks existence");
-        job.ignore = true;
-        job.job_queued = false;
-        job.bg_owned = false;
+        job.owner = Owner::Ignored;
         if let (Some(key), Some(store)) = (job.row.key(), &self.store) {
             store.done(key);
         }
@@ -1511,6 +1587,73 @@ mod tests {
         assert!(to_client.contains(&"WORK_COMPLETE H:t:1,r".to_string()), "{to_client:?}");
     }
 
+    /// `show jobs` columns: retries, ignored, queued (created by a
+    /// background submission).
+    #[test]
+    fn a_job_is_owned_by_listeners_a_background_submission_or_nobody() {
+        let mut st = state();
+        conn(&mut st, 1);
+        conn(&mut st, 2);
+        let admin = conn(&mut st, 3);
+        let jobs = |st: &mut State| {
+            st.admin(3, b"show jobs");
+            String::from_utf8(admin.take_now()).unwrap()
+        };
+        apply(&mut st, 1, submit(b"f", b"a", b"x", Priority::Normal, false));
+        apply(&mut st, 2, submit(b"f", b"b", b"x", Priority::Normal, true));
+        assert_eq!(st.jobs[&1].owner, Owner::Listeners);
+        assert_eq!(st.jobs[&2].owner, Owner::Background { queued: true });
+        assert_eq!(jobs(&mut st), "H:t:1\t0\t0\t0\nH:t:2\t0\t0\t1\n.\n");
+        // Its last listener gone, the foreground job runs for nobody; a
+        // background submission of the same unique adopts it.
+        st.remove_conn(1);
+        assert_eq!(st.jobs[&1].owner, Owner::Ignored);
+        assert_eq!(jobs(&mut st), "H:t:1\t0\t1\t0\nH:t:2\t0\t0\t1\n.\n");
+        apply(&mut st, 2, submit(b"f", b"a", b"x", Priority::Normal, true));
+        assert_eq!(st.jobs[&1].owner, Owner::Background { queued: false });
+        assert_eq!(jobs(&mut st), "H:t:1\t0\t0\t0\nH:t:2\t0\t0\t1\n.\n");
+        assert_eq!(st.jobs_to_store().len(), 2, "both are owned by a background submission");
+        // A foreground joiner leaves a background job background.
+        let again = conn(&mut st, 4);
+        apply(&mut st, 4, submit(b"f", b"b", b"x", Priority::Normal, false));
+        assert_eq!(st.jobs[&2].owner, Owner::Background { queued: true });
+        assert!(st.cancel(b"H:t:2"));
+        assert!(!st.jobs.contains_key(&2), "a queued cancelled job is freed at once");
+        assert_eq!(sent(&again), ["JOB_CREATED H:t:2", "WORK_FAIL H:t:2"]);
+        assert_eq!(st.jobs_to_store().len(), 1);
+    }
+
+    #[test]
+    fn a_sleeper_is_woken_once_per_sleep() {
+        let mut st = state();
+        let client = conn(&mut st, 1);
+        let w = conn(&mut st, 2);
+        apply(&mut st, 2, Packet::CanDo { function: b"f" });
+        apply(&mut st, 2, Packet::PreSleep);
+        assert_eq!(st.conns[&2].sleep, Sleep::Asleep);
+        apply(&mut st, 1, submit(b"f", b"u1", b"one", Priority::Normal, true));
+        apply(&mut st, 1, submit(b"f", b"u2", b"two", Priority::Normal, true));
+        assert_eq!(sent(&w), ["NOOP"], "woken once, not once per job");
+        assert_eq!(st.conns[&2].sleep, Sleep::Woken);
+        apply(&mut st, 2, Packet::GrabJobUniq);
+        assert_eq!(st.conns[&2].sleep, Sleep::Awake);
+        apply(&mut st, 2, Packet::WorkComplete { handle: b"H:t:1", data: b"" });
+        // Work waits at PRE_SLEEP: NOOP at once, and no second one when
+        // another job arrives before the grab.
+        apply(&mut st, 2, Packet::PreSleep);
+        apply(&mut st, 1, submit(b"f", b"u3", b"three", Priority::Normal, true));
+        assert_eq!(sent(&w), ["JOB_ASSIGN_UNIQ H:t:1,f,u1,one", "NOOP"]);
+        assert_eq!(st.conns[&2].sleep, Sleep::Woken);
+        apply(&mut st, 2, Packet::GrabJob);
+        apply(&mut st, 2, Packet::GrabJob);
+        apply(&mut st, 2, Packet::GrabJob);
+        assert_eq!(sent(&w), ["JOB_ASSIGN H:t:2,f,two", "JOB_ASSIGN H:t:3,f,three", "NO_JOB"]);
+        apply(&mut st, 2, Packet::PreSleep);
+        apply(&mut st, 1, submit(b"f", b"u4", b"four", Priority::Normal, true));
+        assert_eq!(sent(&w), ["NOOP"], "asleep again, woken again");
+        sent(&client);
+    }
+
     #[test]
     fn a_sleeping_pusher_gets_waiting_work_once_it_can_do_it() {
         let mut st = state();
@@ -1659,7 +1802,7 @@ mod tests {
         // The write fails: the joiner is refused, the foreground client keeps its job.
         commit(&mut st, &[(1, 1)], Some(LOCKED));
         assert_eq!(sent(&bg), [format!("ERROR QUEUE_ERROR,{LOCKED}")]);
-        assert!(!st.jobs[&1].bg_owned);
+        assert_eq!(st.jobs[&1].owner, Owner::Listeners);
         apply(&mut st, 3, Packet::CanDo { function: b"f" });
         apply(&mut st, 3, Packet::GrabJob);
         assert_eq!(sent(&worker), ["JOB_ASSIGN H:t:1,f,x"]);
@@ -1668,7 +1811,7 @@ mod tests {
         assert_eq!(ops(&rx), ["add job=1 key=2"]);
         commit(&mut st, &[(1, 2)], None);
         assert_eq!(sent(&bg), ["JOB_CREATED H:t:1"]);
-        assert!(st.jobs[&1].bg_owned);
+        assert_eq!(st.jobs[&1].owner, Owner::Background { queued: false });
         apply(&mut st, 3, Packet::WorkComplete { handle: b"H:t:1", data: b"r" });
         assert_eq!(sent(&fg), ["WORK_COMPLETE H:t:1,r"]);
         assert_eq!(ops(&rx), ["delete key=2"]);
@@ -1748,7 +1891,7 @@ mod tests {
         assert_eq!(admin.take_now(), b"OK running\r\n");
         st.admin(2, b"shutdown graceful");
         assert_eq!(admin.take_now(), b"OK\r\n");
-        assert!(st.lifecycle.graceful && !st.lifecycle.stop, "a job is left");
+        assert_eq!(st.lifecycle, Lifecycle::Draining, "a job is left");
         st.admin(2, b"stopping");
         assert_eq!(admin.take_now(), b"OK graceful jobs=1\r\n");
         apply(&mut st, 1, submit(b"f", b"b", b"d", Priority::Normal, true));
@@ -1758,9 +1901,15 @@ mod tests {
         apply(&mut st, 3, Packet::CanDo { function: b"f" });
         apply(&mut st, 3, Packet::GrabJob);
         assert_eq!(sent(&worker), ["JOB_ASSIGN H:t:1,f,d"]);
-        assert!(!st.lifecycle.stop);
+        assert_eq!(st.lifecycle, Lifecycle::Draining);
         apply(&mut st, 3, Packet::WorkComplete { handle: b"H:t:1", data: b"" });
-        assert!(st.lifecycle.stop, "the last job is done");
+        assert_eq!(st.lifecycle, Lifecycle::Stopping { graceful: true }, "the last job is done");
+        assert!(st.take_stop());
+        assert!(!st.take_stop(), "a stop is taken once");
+        st.admin(2, b"stopping");
+        assert_eq!(admin.take_now(), b"OK graceful jobs=0\r\n");
+        st.request_stop(false);
+        assert_eq!(st.lifecycle, Lifecycle::Stopped { graceful: true }, "taken is taken");
     }
 
     #[test]
@@ -1769,7 +1918,7 @@ mod tests {
         let remote = Arc::new(Outbox::new(None, 1 << 20));
         st.add_conn(7, 7, Some([192, 0, 2, 1].into()), Arc::clone(&remote));
         st.admin(7, b"shutdown");
-        assert!(!st.lifecycle.stop);
+        assert_eq!(st.lifecycle, Lifecycle::Running);
         assert_eq!(
             remote.take_now(),
             b"ERR PERMISSION_DENIED shutdown+is+only+accepted+from+a+loopback+address\r\n"
@@ -1777,8 +1926,11 @@ mod tests {
         let local = conn(&mut st, 8);
         st.admin(8, b"shutdown graceful");
         assert_eq!(local.take_now(), b"OK\r\n");
-        assert!(st.lifecycle.graceful);
-        assert!(st.lifecycle.stop, "no job is left, so a graceful stop is immediate");
+        assert_eq!(
+            st.lifecycle,
+            Lifecycle::Stopping { graceful: true },
+            "no job is left, so a graceful stop is immediate"
+        );
     }
 
     /// The ERROR codes a connection was sent, in order.
