@@ -414,7 +414,7 @@ fn failover_between_two_persistent_servers_delivers_every_result() {
     let dir = tempfile::tempdir().unwrap();
     let queue = |name: &str| format!("sqlite:{}", dir.path().join(name).display());
     let (qa, qb) = (queue("a.db"), queue("b.db"));
-    let mut a = ServerProc::start(&["--queue", &qa], &dir.path().join("a.log"));
+    let a = ServerProc::start(&["--queue", &qa], &dir.path().join("a.log"));
     let b = ServerProc::start(&["--queue", &qb], &dir.path().join("b.log"));
     let servers = [a.addr_string(), b.addr_string()];
     // Foreground `echo` jobs and background `record` jobs, alternately. The
@@ -456,33 +456,46 @@ fn failover_between_two_persistent_servers_delivers_every_result() {
     let done = AtomicUsize::new(0);
     let resubmitted = AtomicUsize::new(0);
     let killed = AtomicBool::new(false);
-    // A is killed mid-batch as it acknowledges a foreground job while the
-    // worker holds its jobs: that job cannot have finished.
+    // A is killed mid-batch while the worker holds its jobs and a
+    // foreground job acknowledged by A is unfinished: that job cannot
+    // finish, so the kill always finds one in flight.
     let a_addr = a.addr_string();
+    let on_a: Mutex<HashSet<usize>> = Mutex::default();
+    let server_a = Mutex::new(a);
+    let kill_if_due = || {
+        if hold.load(Ordering::SeqCst)
+            && !killed.load(Ordering::SeqCst)
+            && !on_a.lock().unwrap().is_empty()
+        {
+            killed.store(true, Ordering::SeqCst);
+            server_a.lock().unwrap().kill9();
+            hold.store(false, Ordering::SeqCst);
+        }
+    };
     let outs = client
         .batch(&jobs)
-        .on_event(|i, e| match e {
-            gearframe::client::JobEvent::Resubmitted { .. } => {
-                resubmitted.fetch_add(1, Ordering::Relaxed);
+        .on_event(|i, e| {
+            match e {
+                gearframe::client::JobEvent::Resubmitted { .. } => {
+                    resubmitted.fetch_add(1, Ordering::Relaxed);
+                    on_a.lock().unwrap().remove(&i);
+                }
+                gearframe::client::JobEvent::Created(h) if i % 2 == 0 && h.server() == a_addr => {
+                    on_a.lock().unwrap().insert(i);
+                }
+                _ => {}
             }
-            gearframe::client::JobEvent::Created(h)
-                if i % 2 == 0
-                    && !killed.load(Ordering::SeqCst)
-                    && h.server() == a_addr
-                    && hold.load(Ordering::SeqCst) =>
-            {
-                killed.store(true, Ordering::SeqCst);
-                a.kill9();
-                hold.store(false, Ordering::SeqCst);
-            }
-            _ => {}
+            kill_if_due();
         })
-        .on_done(|_, _| {
-            if done.fetch_add(1, Ordering::Relaxed) == 1_000 && !killed.load(Ordering::SeqCst) {
+        .on_done(|i, _| {
+            on_a.lock().unwrap().remove(&i);
+            if done.fetch_add(1, Ordering::Relaxed) == 1_000 {
                 hold.store(true, Ordering::SeqCst);
             }
+            kill_if_due();
         })
         .run();
+    let mut a = server_a.into_inner().unwrap();
     assert!(killed.load(Ordering::SeqCst), "server A was killed mid-batch");
     if outs.iter().any(Result::is_err) {
         let failed: Vec<_> = outs.iter().enumerate().filter(|(_, o)| o.is_err()).collect();
