@@ -204,6 +204,33 @@ pub struct Connection {
     busy: BusyPoll,
 }
 
+/// Connects a socket to `server` (`host:port`; the port defaults to 4730),
+/// trying each resolved address until one answers within `timeout`.
+///
+/// # Errors
+/// Resolution fails, or no address accepts the connection in time.
+pub fn connect_stream(server: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let target = with_default_port(server);
+    let addrs: Vec<SocketAddr> = target
+        .to_socket_addrs()
+        .map_err(|e| {
+            let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("cannot resolve the host name `{host}` ({e}); check the address"),
+            )
+        })?
+        .collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target}: no address"));
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 impl Connection {
     /// Connects to `server` (`host:port`; the port defaults to 4730), trying
     /// each resolved address until one answers within `timeout`.
@@ -211,25 +238,7 @@ impl Connection {
     /// # Errors
     /// Resolution fails, or no address accepts the connection in time.
     pub fn connect(server: &str, timeout: Duration) -> io::Result<Connection> {
-        let target = with_default_port(server);
-        let addrs: Vec<SocketAddr> = target
-            .to_socket_addrs()
-            .map_err(|e| {
-                let host = target.rsplit_once(':').map_or(target.as_str(), |(h, _)| h);
-                io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("cannot resolve the host name `{host}` ({e}); check the address"),
-                )
-            })?
-            .collect();
-        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{target}: no address"));
-        for addr in addrs {
-            match TcpStream::connect_timeout(&addr, timeout) {
-                Ok(s) => return Connection::from_stream(s),
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        Connection::from_stream(connect_stream(server, timeout)?)
     }
 
     /// Wraps a connected stream.

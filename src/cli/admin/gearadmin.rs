@@ -144,23 +144,7 @@ fn run_one(script: &Script, server: &str, timeout: Duration) -> Result<(), Failu
             "Failed to connect on {server}: {e} (is a job server running there? give it with -h HOST -p PORT or -s HOST:PORT)"
         ))
     };
-    let addrs: Vec<_> =
-        std::net::ToSocketAddrs::to_socket_addrs(server).map_err(|e| connect_err(&e))?.collect();
-    let mut last: Option<io::Error> = None;
-    let mut stream = None;
-    for a in &addrs {
-        match TcpStream::connect_timeout(a, timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    let Some(mut s) = stream else {
-        let e = last.unwrap_or_else(|| io::Error::other("the name has no address"));
-        return Err(connect_err(&e));
-    };
+    let mut s = gearframe::conn::connect_stream(server, timeout).map_err(|e| connect_err(&e))?;
     let _ = s.set_nodelay(true);
     s.set_write_timeout(Some(timeout)).map_err(|e| connect_err(&e))?;
     let out = io::stdout();
