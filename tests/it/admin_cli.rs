@@ -191,23 +191,20 @@ fn watch_filters_counts_workers_once_and_fits_the_terminal() {
         );
 
         // -f and a pattern pick the rows.
+        // The functions of a watch table's rows.
+        let names = |stdout: &str| -> Vec<String> {
+            stdout
+                .lines()
+                .filter(|l| l.starts_with("wt_"))
+                .filter_map(|l| l.split(' ').next())
+                .map(str::to_string)
+                .collect()
+        };
         let out =
             run(&cfg, &["admin", "watch", "--count", "1", "-s", &addr, "-f", "wt_other", "wt_z*"]);
-        let names: Vec<&str> = out
-            .stdout
-            .lines()
-            .filter(|l| l.starts_with("wt_"))
-            .filter_map(|l| l.split(' ').next())
-            .collect();
-        assert_eq!(names, ["wt_other"], "{ctx}: {}", out.stdout);
+        assert_eq!(names(&out.stdout), ["wt_other"], "{ctx}: {}", out.stdout);
         let out = run(&cfg, &["admin", "watch", "--count", "1", "-s", &addr, "wt_?"]);
-        let names: Vec<&str> = out
-            .stdout
-            .lines()
-            .filter(|l| l.starts_with("wt_"))
-            .filter_map(|l| l.split(' ').next())
-            .collect();
-        assert_eq!(names, ["wt_a", "wt_b", "wt_c"], "{ctx}: {}", out.stdout);
+        assert_eq!(names(&out.stdout), ["wt_a", "wt_b", "wt_c"], "{ctx}: {}", out.stdout);
         let j =
             run(&cfg, &["admin", "watch", "--count", "1", "-s", &addr, "--json", "wt_?"]).json();
         assert_eq!(j["total_workers"], 1, "{ctx}: {j}");

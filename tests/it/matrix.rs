@@ -390,11 +390,7 @@ fn run_matrix(server: &str, addr: SocketAddr) -> Vec<String> {
     let cfg = dir.path().join("worker.yaml");
     std::fs::write(&cfg, WORKER_CONFIG).unwrap();
     let shell_worker = ChildGuard(
-        Command::new(env!("CARGO_BIN_EXE_gearframe"))
-            .env_remove("GEARMAN_SERVERS")
-            .env_remove("RUST_LOG")
-            .args(["-c", cfg.to_str().unwrap(), "worker", "-s", &addr.to_string()])
-            .stdin(Stdio::null())
+        support::gearframe_worker(&cfg, addr)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -233,6 +233,19 @@ impl Drop for ChildGuard {
     }
 }
 
+/// `gearframe -c CONFIG worker -s ADDR`, with nothing of this environment's
+/// server list or log filter, stdin closed; the caller chooses the output.
+pub fn gearframe_worker(config: &Path, addr: SocketAddr) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gearframe"));
+    c.env_remove("GEARMAN_SERVERS")
+        .env_remove("RUST_LOG")
+        .arg("-c")
+        .arg(config)
+        .args(["worker", "-s", &addr.to_string()])
+        .stdin(Stdio::null());
+    c
+}
+
 /// Polls `f` until it returns `Some`, failing the test after `limit`.
 pub fn eventually<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;

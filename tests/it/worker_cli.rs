@@ -27,11 +27,7 @@ impl WorkerProc {
         let cfg = dir.path().join("config.yaml");
         std::fs::write(&cfg, config).unwrap();
         let mut child = ChildGuard(
-            Command::new(env!("CARGO_BIN_EXE_gearframe"))
-                .env_remove("GEARMAN_SERVERS")
-                .env_remove("RUST_LOG")
-                .args(["-c", cfg.to_str().unwrap(), "worker", "-s", &addr.to_string()])
-                .stdin(Stdio::null())
+            support::gearframe_worker(&cfg, addr)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
