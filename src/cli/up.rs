@@ -50,7 +50,12 @@ pub(crate) fn run(args: UpArgs, config: &Config) -> Result<ExitCode, Failure> {
     }
     let servers = [own];
     let worker = super::worker::start(config, &servers, &functions, args.threads, None, None)?;
-    super::worker::stop_on_signals("gearframe up", worker.stopper(), config.worker.grace.0)?;
+    super::worker::stop_on_signals(
+        "gearframe up",
+        "they go back to this server's queue, kept only with a persistent queue",
+        worker.stopper(),
+        config.worker.grace.0,
+    )?;
     println!(
         "gearframe up: job server listening on {} ({})",
         server.local_addr(),

@@ -114,7 +114,12 @@ pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure
     }
     let worker = start(&config, &servers, &functions, args.threads, args.name.clone(), args.grace)?;
     let stopper = worker.stopper();
-    stop_on_signals("gearframe worker", stopper, grace)?;
+    stop_on_signals(
+        "gearframe worker",
+        "their servers give them to another worker",
+        stopper,
+        grace,
+    )?;
     eprintln!(
         "gearframe worker: {} slot(s) on {} for {}",
         worker.live_slots(),
@@ -152,9 +157,11 @@ pub(crate) fn start(
 }
 
 /// Ctrl-C or SIGTERM stops the pool: the first lets running jobs finish
-/// within `grace` and says which they are, the second ends them at once.
+/// within `grace` and says which they are, the second ends them at once
+/// (`then`: what becomes of those jobs).
 pub(crate) fn stop_on_signals(
     who: &'static str,
+    then: &'static str,
     stopper: gearframe::worker::Stopper,
     grace: std::time::Duration,
 ) -> Result<(), Failure> {
@@ -181,7 +188,7 @@ pub(crate) fn stop_on_signals(
             stopper.stop_now();
             if !jobs.is_empty() {
                 eprintln!(
-                    "{who}: stopping now: ending {} running job(s) ({list}); their servers give them to another worker",
+                    "{who}: stopping now: ending {} running job(s) ({list}); {then}",
                     jobs.len()
                 );
             }
