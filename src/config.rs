@@ -411,6 +411,47 @@ impl<'de> Deserialize<'de> for DurationStr {
     }
 }
 
+/// `#[serde(with = "crate::config::duration")]`: a [`Duration`] written
+/// with a unit in the file (`500ms`, `15s`, `2m`, `1h`), read by
+/// [`parse_duration`].
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::Deserialize;
+
+    /// Reads one duration.
+    ///
+    /// # Errors
+    /// Not a string, or not a duration [`parse_duration`](super::parse_duration) reads.
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    /// `#[serde(with = "crate::config::duration::option")]`: an optional
+    /// duration.
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::Deserialize;
+
+        /// Reads one optional duration.
+        ///
+        /// # Errors
+        /// As [`deserialize`](super::deserialize).
+        pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            match Option::<String>::deserialize(d)? {
+                Some(s) => {
+                    super::super::parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+                }
+                None => Ok(None),
+            }
+        }
+    }
+}
+
 /// Parses `500ms`, `15s`, `1.5s`, `2m`, `1h`, or `0`.
 ///
 /// # Errors
@@ -467,6 +508,14 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    /// A bad value at `key` (its full path, `server.queue`), with what is
+    /// wrong and what to write instead.
+    pub fn new(key: impl std::fmt::Display, reason: impl std::fmt::Display) -> ConfigError {
+        ConfigError(format!("{key}: {reason}"))
+    }
+}
 
 impl Config {
     /// Reads and validates a file.
