@@ -25,6 +25,8 @@ pub mod conn;
 pub mod proto;
 #[cfg(feature = "server")]
 pub mod server;
+mod util;
+pub use util::panic_message;
 #[cfg(feature = "worker")]
 pub mod worker;
 

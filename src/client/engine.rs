@@ -31,9 +31,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, unbounded};
 
 use super::error::{Context, Error, Phase, Result};
-use super::job::{Job, JobEvent, JobHandle, JobOutcome, parse_num, random_u64, stable_hash};
+use super::job::{Job, JobEvent, JobHandle, JobOutcome, parse_num, stable_hash};
 use crate::conn::{Connection, OwnedPacket};
 use crate::proto::{Packet, PacketType, SubmitKind};
+use crate::util::Backoff;
 
 /// How often a blocked lane looks at its inbox, and the coordinator at
 /// job deadlines.
@@ -43,7 +44,7 @@ const MAX_IDLE: usize = 8;
 
 /// Resolved client settings.
 #[derive(Debug, Clone)]
-pub(crate) struct Settings {
+pub(crate) struct ClientSettings {
     pub(crate) connect_timeout: Duration,
     pub(crate) ack_timeout: Duration,
     pub(crate) retry_timeout: Duration,
@@ -59,21 +60,26 @@ pub(crate) struct Settings {
 
 #[derive(Debug, Default)]
 struct Health {
-    failures: u32,
+    /// Started at the first failure, with the settings' bounds.
+    backoff: Option<Backoff>,
     retry_at: Option<Instant>,
 }
 
 /// One server: its address, idle connections and reconnect back-off.
 #[derive(Debug)]
-pub(crate) struct Slot {
+pub(crate) struct ServerEntry {
     pub(crate) addr: Arc<str>,
     idle: Mutex<Vec<Connection>>,
     health: Mutex<Health>,
 }
 
-impl Slot {
-    pub(crate) fn new(addr: &str) -> Slot {
-        Slot { addr: Arc::from(addr), idle: Mutex::new(Vec::new()), health: Mutex::default() }
+impl ServerEntry {
+    pub(crate) fn new(addr: &str) -> ServerEntry {
+        ServerEntry {
+            addr: Arc::from(addr),
+            idle: Mutex::new(Vec::new()),
+            health: Mutex::default(),
+        }
     }
 
     fn retry_at(&self) -> Option<Instant> {
@@ -82,20 +88,20 @@ impl Slot {
 
     fn record_ok(&self) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        h.failures = 0;
+        if let Some(b) = &mut h.backoff {
+            b.reset();
+        }
         h.retry_at = None;
     }
 
-    /// Exponential back-off with jitter: the n-th failure in a row waits
-    /// between half and all of `min * 2^(n-1)`, capped at `max`.
-    fn record_failure(&self, set: &Settings) {
+    /// Waits out a [`Backoff`] between the settings' bounds before the
+    /// server is tried again.
+    fn record_failure(&self, set: &ClientSettings) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        h.failures = h.failures.saturating_add(1);
-        let exp = set.backoff_min.saturating_mul(1u32 << (h.failures - 1).min(16));
-        let full = exp.min(set.backoff_max);
-        let jitter = 0.5 + (random_u64() % 1000) as f64 / 2000.0;
-        let wait = full.mul_f64(jitter);
-        log::debug!("server={} failures={} backoff={wait:?}", self.addr, h.failures);
+        let backoff =
+            h.backoff.get_or_insert_with(|| Backoff::new(set.backoff_min, set.backoff_max));
+        let wait = backoff.fail();
+        log::debug!("server={} failures={} backoff={wait:?}", self.addr, backoff.failures());
         h.retry_at = Some(Instant::now() + wait);
     }
 
@@ -117,7 +123,7 @@ impl Slot {
     /// Opens a fresh connection and queues the per-connection setup
     /// (client id, exceptions option). Returns the number of OPTION_REQs
     /// whose answer is still to come.
-    fn open(&self, set: &Settings) -> Result<(Connection, usize)> {
+    fn open(&self, set: &ClientSettings) -> Result<(Connection, usize)> {
         let mut c = Connection::connect(&self.addr, set.connect_timeout).map_err(|e| {
             self.record_failure(set);
             Error::Connection { phase: Phase::Connect, reason: io_reason(&e), context: self.ctx() }
@@ -166,8 +172,8 @@ fn strip_nul(b: &[u8]) -> &[u8] {
 /// `slot`, skipping packets of other types. A pooled connection that turns
 /// out to be dead is replaced by a fresh one once.
 pub(crate) fn exchange(
-    slot: &Slot,
-    set: &Settings,
+    slot: &ServerEntry,
+    set: &ClientSettings,
     request: &Packet<'_>,
     want: PacketType,
 ) -> Result<OwnedPacket> {
@@ -288,9 +294,9 @@ struct Listeners {
 }
 
 /// Read-only state shared by the lanes of one call.
-struct Shared<'a> {
-    set: &'a Settings,
-    slots: &'a [Slot],
+struct Batch<'a> {
+    set: &'a ClientSettings,
+    slots: &'a [ServerEntry],
     jobs: &'a [Job],
     uniques: &'a [String],
     done: &'a [AtomicBool],
@@ -298,7 +304,7 @@ struct Shared<'a> {
 
 struct Lane<'a> {
     idx: usize,
-    sh: &'a Shared<'a>,
+    sh: &'a Batch<'a>,
     inbox: Receiver<Vec<usize>>,
     out: Sender<Vec<Report>>,
     conn: Option<Connection>,
@@ -318,7 +324,7 @@ struct Lane<'a> {
 }
 
 impl<'a> Lane<'a> {
-    fn slot(&self) -> &'a Slot {
+    fn slot(&self) -> &'a ServerEntry {
         &self.sh.slots[self.idx]
     }
 
@@ -771,7 +777,7 @@ impl<'a> Lane<'a> {
 /// between threads); a larger call to several servers gives each lane its
 /// own thread, so that one slow server does not hold up the others.
 struct Lanes<'sh, 'scope, 'env> {
-    shared: &'sh Shared<'sh>,
+    shared: &'sh Batch<'sh>,
     scope: &'scope std::thread::Scope<'scope, 'env>,
     rep_tx: Sender<Vec<Report>>,
     rep_rx: Receiver<Vec<Report>>,
@@ -887,8 +893,8 @@ pub(crate) struct Hooks<'h> {
 
 /// Submits `jobs` and waits for every outcome.
 pub(crate) fn run(
-    set: &Settings,
-    slots: &[Slot],
+    set: &ClientSettings,
+    slots: &[ServerEntry],
     jobs: &[Job],
     mut hooks: Hooks<'_>,
 ) -> Vec<Result<JobOutcome>> {
@@ -957,7 +963,7 @@ pub(crate) fn run(
         return results.into_iter().map(|r| r.unwrap_or(Err(Error::NoServers))).collect();
     }
 
-    let shared = Shared { set, slots, jobs, uniques: &uniques, done: &done };
+    let shared = Batch { set, slots, jobs, uniques: &uniques, done: &done };
     let shared = &shared;
     std::thread::scope(|s| {
         let (rep_tx, rep_rx) = unbounded::<Vec<Report>>();
@@ -1150,7 +1156,7 @@ pub(crate) fn run(
 
 /// A job no server accepted: each server's last failure, and the limit
 /// that ended the tries.
-fn unreachable(slots: &[Slot], last: &[Option<Error>], job: &Job, limit: String) -> Error {
+fn unreachable(slots: &[ServerEntry], last: &[Option<Error>], job: &Job, limit: String) -> Error {
     let causes: Vec<String> = last.iter().flatten().map(Error::to_string).collect();
     Error::Unreachable {
         servers: slots.iter().map(|s| s.addr.to_string()).collect(),
@@ -1184,7 +1190,7 @@ fn size_words(bytes: u32) -> String {
 
 /// The first server from `start` on (wrapping) that is not backing off;
 /// when all are, the one that becomes available first.
-fn pick(slots: &[Slot], start: usize, now: Instant) -> usize {
+fn pick(slots: &[ServerEntry], start: usize, now: Instant) -> usize {
     let n = slots.len();
     let mut best = start;
     let mut best_at: Option<Instant> = None;
@@ -1225,7 +1231,7 @@ mod tests {
 
     #[test]
     fn pick_skips_servers_backing_off() {
-        let slots = [Slot::new("a:1"), Slot::new("b:1"), Slot::new("c:1")];
+        let slots = [ServerEntry::new("a:1"), ServerEntry::new("b:1"), ServerEntry::new("c:1")];
         let now = Instant::now();
         assert_eq!(pick(&slots, 1, now), 1);
         slots[1].health.lock().unwrap().retry_at = Some(now + Duration::from_secs(5));

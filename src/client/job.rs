@@ -361,22 +361,9 @@ pub fn derive_unique(function: &str, payload: &[u8]) -> String {
     format!("{:016x}{:016x}", stable_hash(&key), fnv1a(0x6c62_272e_07bb_0142, &key))
 }
 
-/// A random u64 from the process's hash keys, the clock and a counter.
-pub(crate) fn random_u64() -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    h.write_u128(nanos);
-    h.finish()
-}
-
 /// A random unique id: 32 hex digits, as python-gearman generates.
 pub(crate) fn random_unique() -> String {
-    format!("{:016x}{:016x}", random_u64(), random_u64())
+    format!("{:016x}{:016x}", crate::util::random_u64(), crate::util::random_u64())
 }
 
 #[cfg(test)]

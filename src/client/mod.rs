@@ -125,7 +125,7 @@ pub use job::{
 
 use crate::conn::{parse_server_list, resolve_servers};
 use crate::proto::{Packet, PacketType};
-use engine::{Hooks, Settings, Slot};
+use engine::{ClientSettings, Hooks, ServerEntry};
 
 /// The server used when none is configured.
 pub use crate::conn::DEFAULT_SERVER;
@@ -139,22 +139,22 @@ pub struct Client {
 
 #[derive(Debug)]
 struct Inner {
-    slots: Vec<Slot>,
-    set: Settings,
+    slots: Vec<ServerEntry>,
+    set: ClientSettings,
 }
 
 /// Builds a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     servers: Option<Vec<String>>,
-    set: Settings,
+    set: ClientSettings,
 }
 
 impl Default for ClientBuilder {
     fn default() -> Self {
         ClientBuilder {
             servers: None,
-            set: Settings {
+            set: ClientSettings {
                 connect_timeout: Duration::from_secs(3),
                 ack_timeout: Duration::from_secs(10),
                 retry_timeout: Duration::from_secs(30),
@@ -273,10 +273,10 @@ impl ClientBuilder {
         if servers.is_empty() {
             return Err(Error::NoServers);
         }
-        let mut slots: Vec<Slot> = Vec::new();
+        let mut slots: Vec<ServerEntry> = Vec::new();
         for s in servers {
             if !slots.iter().any(|x| *x.addr == *s) {
-                slots.push(Slot::new(&s));
+                slots.push(ServerEntry::new(&s));
             }
         }
         if self.set.client_id.as_deref().is_some_and(|id| id.contains('\0')) {
@@ -374,7 +374,7 @@ impl Client {
         let slot = match self.inner.slots.iter().find(|s| *s.addr == *handle.server) {
             Some(s) => s,
             None => {
-                temp = Slot::new(&handle.server);
+                temp = ServerEntry::new(&handle.server);
                 &temp
             }
         };

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use super::AddrRule;
 use super::outbox::Outbox;
-use super::state::{ConnId, Control, JobState, Owner, Settings, Sleep, State};
+use super::state::{ConnId, Control, JobState, Owner, Sleep, State, StateSettings};
 use crate::proto::{DEFAULT_MAX_LINE, Decoder};
 
 /// Connections fed at once.
@@ -42,9 +42,9 @@ const MAX_OUTBOX: usize = 16 << 10;
 /// bit 1 round robin, bit 2 one NOOP per job, bit 3 exceptions on, bit 4 a
 /// job limit of 8, bit 5 a payload limit of 512 bytes, bit 6 a maxqueue of
 /// 3, bit 7 an admin allow-list of `127.0.0.0/8`.
-fn settings(b: u8) -> Settings {
+fn settings(b: u8) -> StateSettings {
     let bit = |n: u8| b & (1 << n) != 0;
-    Settings {
+    StateSettings {
         job_retries: if bit(0) { 2 } else { 0 },
         worker_wakeup: u32::from(bit(2)),
         round_robin: bit(1),

@@ -64,7 +64,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use outbox::Outbox;
-use state::{Control, Settings, State};
+use state::{Control, State, StateSettings};
 
 use crate::busy_poll::BusyPoll;
 use crate::proto::{DEFAULT_MAX_LINE, Decoder};
@@ -264,8 +264,10 @@ fn default_handle_prefix(port: u16) -> String {
     format!("H:{}:{port}:{}", hostname(), String::from_utf8_lossy(&start))
 }
 
+/// What the server's threads share: the state under its mutex, the
+/// config, and the stop and connection counters.
 #[derive(Debug)]
-struct Shared {
+struct Core {
     state: Mutex<State>,
     /// Paired with `state`: wakes the timer thread when an earlier deadline
     /// is added.
@@ -291,7 +293,7 @@ struct Shared {
     stop_error: Mutex<Option<String>>,
 }
 
-impl Shared {
+impl Core {
     /// Connection threads started and not joined yet.
     fn conn_threads_len(&self) -> usize {
         self.conn_threads.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -397,7 +399,7 @@ impl Server {
         };
         let prefix =
             config.job_handle_prefix.clone().unwrap_or_else(|| default_handle_prefix(addr.port()));
-        let settings = Settings {
+        let settings = StateSettings {
             job_retries: config.job_retries,
             worker_wakeup: config.worker_wakeup,
             round_robin: config.round_robin,
@@ -431,7 +433,7 @@ impl Server {
             log::LevelFilter::Info => "INFO",
             _ => "DEBUG",
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Core {
             state: Mutex::new(state),
             timer_cv: Condvar::new(),
             stop_cv: Condvar::new(),
@@ -481,14 +483,14 @@ impl Server {
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<Core>,
     acceptor: Option<JoinHandle<()>>,
 }
 
 /// A cloneable way to stop a server from another thread (a signal handler).
 #[derive(Debug, Clone)]
 pub struct Stopper {
-    shared: Arc<Shared>,
+    shared: Arc<Core>,
 }
 
 impl Stopper {
@@ -594,7 +596,7 @@ impl Drop for ServerHandle {
 /// the wait, since every new deadline and the stop notify it.
 const TIMER_IDLE: Duration = Duration::from_secs(1);
 
-fn run_timer(shared: &Shared) {
+fn run_timer(shared: &Core) {
     let mut st = shared.lock();
     loop {
         let now = Instant::now();
@@ -642,7 +644,7 @@ const ACCEPT_TICK: Duration = Duration::from_secs(1);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
 fn run_acceptor(
-    shared: &Arc<Shared>,
+    shared: &Arc<Core>,
     listener: TcpListener,
     timer: JoinHandle<()>,
     store_thread: Option<store::StoreThread>,
@@ -785,7 +787,7 @@ fn run_acceptor(
     log::info!("server stopped");
 }
 
-fn serve_connection(shared: &Shared, stream: TcpStream) {
+fn serve_connection(shared: &Core, stream: TcpStream) {
     let id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
     let peer = stream.peer_addr().ok();
     let _ = stream.set_nodelay(true);
@@ -816,7 +818,7 @@ fn serve_connection(shared: &Shared, stream: TcpStream) {
     log::debug!("conn={id} closed");
 }
 
-/// One connection's share of [`Shared::buffered`]: the memory its decoder
+/// One connection's share of [`Core::buffered`]: the memory its decoder
 /// holds for a partial frame. Given back when the connection ends.
 struct BufferedShare<'a> {
     total: &'a AtomicUsize,
@@ -855,7 +857,7 @@ impl Drop for BufferedShare<'_> {
 /// Between frames a read blocks without a timeout (a sleeping worker may
 /// stay silent for hours); once a frame has begun, the socket's read timeout
 /// is the time left until the frame must be complete (`read_timeout`).
-fn read_loop(shared: &Shared, id: u64, peer: Option<SocketAddr>, mut stream: &TcpStream) {
+fn read_loop(shared: &Core, id: u64, peer: Option<SocketAddr>, mut stream: &TcpStream) {
     let config = &shared.config;
     let mut dec = Decoder::new(config.max_packet_size).with_max_line(DEFAULT_MAX_LINE);
     let mut buf = vec![0u8; 64 << 10];
@@ -950,7 +952,7 @@ fn read_loop(shared: &Shared, id: u64, peer: Option<SocketAddr>, mut stream: &Tc
 }
 
 /// Ends a connection whose frame did not complete within `read_timeout`.
-fn read_timed_out(shared: &Shared, id: u64, peer: Option<SocketAddr>) {
+fn read_timed_out(shared: &Core, id: u64, peer: Option<SocketAddr>) {
     log::info!(
         "conn={id} peer={peer:?} closed: a packet or line was not complete within \
          read_timeout ({:?}); the peer is too slow or stalled, or read_timeout too short",

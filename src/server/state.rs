@@ -1,7 +1,7 @@
 //! The server's whole state: functions with their three priority queues,
 //! jobs, connections with their registrations and attachments, and timers.
 //!
-//! One mutex guards it (see `super::Shared`); every packet is applied under
+//! One mutex guards it (see `super::Core`); every packet is applied under
 //! that lock and its replies are appended to the outboxes of the connections
 //! concerned. No socket I/O happens here.
 
@@ -72,7 +72,7 @@ fn shrink_deque<T>(q: &mut VecDeque<T>) {
 
 /// Settings the state needs (a subset of `ServerConfig`).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Settings {
+pub(crate) struct StateSettings {
     pub(crate) job_retries: u32,
     pub(crate) worker_wakeup: u32,
     pub(crate) round_robin: bool,
@@ -325,7 +325,7 @@ impl Lifecycle {
 /// The whole server state.
 #[derive(Debug)]
 pub(crate) struct State {
-    pub(crate) settings: Settings,
+    pub(crate) settings: StateSettings,
     pub(crate) functions: Vec<Function>,
     pub(crate) func_index: HashMap<Box<[u8]>, FuncId>,
     pub(crate) jobs: IdMap<JobId, Job>,
@@ -360,7 +360,7 @@ fn unix_now() -> u64 {
 }
 
 impl State {
-    pub(crate) fn new(settings: Settings) -> State {
+    pub(crate) fn new(settings: StateSettings) -> State {
         State {
             settings,
             functions: Vec::new(),
@@ -1419,7 +1419,7 @@ mod tests {
     use crate::proto::{Decoder, Frame, Packet};
 
     fn state() -> State {
-        State::new(Settings { handle_prefix: b"H:t".to_vec(), ..Settings::default() })
+        State::new(StateSettings { handle_prefix: b"H:t".to_vec(), ..StateSettings::default() })
     }
 
     fn conn(st: &mut State, id: ConnId) -> Arc<Outbox> {

@@ -311,7 +311,8 @@ impl WorkerBuilder {
     }
 
     /// Reconnect backoff: first wait and cap (default 100 ms and 10 s);
-    /// each wait is jittered.
+    /// the wait doubles after each failure in a row, each jittered down to
+    /// half.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min;
         self.backoff_max = max.max(min);
@@ -372,7 +373,7 @@ impl WorkerBuilder {
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let (hurry_tx, hurry_rx) = crossbeam_channel::bounded::<()>(0);
         let slot_count = servers.len() * self.threads;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Pool {
             stopping: AtomicBool::new(false),
             cancel: CancelToken::default(),
             stop_tx: Mutex::new(Some(stop_tx)),
@@ -448,7 +449,7 @@ const ORPHAN_SWEEP: Duration = Duration::from_secs(2);
 /// [`Stopper::stop_now`] hurries it), then cancels them. Ends when every
 /// slot has ended. Meanwhile it reaps the processes that shell runs left
 /// running and that exited since.
-fn supervise(shared: &Shared, done: &Receiver<()>, grace: Duration) {
+fn supervise(shared: &Pool, done: &Receiver<()>, grace: Duration) {
     loop {
         crossbeam_channel::select! {
             recv(shared.stop_rx) -> _ => break,
@@ -486,7 +487,7 @@ pub struct RunningJob {
     pub server: String,
 }
 
-/// One slot's entry of [`Shared::wakers`], on a cache line of its own:
+/// One slot's entry of [`Pool::wakers`], on a cache line of its own:
 /// each slot updates it twice per job.
 #[derive(Debug, Default)]
 #[repr(align(128))]
@@ -494,7 +495,7 @@ struct Waker(Mutex<Option<(TcpStream, bool)>>);
 
 /// State shared by the handle, the slots and the supervisor.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct Pool {
     pub(crate) stopping: AtomicBool,
     pub(crate) cancel: CancelToken,
     stop_tx: Mutex<Option<Sender<()>>>,
@@ -511,7 +512,7 @@ pub(crate) struct Shared {
     pub(crate) live_slots: AtomicUsize,
 }
 
-impl Shared {
+impl Pool {
     fn shutdown(&self) {
         if self.stopping.swap(true, Ordering::SeqCst) {
             return;
@@ -564,7 +565,7 @@ impl Shared {
 /// A running worker. Dropping it stops it and waits for its threads.
 #[derive(Debug)]
 pub struct Worker {
-    shared: Arc<Shared>,
+    shared: Arc<Pool>,
     slots: Vec<JoinHandle<()>>,
     supervisor: Option<JoinHandle<()>>,
 }
@@ -572,7 +573,7 @@ pub struct Worker {
 /// Stops a [`Worker`] from another thread or a signal handler.
 #[derive(Debug, Clone)]
 pub struct Stopper {
-    shared: Arc<Shared>,
+    shared: Arc<Pool>,
 }
 
 impl Stopper {
@@ -648,16 +649,6 @@ impl Drop for Worker {
         self.shared.shutdown();
         self.join_all();
     }
-}
-
-/// A random number from the standard library's hasher seeds (for jitter
-/// and file names).
-pub(crate) fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    h.write_u64(now.map(|d| d.as_nanos() as u64).unwrap_or(0));
-    h.finish()
 }
 
 /// Whether a payload is the shutdown job `{"SHUTDOWN": true}`.

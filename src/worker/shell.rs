@@ -874,7 +874,7 @@ fn stdin_file(input: &[u8]) -> std::io::Result<File> {
         let path = dir.join(format!(
             "gearframe-stdin-{}-{n}-{:x}",
             std::process::id(),
-            super::random_u64() & 0xffff_ffff
+            crate::util::random_u64() & 0xffff_ffff
         ));
         let mut f =
             match std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path) {

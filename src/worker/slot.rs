@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::job::{FailKind, Job, JobContext, JobError, JobResult};
-use super::{Function, Shared, WorkerBuilder, is_shutdown_payload, random_u64};
+use super::{Function, Pool, WorkerBuilder, is_shutdown_payload};
 use crate::conn::{Connection, OwnedPacket};
 use crate::proto::{Packet, PacketType, Priority, SubmitKind};
+use crate::util::{Backoff, panic_message, random_u64};
 
 /// Whether the server assigns this connection jobs without a grab (see
 /// [`crate::proto::PUSH_OPTION`]).
@@ -49,7 +50,7 @@ pub(crate) struct Slot {
     id: usize,
     server: String,
     settings: Arc<WorkerBuilder>,
-    shared: Arc<Shared>,
+    shared: Arc<Pool>,
     _done: Sender<()>,
 }
 
@@ -58,21 +59,20 @@ impl Slot {
         id: usize,
         server: String,
         settings: Arc<WorkerBuilder>,
-        shared: Arc<Shared>,
+        shared: Arc<Pool>,
         done: Sender<()>,
     ) -> Slot {
         Slot { id, server, settings, shared, _done: done }
     }
 
     pub(crate) fn run(self) {
-        let mut backoff = self.settings.backoff_min;
-        let mut failures = 0u32;
+        let mut backoff = Backoff::new(self.settings.backoff_min, self.settings.backoff_max);
         while !self.shared.is_stopping() {
             let mut conn = match Connection::connect(&self.server, self.settings.connect_timeout) {
                 Ok(c) => c,
                 Err(e) => {
-                    failures += 1;
-                    if failures == 1 {
+                    let wait = backoff.fail();
+                    if backoff.failures() == 1 {
                         log::warn!(
                             "slot={} server={}: cannot connect: {e}; retrying",
                             self.id,
@@ -81,14 +81,13 @@ impl Slot {
                     } else {
                         log::debug!("slot={} server={}: cannot connect: {e}", self.id, self.server);
                     }
-                    if self.shared.wait_or_stop(jitter(backoff)) {
+                    if self.shared.wait_or_stop(wait) {
                         break;
                     }
-                    backoff = (backoff * 2).min(self.settings.backoff_max);
                     continue;
                 }
             };
-            if failures > 0 {
+            if backoff.failures() > 0 {
                 log::info!("slot={} server={}: connected", self.id, self.server);
             }
             conn.set_busy_poll(self.settings.busy_poll);
@@ -97,7 +96,7 @@ impl Slot {
                 Ok(s) => *self.shared.waker(self.id) = Some((s, true)),
                 Err(e) => log::warn!("slot={}: cannot clone the socket: {e}", self.id),
             }
-            let end = self.serve(&mut conn, &mut backoff, &mut failures);
+            let end = self.serve(&mut conn, &mut backoff);
             *self.shared.waker(self.id) = None;
             conn.close();
             match end {
@@ -111,11 +110,9 @@ impl Slot {
                         self.id,
                         self.server
                     );
-                    failures = failures.max(1);
-                    if self.shared.wait_or_stop(jitter(backoff)) {
+                    if self.shared.wait_or_stop(backoff.fail()) {
                         break;
                     }
-                    backoff = (backoff * 2).min(self.settings.backoff_max);
                 }
             }
         }
@@ -150,7 +147,7 @@ impl Slot {
         conn.flush()
     }
 
-    fn serve(&self, conn: &mut Connection, backoff: &mut Duration, failures: &mut u32) -> End {
+    fn serve(&self, conn: &mut Connection, backoff: &mut Backoff) -> End {
         if let Err(e) = self.register(conn) {
             return End::Lost(e);
         }
@@ -180,8 +177,7 @@ impl Slot {
             if !registered {
                 // The server answered: the registration went through.
                 registered = true;
-                *backoff = self.settings.backoff_min;
-                *failures = 0;
+                backoff.reset();
             }
             let job = match reply {
                 Some(job) => job,
@@ -518,20 +514,4 @@ fn log_error(slot: usize, p: &OwnedPacket) {
             String::from_utf8_lossy(text)
         );
     }
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "unknown panic".into()
-    }
-}
-
-/// `d` scaled by a random factor in [0.5, 1.5).
-fn jitter(d: Duration) -> Duration {
-    let f = 0.5 + (random_u64() % 1000) as f64 / 1000.0;
-    d.mul_f64(f)
 }
