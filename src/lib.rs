@@ -15,6 +15,8 @@
 //! `server`, `persistent-queue`, and `cli` for the `gearframe` command),
 //! all on by default; [`proto`], [`conn`] and [`config`] are always there.
 
+#![warn(missing_docs, unreachable_pub)]
+
 #[cfg(feature = "admin")]
 pub mod admin;
 pub mod busy_poll;

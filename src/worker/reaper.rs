@@ -32,7 +32,7 @@ use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
 /// The environment variable holding a run's token.
-pub const TOKEN_VAR: &str = "GEARFRAME_JOB";
+pub(crate) const TOKEN_VAR: &str = "GEARFRAME_JOB";
 
 /// How often the scan is repeated while processes are being stopped.
 const TICK: Duration = Duration::from_millis(20);
