@@ -33,7 +33,7 @@
 //! at a line that is exactly `.` (an empty line inside `show unique jobs` is
 //! a job with an empty unique id); a `workers` line is split on ` : ` so a
 //! client id may contain spaces; an `ERR CODE text+with+pluses` line becomes
-//! [`AdminError::Server`] with the text decoded. Requests end in `\r\n`
+//! [`AdminErrorKind::Server`] with the text decoded. Requests end in `\r\n`
 //! (gearmand cuts the last character of `create function NAME` off a bare
 //! `\n` line).
 //!
@@ -205,28 +205,31 @@ impl MaxQueue {
     }
 }
 
-/// Why an admin call failed.
+/// Why an admin call failed: the server asked and what went wrong.
+#[derive(Debug)]
+pub struct AdminError {
+    /// `host:port`.
+    pub server: String,
+    /// What went wrong.
+    pub kind: AdminErrorKind,
+}
+
+/// What went wrong in an admin call.
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum AdminError {
+pub enum AdminErrorKind {
     /// The server could not be reached.
     Connect {
-        /// `host:port`.
-        server: String,
         /// The cause.
         source: io::Error,
     },
     /// A write or read failed or timed out.
     Io {
-        /// `host:port`.
-        server: String,
         /// The cause (`TimedOut` for a timeout).
         source: io::Error,
     },
     /// The server answered `ERR CODE text`.
     Server {
-        /// `host:port`.
-        server: String,
         /// The error code, such as `UNKNOWN_JOB` or `UNKNOWN_COMMAND`.
         code: String,
         /// The decoded text (`+` read as a space), possibly empty.
@@ -234,8 +237,6 @@ pub enum AdminError {
     },
     /// The server answered something this client cannot read.
     Parse {
-        /// `host:port`.
-        server: String,
         /// What was expected.
         expected: &'static str,
         /// The line received.
@@ -245,8 +246,6 @@ pub enum AdminError {
     InvalidArgument(String),
     /// A drain made no progress for its stall limit.
     Stalled {
-        /// `host:port`.
-        server: String,
         /// The function.
         function: String,
         /// Jobs still queued.
@@ -256,25 +255,26 @@ pub enum AdminError {
     },
     /// A job submission (of a shutdown job) failed.
     Submit {
-        /// `host:port`.
-        server: String,
         /// The client's error.
         source: crate::client::Error,
     },
     /// A named function is not on the server.
     UnknownFunction {
-        /// `host:port`.
-        server: String,
         /// The function.
         function: String,
     },
 }
 
 impl AdminError {
+    /// An error of `kind` from `server`.
+    pub fn new(server: impl Into<String>, kind: AdminErrorKind) -> AdminError {
+        AdminError { server: server.into(), kind }
+    }
+
     /// The server's error code, when the server answered `ERR`.
     pub fn code(&self) -> Option<&str> {
-        match self {
-            AdminError::Server { code, .. } => Some(code),
+        match &self.kind {
+            AdminErrorKind::Server { code, .. } => Some(code),
             _ => None,
         }
     }
@@ -286,50 +286,55 @@ impl AdminError {
 
     /// True when the server could not be reached or stopped answering.
     pub fn is_down(&self) -> bool {
-        matches!(self, AdminError::Connect { .. } | AdminError::Io { .. })
+        matches!(self.kind, AdminErrorKind::Connect { .. } | AdminErrorKind::Io { .. })
+    }
+}
+
+/// The error without the server's name: `AdminError` shows it as
+/// `host:port: ` and then this (an invalid argument alone).
+impl fmt::Display for AdminErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminErrorKind::Connect { source } => write!(f, "cannot connect: {source}"),
+            AdminErrorKind::Io { source } if source.kind() == io::ErrorKind::TimedOut => {
+                f.write_str("no reply in time")
+            }
+            AdminErrorKind::Io { source } => write!(f, "{source}"),
+            AdminErrorKind::Server { code, message } if code == "ERROR" => {
+                write!(f, "server error: {message}")
+            }
+            AdminErrorKind::Server { code, message } if message.is_empty() => {
+                write!(f, "server error {code}")
+            }
+            AdminErrorKind::Server { code, message } => write!(f, "server error {code}: {message}"),
+            AdminErrorKind::Parse { expected, line } => {
+                write!(f, "expected {expected}, got {line:?}")
+            }
+            AdminErrorKind::InvalidArgument(m) => f.write_str(m),
+            AdminErrorKind::Stalled { function, queued, after } => write!(
+                f,
+                "{queued} jobs of `{function}` still queued after {after:?} without progress (jobs scheduled for later?)"
+            ),
+            AdminErrorKind::Submit { source } => write!(f, "cannot submit: {source}"),
+            AdminErrorKind::UnknownFunction { function } => write!(f, "no function `{function}`"),
+        }
     }
 }
 
 impl fmt::Display for AdminError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AdminError::Connect { server, source } => {
-                write!(f, "{server}: cannot connect: {source}")
-            }
-            AdminError::Io { server, source } if source.kind() == io::ErrorKind::TimedOut => {
-                write!(f, "{server}: no reply in time")
-            }
-            AdminError::Io { server, source } => write!(f, "{server}: {source}"),
-            AdminError::Server { server, code, message } if code == "ERROR" => {
-                write!(f, "{server}: server error: {message}")
-            }
-            AdminError::Server { server, code, message } if message.is_empty() => {
-                write!(f, "{server}: server error {code}")
-            }
-            AdminError::Server { server, code, message } => {
-                write!(f, "{server}: server error {code}: {message}")
-            }
-            AdminError::Parse { server, expected, line } => {
-                write!(f, "{server}: expected {expected}, got {line:?}")
-            }
-            AdminError::InvalidArgument(m) => f.write_str(m),
-            AdminError::Stalled { server, function, queued, after } => write!(
-                f,
-                "{server}: {queued} jobs of `{function}` still queued after {after:?} without progress (jobs scheduled for later?)"
-            ),
-            AdminError::Submit { server, source } => write!(f, "{server}: cannot submit: {source}"),
-            AdminError::UnknownFunction { server, function } => {
-                write!(f, "{server}: no function `{function}`")
-            }
+        match &self.kind {
+            AdminErrorKind::InvalidArgument(_) => write!(f, "{}", self.kind),
+            kind => write!(f, "{}: {kind}", self.server),
         }
     }
 }
 
 impl std::error::Error for AdminError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            AdminError::Connect { source, .. } | AdminError::Io { source, .. } => Some(source),
-            AdminError::Submit { source, .. } => Some(source),
+        match &self.kind {
+            AdminErrorKind::Connect { source } | AdminErrorKind::Io { source } => Some(source),
+            AdminErrorKind::Submit { source } => Some(source),
             _ => None,
         }
     }
@@ -348,14 +353,20 @@ pub struct AdminClient {
 
 /// Checks a word sent on an admin line: not empty, no space, no control
 /// character (line breaks, tabs, NUL: see [`is_listable_name`]).
-fn word<'a>(what: &str, w: &'a str) -> Result<&'a str> {
+fn word<'a>(server: &str, what: &str, w: &'a str) -> Result<&'a str> {
     if w.is_empty() {
-        return Err(AdminError::InvalidArgument(format!("the {what} is empty")));
+        return Err(AdminError::new(
+            server,
+            AdminErrorKind::InvalidArgument(format!("the {what} is empty")),
+        ));
     }
     if w.contains(' ') || !is_listable_name(w.as_bytes()) {
-        return Err(AdminError::InvalidArgument(format!(
-            "the {what} {w:?} contains a space or a control character (line break, tab, NUL), which the admin protocol cannot send"
-        )));
+        return Err(AdminError::new(
+            server,
+            AdminErrorKind::InvalidArgument(format!(
+                "the {what} {w:?} contains a space or a control character (line break, tab, NUL), which the admin protocol cannot send"
+            )),
+        ));
     }
     Ok(w)
 }
@@ -365,7 +376,7 @@ impl AdminClient {
     /// connect and reply wait is limited to `timeout`.
     ///
     /// # Errors
-    /// [`AdminError::Connect`] when the server cannot be reached in time.
+    /// [`AdminErrorKind::Connect`] when the server cannot be reached in time.
     pub fn connect(server: &str, timeout: Duration) -> Result<AdminClient> {
         let mut c = AdminClient::lazy(server, timeout);
         c.conn()?;
@@ -389,10 +400,12 @@ impl AdminClient {
 
     fn conn(&mut self) -> Result<&mut Connection> {
         if self.conn.is_none() {
-            let c = Connection::connect(&self.server, self.timeout)
-                .map_err(|source| AdminError::Connect { server: self.server.clone(), source })?;
-            c.set_write_timeout(Some(self.timeout))
-                .map_err(|source| AdminError::Connect { server: self.server.clone(), source })?;
+            let c = Connection::connect(&self.server, self.timeout).map_err(|source| {
+                AdminError::new(self.server.clone(), AdminErrorKind::Connect { source })
+            })?;
+            c.set_write_timeout(Some(self.timeout)).map_err(|source| {
+                AdminError::new(self.server.clone(), AdminErrorKind::Connect { source })
+            })?;
             log::debug!("admin server={}: connected", self.server);
             self.conn = Some(c);
         }
@@ -404,7 +417,7 @@ impl AdminClient {
         if let Some(c) = self.conn.take() {
             c.close();
         }
-        AdminError::Io { server: self.server.clone(), source }
+        AdminError::new(self.server.clone(), AdminErrorKind::Io { source })
     }
 
     fn send_line(&mut self, line: &str) -> Result<Instant> {
@@ -434,7 +447,7 @@ impl AdminClient {
 
     fn server_error(&self, line: &str) -> AdminError {
         let (code, message) = parse_error_line(line);
-        AdminError::Server { server: self.server.clone(), code, message }
+        AdminError::new(self.server.clone(), AdminErrorKind::Server { code, message })
     }
 
     /// Sends a list command and returns the lines before the `.` line.
@@ -510,7 +523,10 @@ impl AdminClient {
     }
 
     fn parse_err(&self, expected: &'static str, line: &str) -> AdminError {
-        AdminError::Parse { server: self.server.clone(), expected, line: line.to_string() }
+        AdminError::new(
+            self.server.clone(),
+            AdminErrorKind::Parse { expected, line: line.to_string() },
+        )
     }
 
     /// `status`: per function total, running and workers.
@@ -597,7 +613,7 @@ impl AdminClient {
     /// # Errors
     /// A function name that cannot be sent, I/O, timeout or an `ERR` reply.
     pub fn set_max_queue(&mut self, function: &str, limits: MaxQueue) -> Result<()> {
-        let f = word("function name", function)?;
+        let f = word(&self.server, "function name", function)?;
         let line = format!("maxqueue {f} {} {} {}", limits.high, limits.normal, limits.low);
         self.command(&line).map(drop)
     }
@@ -605,9 +621,9 @@ impl AdminClient {
     /// `cancel job HANDLE`.
     ///
     /// # Errors
-    /// `ERR UNKNOWN_JOB` as [`AdminError::Server`], I/O or timeout.
+    /// `ERR UNKNOWN_JOB` as [`AdminErrorKind::Server`], I/O or timeout.
     pub fn cancel_job(&mut self, handle: &str) -> Result<()> {
-        let h = word("job handle", handle)?;
+        let h = word(&self.server, "job handle", handle)?;
         self.command(&format!("cancel job {h}")).map(drop)
     }
 
@@ -616,7 +632,7 @@ impl AdminClient {
     /// # Errors
     /// A name that cannot be sent, I/O, timeout or an `ERR` reply.
     pub fn create_function(&mut self, name: &str) -> Result<()> {
-        let f = word("function name", name)?;
+        let f = word(&self.server, "function name", name)?;
         self.command(&format!("create function {f}")).map(drop)
     }
 
@@ -628,7 +644,7 @@ impl AdminClient {
     /// (gearframe's server matches it exactly, gearmand ignores case), I/O
     /// or timeout.
     pub fn drop_function(&mut self, name: &str) -> Result<()> {
-        let f = word("function name", name)?;
+        let f = word(&self.server, "function name", name)?;
         self.command(&format!("drop function {f}")).map(drop)
     }
 
@@ -643,7 +659,7 @@ impl AdminClient {
         let r = match self.command(if graceful { "shutdown graceful" } else { "shutdown" }) {
             // A server that stops at once may close the connection before
             // its `OK` is read: the request was written, so it was accepted.
-            Err(AdminError::Io { source, .. })
+            Err(AdminError { kind: AdminErrorKind::Io { source }, .. })
                 if matches!(
                     source.kind(),
                     io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset
@@ -667,7 +683,7 @@ impl AdminClient {
     /// `ERR UNKNOWN_COMMAND` from servers without it, I/O, timeout, or
     /// another `ERR` reply.
     pub fn clear_function(&mut self, name: &str) -> Result<u64> {
-        let f = word("function name", name)?;
+        let f = word(&self.server, "function name", name)?;
         let v = self.command(&format!("clear function {f}"))?;
         v.parse().map_err(|_| self.parse_err("OK <count>", &v))
     }
@@ -698,7 +714,7 @@ impl AdminClient {
     }
 
     /// Sends a binary request on the admin connection and waits for a
-    /// reply of type `want` (an ERROR packet is [`AdminError::Server`]).
+    /// reply of type `want` (an ERROR packet is [`AdminErrorKind::Server`]).
     fn exchange(&mut self, req: &Packet<'_>, want: PacketType) -> Result<crate::conn::OwnedPacket> {
         let deadline = Instant::now() + self.timeout;
         let c = self.conn()?;
@@ -710,11 +726,13 @@ impl AdminClient {
             Ok(p) if p.kind == want => Ok(p),
             Ok(p) => {
                 let e = match p.packet() {
-                    Ok(Packet::Error { code, text }) => AdminError::Server {
-                        server: self.server.clone(),
-                        code: String::from_utf8_lossy(code).into_owned(),
-                        message: String::from_utf8_lossy(text).into_owned(),
-                    },
+                    Ok(Packet::Error { code, text }) => AdminError::new(
+                        self.server.clone(),
+                        AdminErrorKind::Server {
+                            code: String::from_utf8_lossy(code).into_owned(),
+                            message: String::from_utf8_lossy(text).into_owned(),
+                        },
+                    ),
                     _ => self.parse_err(want.name(), &format!("{} packet", p.kind)),
                 };
                 if let Some(c) = self.conn.take() {

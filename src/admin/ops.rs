@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{AdminClient, AdminError, Result, WorkerInfo};
+use super::{AdminClient, AdminError, AdminErrorKind, Result, WorkerInfo};
 use crate::client::{Client, Job};
 use crate::proto::Priority;
 use crate::worker::{JobError, Worker};
@@ -81,7 +81,7 @@ pub struct ClearReport {
 ///
 /// # Errors
 /// The server is down, does not know the function
-/// ([`AdminError::UnknownFunction`]), or the drain stalled.
+/// ([`AdminErrorKind::UnknownFunction`]), or the drain stalled.
 pub fn clear(
     server: &str,
     function: &str,
@@ -103,10 +103,10 @@ pub fn clear(
         }
         Err(e) if e.is_unknown_command() => drain(server, function, opts, progress),
         Err(e) if e.code().is_some_and(|c| c.eq_ignore_ascii_case("UNKNOWN_FUNCTION")) => {
-            Err(AdminError::UnknownFunction {
-                server: admin.server().to_string(),
-                function: function.to_string(),
-            })
+            Err(AdminError::new(
+                admin.server(),
+                AdminErrorKind::UnknownFunction { function: function.to_string() },
+            ))
         }
         Err(e) => Err(e),
     }
@@ -127,8 +127,12 @@ pub fn drain(
 ) -> Result<ClearReport> {
     let mut admin = AdminClient::lazy(server, opts.timeout);
     let server = admin.server().to_string();
-    let unknown =
-        || AdminError::UnknownFunction { server: server.clone(), function: function.to_string() };
+    let unknown = || {
+        AdminError::new(
+            server.clone(),
+            AdminErrorKind::UnknownFunction { function: function.to_string() },
+        )
+    };
     let first = admin.function_status(function)?.ok_or_else(unknown)?;
     let mut report = ClearReport {
         server: server.clone(),
@@ -157,7 +161,9 @@ pub fn drain(
             Err(JobError::fail(Vec::new()))
         })
         .build()
-        .map_err(|e| AdminError::InvalidArgument(e.to_string()))?;
+        .map_err(|e| {
+            AdminError::new(server.clone(), AdminErrorKind::InvalidArgument(e.to_string()))
+        })?;
     log::info!("server={server} func={function}: draining {} queued jobs", first.queued());
     let mut last = (0, first.queued());
     let mut last_change = Instant::now();
@@ -180,12 +186,14 @@ pub fn drain(
             last = (done, queued);
             last_change = Instant::now();
         } else if last_change.elapsed() >= opts.stall {
-            break Err(AdminError::Stalled {
-                server: server.clone(),
-                function: function.to_string(),
-                queued,
-                after: opts.stall,
-            });
+            break Err(AdminError::new(
+                server.clone(),
+                AdminErrorKind::Stalled {
+                    function: function.to_string(),
+                    queued,
+                    after: opts.stall,
+                },
+            ));
         }
     };
     worker.shutdown();
@@ -324,7 +332,9 @@ pub fn stop_workers(
         .ack_timeout(opts.timeout)
         .retry_timeout(opts.timeout)
         .build()
-        .map_err(|e| AdminError::InvalidArgument(e.to_string()))?;
+        .map_err(|e| {
+            AdminError::new(server.clone(), AdminErrorKind::InvalidArgument(e.to_string()))
+        })?;
     let mut handles = Vec::new();
     'submit: for (f, n) in &jobs {
         for _ in 0..*n {
@@ -333,9 +343,9 @@ pub fn stop_workers(
             }
             let job =
                 Job::new(f.clone(), SHUTDOWN_PAYLOAD).priority(Priority::High).background(true);
-            let h = client
-                .submit_background_job(&job)
-                .map_err(|source| AdminError::Submit { server: server.clone(), source })?;
+            let h = client.submit_background_job(&job).map_err(|source| {
+                AdminError::new(server.clone(), AdminErrorKind::Submit { source })
+            })?;
             log::info!("server={server} func={f}: shutdown job {h}");
             handles.push(h);
         }

@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use gearframe::admin::{
-    AdminClient, AdminError, ClearOptions, Cluster, FunctionStatus, MaxQueue, PerServer,
-    PriorityStatus, StopTarget, StopWorkersOptions, StoreStatus, WorkerInfo, sum_priority,
-    sum_status,
+    AdminClient, AdminError, AdminErrorKind, ClearOptions, Cluster, FunctionStatus, MaxQueue,
+    PerServer, PriorityStatus, StopTarget, StopWorkersOptions, StoreStatus, WorkerInfo,
+    sum_priority, sum_status,
 };
 use gearframe::config::{Config, parse_duration};
 use serde_json::{Value, json};
@@ -460,9 +460,8 @@ fn exit_code<T>(rs: &[PerServer<T>]) -> ExitCode {
 
 /// The note of a server that did not answer: its error without the server
 /// name (the row names it).
-fn problem(server: &str, e: &AdminError) -> String {
-    let text = e.to_string();
-    let text = text.strip_prefix(&format!("{server}: ")).unwrap_or(&text).to_string();
+fn problem(e: &AdminError) -> String {
+    let text = &e.kind;
     if e.is_down() { format!("down: {text}") } else { format!("error: {text}") }
 }
 
@@ -473,7 +472,7 @@ fn server_json<T>(r: &PerServer<T>, key: &str, data: impl Fn(&T) -> Value) -> Va
         Err(e) => json!({
             "server": r.server,
             "up": !e.is_down(),
-            "error": problem(&r.server, e),
+            "error": problem(e),
             key: null,
         }),
     }
@@ -530,7 +529,7 @@ fn status(ctx: &Ctx, function: Option<&str>) -> Result<ExitCode, Failure> {
         for r in &rs {
             match &r.result {
                 Ok(list) => list.iter().for_each(|f| t.row(status_cells(&r.server, f))),
-                Err(e) => t.note(&r.server, problem(&r.server, e)),
+                Err(e) => t.note(&r.server, problem(e)),
             }
         }
         if rs.len() > 1 {
@@ -634,7 +633,10 @@ fn workers(ctx: &Ctx, function: Option<&str>, all: bool, raw: bool) -> Result<Ex
             server: r.server.clone(),
             result: match &r.result {
                 Ok(list) => Ok(group_workers(list)),
-                Err(e) => Err(AdminError::InvalidArgument(e.to_string())),
+                Err(e) => Err(AdminError::new(
+                    e.server.clone(),
+                    AdminErrorKind::InvalidArgument(e.kind.to_string()),
+                )),
             },
         })
         .collect();
@@ -670,7 +672,7 @@ fn workers(ctx: &Ctx, function: Option<&str>, all: bool, raw: bool) -> Result<Ex
                         ]);
                     }
                 }
-                Err(e) => t.note(&r.server, problem(&r.server, e)),
+                Err(e) => t.note(&r.server, problem(e)),
             }
         }
         let mut text = t.render();
@@ -699,7 +701,7 @@ fn workers(ctx: &Ctx, function: Option<&str>, all: bool, raw: bool) -> Result<Ex
                         ]);
                     }
                 }
-                (Err(e), _) => t.note(&r.server, problem(&r.server, e)),
+                (Err(e), _) => t.note(&r.server, problem(e)),
                 (Ok(_), Err(_)) => {}
             }
         }
@@ -779,7 +781,7 @@ fn job(ctx: &Ctx, handle: Option<&str>, unique: Option<&str>) -> Result<ExitCode
                     }
                     t.row(row);
                 }
-                Err(e) => t.note(&r.server, problem(&r.server, e)),
+                Err(e) => t.note(&r.server, problem(e)),
             }
         }
         let mut text = t.render();
@@ -839,11 +841,7 @@ fn drop_function(ctx: &Ctx, function: &str) -> Result<ExitCode, Failure> {
     for r in &rs {
         if let Err(e) = &r.result {
             if !e.is_down() {
-                eprintln!(
-                    "gearframe: {}: {}",
-                    r.server,
-                    problem(&r.server, e).trim_start_matches("error: ")
-                );
+                eprintln!("gearframe: {}: {}", r.server, problem(e).trim_start_matches("error: "));
             }
         }
     }
@@ -855,7 +853,10 @@ fn drop_function(ctx: &Ctx, function: &str) -> Result<ExitCode, Failure> {
 fn drop_refusal(server: &str, timeout: Duration, function: &str) -> Option<AdminError> {
     let held = AdminClient::lazy(server, timeout).function_status(function).ok()?;
     let Some(f) = held else {
-        return Some(AdminError::InvalidArgument(format!("no function `{function}`")));
+        return Some(AdminError::new(
+            server,
+            AdminErrorKind::InvalidArgument(format!("no function `{function}`")),
+        ));
     };
     let mut has = Vec::new();
     let mut fix = Vec::new();
@@ -875,11 +876,14 @@ fn drop_refusal(server: &str, timeout: Duration, function: &str) -> Option<Admin
     if has.is_empty() {
         return None;
     }
-    Some(AdminError::InvalidArgument(format!(
-        "cannot drop `{function}`: it has {} ({})",
-        has.join(", "),
-        fix.join("; ")
-    )))
+    Some(AdminError::new(
+        server,
+        AdminErrorKind::InvalidArgument(format!(
+            "cannot drop `{function}`: it has {} ({})",
+            has.join(", "),
+            fix.join("; ")
+        )),
+    ))
 }
 
 /// The servers that answered, comma-separated.
@@ -924,7 +928,7 @@ fn priority(ctx: &Ctx) -> Result<ExitCode, Failure> {
         for r in &rs {
             match &r.result {
                 Ok(list) => list.iter().for_each(|f| t.row(priority_cells(&r.server, f))),
-                Err(e) => t.note(&r.server, problem(&r.server, e)),
+                Err(e) => t.note(&r.server, problem(e)),
             }
         }
         if rs.len() > 1 {
@@ -947,7 +951,7 @@ fn jobs(ctx: &Ctx, unique: bool) -> Result<ExitCode, Failure> {
             for r in &rs {
                 match &r.result {
                     Ok(list) => list.iter().for_each(|u| t.row(vec![r.server.clone(), u.clone()])),
-                    Err(e) => t.note(&r.server, problem(&r.server, e)),
+                    Err(e) => t.note(&r.server, problem(e)),
                 }
             }
             emit(&t.render());
@@ -971,7 +975,7 @@ fn jobs(ctx: &Ctx, unique: bool) -> Result<ExitCode, Failure> {
                         if j.ignored { "yes" } else { "no" }.to_string(),
                     ])
                 }),
-                Err(e) => t.note(&r.server, problem(&r.server, e)),
+                Err(e) => t.note(&r.server, problem(e)),
             }
         }
         emit(&format!("{}{count} job{}\n", t.render(), if count == 1 { "" } else { "s" }));
@@ -1002,7 +1006,7 @@ fn single<T>(
         for r in rs {
             match &r.result {
                 Ok(v) => t.row(vec![r.server.clone(), text(v)]),
-                Err(e) => t.note(&r.server, problem(&r.server, e)),
+                Err(e) => t.note(&r.server, problem(e)),
             }
         }
         emit(&t.render());
@@ -1024,7 +1028,7 @@ fn done(ctx: &Ctx, rs: &[PerServer<()>], any_server: Option<&str>) -> Result<Exi
         for r in rs {
             match &r.result {
                 Ok(()) => t.row(vec![r.server.clone(), "OK".into()]),
-                Err(e) => t.note(&r.server, problem(&r.server, e)),
+                Err(e) => t.note(&r.server, problem(e)),
             }
         }
         emit(&t.render());
@@ -1090,7 +1094,7 @@ fn clear(ctx: &Ctx, function: &str, stall: Duration) -> Result<ExitCode, Failure
             break;
         }
     }
-    let unknown = |e: &AdminError| matches!(e, AdminError::UnknownFunction { .. });
+    let unknown = |e: &AdminError| matches!(e.kind, AdminErrorKind::UnknownFunction { .. });
     let cleared: u64 =
         results.iter().filter_map(|r| r.result.as_ref().ok()).map(|c| c.cleared).sum();
     if ctx.json {
@@ -1115,7 +1119,7 @@ fn clear(ctx: &Ctx, function: &str, stall: Duration) -> Result<ExitCode, Failure
                     },
                 ]),
                 Err(e) if unknown(e) => t.note(&r.server, format!("no function `{function}`")),
-                Err(e) => t.note(&r.server, problem(&r.server, e)),
+                Err(e) => t.note(&r.server, problem(e)),
             }
         }
         emit(&format!("{}{cleared} jobs cleared\n", t.render()));
@@ -1174,7 +1178,7 @@ fn stop_workers(ctx: &Ctx, target: &StopTarget, wait: Duration) -> Result<ExitCo
                     s.stopped.to_string(),
                     s.cancelled.to_string(),
                 ]),
-                Err(e) => t.note(&r.server, problem(&r.server, e)),
+                Err(e) => t.note(&r.server, problem(e)),
             }
         }
         let what = match target {
@@ -1242,7 +1246,7 @@ fn store(ctx: &Ctx) -> Result<ExitCode, Failure> {
                     ]);
                 }
                 Err(e) if e.is_unknown_command() => t.note(&r.server, NO_STORE.into()),
-                Err(e) => t.note(&r.server, problem(&r.server, e)),
+                Err(e) => t.note(&r.server, problem(e)),
             }
         }
         emit(&t.render());
@@ -1295,7 +1299,7 @@ fn stop_server(ctx: &Ctx, graceful: bool) -> Result<ExitCode, Failure> {
                     &r.server,
                     "error: this server has no `shutdown` command (gearmand removed it in 1.1.15): stop it with SIGTERM, or SIGUSR1 to let its jobs finish".into(),
                 ),
-                Err(e) => t.note(&r.server, problem(&r.server, e)),
+                Err(e) => t.note(&r.server, problem(e)),
             }
         }
         emit(&t.render());
@@ -1309,11 +1313,10 @@ mod tests {
 
     #[test]
     fn problems_drop_the_server_name() {
-        let e = AdminError::Server {
-            server: "h:1".into(),
-            code: "UNKNOWN_JOB".into(),
-            message: String::new(),
-        };
-        assert_eq!(problem("h:1", &e), "error: server error UNKNOWN_JOB");
+        let e = AdminError::new(
+            "h:1",
+            AdminErrorKind::Server { code: "UNKNOWN_JOB".into(), message: String::new() },
+        );
+        assert_eq!(problem(&e), "error: server error UNKNOWN_JOB");
     }
 }

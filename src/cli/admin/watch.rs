@@ -221,7 +221,7 @@ pub(super) fn run(
                 .map(|r| match &r.result {
                     Ok(_) => json!({"server": r.server, "up": true, "error": null}),
                     Err(e) => {
-                        json!({"server": r.server, "up": false, "error": problem(&r.server, e)})
+                        json!({"server": r.server, "up": false, "error": problem(e)})
                     }
                 })
                 .collect();
@@ -304,7 +304,7 @@ pub(super) fn run(
                             if list.len() == 1 { "" } else { "s" }
                         ),
                     ]),
-                    Err(e) => s.note(&r.server, problem(&r.server, e)),
+                    Err(e) => s.note(&r.server, problem(e)),
                 }
             }
             frame.push_str(&s.render());
