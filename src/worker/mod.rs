@@ -171,16 +171,42 @@ impl std::fmt::Debug for Function {
 }
 
 /// The worker could not be built.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BuildError(pub String);
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The server list is empty or has a bad entry.
+    Servers(crate::conn::BadServer),
+    /// No function was registered.
+    NoFunction,
+    /// `threads(0)`.
+    NoThreads,
+    /// A function name that is empty, longer than 512 bytes or holds a NUL.
+    FunctionName(String),
+    /// A slot or the supervisor thread could not be started.
+    Spawn(std::io::Error),
+}
 
 impl std::fmt::Display for BuildError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            BuildError::Servers(e) => write!(f, "{e}"),
+            BuildError::NoFunction => f.write_str("no function registered"),
+            BuildError::NoThreads => f.write_str("threads must be at least 1"),
+            BuildError::FunctionName(name) => write!(f, "invalid function name {name:?}"),
+            BuildError::Spawn(e) => write!(f, "cannot start a worker thread: {e}"),
+        }
     }
 }
 
-impl std::error::Error for BuildError {}
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::Servers(e) => Some(e),
+            BuildError::Spawn(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// Configures and starts a [`Worker`].
 #[derive(Debug, Clone)]
@@ -357,16 +383,16 @@ impl WorkerBuilder {
     /// or too long function name.
     pub fn build(self) -> Result<Worker, BuildError> {
         let servers = crate::conn::resolve_servers(self.servers.as_deref(), &[])
-            .map_err(|e| BuildError(e.to_string()))?;
+            .map_err(BuildError::Servers)?;
         if self.functions.is_empty() {
-            return Err(BuildError("no function registered".into()));
+            return Err(BuildError::NoFunction);
         }
         if self.threads == 0 {
-            return Err(BuildError("threads must be at least 1".into()));
+            return Err(BuildError::NoThreads);
         }
         for f in &self.functions {
             if f.name.is_empty() || f.name.len() > 512 || f.name.contains('\0') {
-                return Err(BuildError(format!("invalid function name {:?}", f.name)));
+                return Err(BuildError::FunctionName(f.name.clone()));
             }
         }
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
@@ -409,7 +435,7 @@ impl WorkerBuilder {
                         for h in slots {
                             let _ = h.join();
                         }
-                        return Err(BuildError(format!("cannot start a worker thread: {e}")));
+                        return Err(BuildError::Spawn(e));
                     }
                 }
                 id += 1;
@@ -428,7 +454,7 @@ impl WorkerBuilder {
                 for h in slots {
                     let _ = h.join();
                 }
-                return Err(BuildError(format!("cannot start a worker thread: {e}")));
+                return Err(BuildError::Spawn(e));
             }
         };
         log::info!(
@@ -685,13 +711,18 @@ mod tests {
             .register("f", Echo)
             .build()
             .unwrap_err();
-        assert!(e.0.starts_with("no server given"), "{}", e.0);
+        assert!(matches!(e, BuildError::Servers(_)), "{e:?}");
+        assert!(e.to_string().starts_with("no server given"), "{e}");
         let e = Worker::builder().servers(["http://x"]).register("f", Echo).build().unwrap_err();
-        assert!(e.0.contains("bad server `http://x`"), "{}", e.0);
+        assert!(e.to_string().contains("bad server `http://x`"), "{e}");
         let e = Worker::builder().servers(["127.0.0.1:1"]).build().unwrap_err();
-        assert_eq!(e.0, "no function registered");
+        assert!(matches!(e, BuildError::NoFunction), "{e:?}");
+        assert_eq!(e.to_string(), "no function registered");
         let e =
             Worker::builder().servers(["x"]).threads(0).register("f", Echo).build().unwrap_err();
-        assert!(e.0.contains("threads"));
+        assert!(matches!(e, BuildError::NoThreads), "{e:?}");
+        assert!(e.to_string().contains("threads"));
+        let e = Worker::builder().servers(["x"]).register("", Echo).build().unwrap_err();
+        assert!(matches!(&e, BuildError::FunctionName(n) if n.is_empty()), "{e:?}");
     }
 }
