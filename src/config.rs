@@ -428,6 +428,14 @@ pub mod duration {
         super::parse_duration(&s).map_err(serde::de::Error::custom)
     }
 
+    /// Writes one duration as [`format_duration`](super::format_duration) does.
+    ///
+    /// # Errors
+    /// Those of the serializer.
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_duration(*d))
+    }
+
     /// `#[serde(with = "crate::config::duration::option")]`: an optional
     /// duration.
     pub mod option {
@@ -447,6 +455,20 @@ pub mod duration {
                     super::super::parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
                 }
                 None => Ok(None),
+            }
+        }
+
+        /// Writes one optional duration.
+        ///
+        /// # Errors
+        /// Those of the serializer.
+        pub fn serialize<S: serde::Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_some(&super::super::format_duration(*d)),
+                None => s.serialize_none(),
             }
         }
     }

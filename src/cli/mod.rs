@@ -3,6 +3,8 @@
 mod admin;
 mod bench;
 mod demo;
+#[allow(dead_code)] // used by the subcommands as they move onto config types
+mod flags;
 mod send;
 mod server;
 mod submit;
