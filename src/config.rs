@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 #[cfg(feature = "admin")]
-pub use crate::admin::AdminSection;
+pub use crate::admin::AdminConfig;
 #[cfg(feature = "worker")]
 pub use crate::worker::config::{FunctionSection, WorkerSection};
 
@@ -21,7 +21,7 @@ pub use crate::worker::config::{FunctionSection, WorkerSection};
 pub struct Config {
     /// The `server:` section.
     #[cfg(feature = "server")]
-    pub server: ServerSection,
+    pub server: crate::server::ServerConfig,
     #[cfg(not(feature = "server"))]
     #[serde(rename = "server")]
     _server: serde::de::IgnoredAny,
@@ -42,7 +42,7 @@ pub struct Config {
     /// The `admin:` section.
     #[cfg(feature = "admin")]
     #[serde(default)]
-    pub admin: AdminSection,
+    pub admin: AdminConfig,
     #[cfg(not(feature = "admin"))]
     #[serde(rename = "admin")]
     _admin: serde::de::IgnoredAny,
@@ -92,54 +92,6 @@ impl LogLevel {
             LogLevel::Trace => "trace",
         }
     }
-}
-
-/// The `server:` section; each key mirrors a `gearframe server` option.
-#[cfg(feature = "server")]
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerSection {
-    /// Address to listen on.
-    pub listen: String,
-    /// Drop a job once it was started this many times (0 = unlimited).
-    pub job_retries: u32,
-    /// NOOPs per queued job (0 = wake every sleeping worker).
-    pub worker_wakeup: u32,
-    /// Rotate each worker's function order after every job.
-    pub round_robin: bool,
-    /// Job handle prefix (default `H:<hostname>:<port>:<start time>`).
-    pub job_handle_prefix: Option<String>,
-    /// Largest packet body accepted, in bytes.
-    pub max_packet_size: u32,
-    /// Most connections served at once (0: the file descriptor limit minus
-    /// [`FD_RESERVE`](crate::server::FD_RESERVE)).
-    pub max_connections: usize,
-    /// Every connection starts with the `exceptions` option on.
-    pub exceptions: bool,
-    /// How long one write to a peer may block before it is disconnected.
-    pub write_timeout: DurationStr,
-    /// How long a started packet or admin line may take to arrive (0: no limit).
-    pub read_timeout: DurationStr,
-    /// Most bytes held by partial packets across all connections (0 = unlimited).
-    pub max_buffered_bytes: usize,
-    /// How long a connection's reader polls for the next request before it
-    /// blocks (0: never).
-    pub busy_poll: DurationStr,
-    /// Persistent queue for background jobs: `sqlite:PATH` (none: memory only).
-    pub queue: Option<String>,
-    /// Write the persistent queue only when the server stops.
-    pub store_queue_on_shutdown: bool,
-    /// maxqueue of every function until `maxqueue` changes it (0 = unlimited).
-    pub max_queue: u32,
-    /// Most jobs held in total (0 = unlimited).
-    pub max_jobs: usize,
-    /// Most payload bytes held in total (0 = unlimited).
-    pub max_payload_bytes: usize,
-    /// Bytes waiting for one peer before it is disconnected.
-    pub max_outbox: usize,
-    /// Addresses or networks allowed to run admin commands that change state
-    /// or list jobs and connections.
-    pub admin_allow: Vec<String>,
 }
 
 /// A server list in the file: `[a:4730, b]` or `"a:4730,b"`, each entry as
@@ -192,78 +144,6 @@ pub fn parse_queue(s: &str) -> Result<std::path::PathBuf, String> {
              lacks: rebuild with `--features persistent-queue` or remove the queue"
         )),
         _ => Err(format!("unknown queue `{s}`: write sqlite:PATH")),
-    }
-}
-
-#[cfg(feature = "server")]
-impl Default for ServerSection {
-    fn default() -> Self {
-        let d = crate::server::ServerConfig::default();
-        ServerSection {
-            listen: d.listen,
-            job_retries: d.job_retries,
-            worker_wakeup: d.worker_wakeup,
-            round_robin: d.round_robin,
-            job_handle_prefix: d.job_handle_prefix,
-            max_packet_size: d.max_packet_size,
-            max_connections: d.max_connections,
-            exceptions: d.exceptions,
-            write_timeout: DurationStr(d.write_timeout),
-            read_timeout: DurationStr(d.read_timeout),
-            max_buffered_bytes: d.max_buffered_bytes,
-            busy_poll: DurationStr(d.busy_poll),
-            queue: None,
-            store_queue_on_shutdown: false,
-            max_queue: d.max_queue,
-            max_jobs: d.max_jobs,
-            max_payload_bytes: d.max_payload_bytes,
-            max_outbox: d.max_outbox,
-            admin_allow: Vec::new(),
-        }
-    }
-}
-
-#[cfg(feature = "server")]
-impl ServerSection {
-    /// The server settings this section describes.
-    ///
-    /// # Errors
-    /// A bad `queue` or `admin_allow` value, naming the key.
-    pub fn to_server_config(&self) -> Result<crate::server::ServerConfig, ConfigError> {
-        let queue = match &self.queue {
-            Some(q) => Some(parse_queue(q).map_err(|e| ConfigError(format!("server.queue: {e}")))?),
-            None => None,
-        };
-        let admin_allow = self
-            .admin_allow
-            .iter()
-            .map(|r| r.parse().map_err(|e| ConfigError(format!("server.admin_allow: {e}"))))
-            .collect::<Result<_, _>>()?;
-        Ok(crate::server::ServerConfig {
-            listen: self.listen.clone(),
-            job_retries: self.job_retries,
-            worker_wakeup: self.worker_wakeup,
-            round_robin: self.round_robin,
-            job_handle_prefix: self.job_handle_prefix.clone(),
-            max_packet_size: self.max_packet_size,
-            max_connections: self.max_connections,
-            exceptions: self.exceptions,
-            write_timeout: self.write_timeout.0,
-            read_timeout: self.read_timeout.0,
-            max_buffered_bytes: self.max_buffered_bytes,
-            busy_poll: self.busy_poll.0,
-            queue,
-            durability: if self.store_queue_on_shutdown {
-                crate::server::Durability::OnShutdown
-            } else {
-                crate::server::Durability::Sync
-            },
-            max_queue: self.max_queue,
-            max_jobs: self.max_jobs,
-            max_payload_bytes: self.max_payload_bytes,
-            max_outbox: self.max_outbox,
-            admin_allow,
-        })
     }
 }
 
@@ -519,13 +399,41 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-/// Why a config file could not be used.
-#[derive(Debug)]
-pub struct ConfigError(pub String);
+/// Why a config file could not be used: the key whose value is bad, what
+/// is wrong with it and what to write instead, and where the key is.
+///
+/// Shown as `config FILE: line L column C: KEY: REASON`, each part only
+/// when it is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The full path of the bad key (`server.queue`), empty when the error
+    /// is not about one key (a file that cannot be read, invalid YAML).
+    pub key: String,
+    /// What is wrong and what to write instead.
+    pub reason: String,
+    /// The line of the key in the text (from 1), when it is known.
+    pub line: Option<usize>,
+    /// The column of the key on its line (from 1), when it is known.
+    pub column: Option<usize>,
+    /// The file the text came from, when it was read from one
+    /// ([`Config::load`]).
+    pub file: Option<std::path::PathBuf>,
+}
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        if let Some(file) = &self.file {
+            write!(f, "config {}: ", file.display())?;
+        }
+        match (self.line, self.column) {
+            (Some(line), Some(col)) => write!(f, "line {line} column {col}: ")?,
+            (Some(line), None) => write!(f, "line {line}: ")?,
+            _ => {}
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.reason)
     }
 }
 
@@ -535,7 +443,27 @@ impl ConfigError {
     /// A bad value at `key` (its full path, `server.queue`), with what is
     /// wrong and what to write instead.
     pub fn new(key: impl std::fmt::Display, reason: impl std::fmt::Display) -> ConfigError {
-        ConfigError(format!("{key}: {reason}"))
+        ConfigError {
+            key: key.to_string(),
+            reason: reason.to_string(),
+            line: None,
+            column: None,
+            file: None,
+        }
+    }
+
+    /// This error with the position of its key in `text` (else of the
+    /// closest parent key found, else `fallback`).
+    fn located(mut self, text: &str, fallback: Option<serde_yaml::Location>) -> ConfigError {
+        let path: Vec<&str> =
+            if self.key.is_empty() { Vec::new() } else { self.key.split('.').collect() };
+        let at = (1..=path.len())
+            .rev()
+            .find_map(|n| find_key(text, &path[..n]))
+            .or_else(|| fallback.map(|l| (l.line(), l.column())));
+        self.line = at.map(|(line, _)| line);
+        self.column = at.map(|(_, col)| col);
+        self
     }
 }
 
@@ -548,9 +476,12 @@ impl Config {
     /// key, its full path and what to write.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(format!("cannot read config {}: {e}; fix the path or -c", path.display()))
+            ConfigError::new(
+                "",
+                format!("cannot read config {}: {e}; fix the path or -c", path.display()),
+            )
         })?;
-        Config::read(&text).map_err(|e| ConfigError(format!("config {}: {}", path.display(), e.0)))
+        Config::read(&text).map_err(|e| ConfigError { file: Some(path.to_path_buf()), ..e })
     }
 
     /// Parses YAML text and validates it (see [`Config::validate`]).
@@ -559,7 +490,7 @@ impl Config {
     /// As [`Config::parse`] and [`Config::validate`], each located in `text`.
     pub fn read(text: &str) -> Result<Config, ConfigError> {
         let cfg = Config::parse(text)?;
-        cfg.validate().map_err(|(key, msg)| ConfigError(located(text, &key, None, &msg)))?;
+        cfg.validate().map_err(|e| e.located(text, None))?;
         Ok(cfg)
     }
 
@@ -581,12 +512,11 @@ impl Config {
                     let at = format!(" at line {} column {}", loc.line(), loc.column());
                     msg = msg.replacen(&at, "", 1);
                 }
-                return ConfigError(located(
-                    text,
+                return ConfigError::new(
                     "",
-                    syntax.location(),
-                    &format!("{msg}; fix the YAML (indent with spaces, `key: value`)"),
-                ));
+                    format!("{msg}; fix the YAML (indent with spaces, `key: value`)"),
+                )
+                .located(text, syntax.location());
             }
             let mut key: Vec<String> = e
                 .path()
@@ -625,18 +555,20 @@ impl Config {
             if msg.contains("untagged enum ServerList") {
                 msg = "give a list such as [127.0.0.1:4730, b] or a string such as \"127.0.0.1:4730,b\"".into();
             }
-            ConfigError(located(text, &key.join("."), inner.location(), &msg))
+            ConfigError::new(key.join("."), msg).located(text, inner.location())
         })
     }
 
-    /// Checks what types cannot: function definitions, server lists,
-    /// `server.queue` and `server.admin_allow`.
+    /// Checks what types cannot: function definitions and server lists.
+    /// (The values with a parser of their own, such as `server.queue` and
+    /// `server.admin_allow`, are checked as the file is read.)
     ///
     /// # Errors
-    /// The full key path of the first bad value and what is wrong with it.
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    /// The first bad value, its key's full path and what is wrong with it
+    /// (without its position: [`Config::read`] adds that).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         // `worker.functions.f: cwd: ...` names the key `worker.functions.f.cwd`.
-        #[cfg(any(feature = "worker", feature = "server"))]
+        #[cfg(feature = "worker")]
         let split = |e: String| {
             let (mut key, mut msg) = (String::new(), e.as_str());
             while let Some((k, m)) = msg.split_once(": ")
@@ -646,18 +578,16 @@ impl Config {
                 key = if key.is_empty() { k.to_string() } else { format!("{key}.{k}") };
                 msg = m;
             }
-            (key, msg.to_string())
+            ConfigError::new(key, msg)
         };
         #[cfg(feature = "worker")]
         self.worker.validate().map_err(split)?;
-        #[cfg(feature = "server")]
-        self.server.to_server_config().map_err(|e| split(e.0))?;
         #[cfg(feature = "worker")]
-        self.worker.servers.to_vec().map_err(|e| ("worker.servers".into(), e.to_string()))?;
+        self.worker.servers.to_vec().map_err(|e| ConfigError::new("worker.servers", e))?;
         #[cfg(feature = "client")]
-        self.client.servers.to_vec().map_err(|e| ("client.servers".into(), e.to_string()))?;
+        self.client.servers.to_vec().map_err(|e| ConfigError::new("client.servers", e))?;
         #[cfg(feature = "admin")]
-        self.admin.servers.to_vec().map_err(|e| ("admin.servers".into(), e.to_string()))?;
+        self.admin.servers.to_vec().map_err(|e| ConfigError::new("admin.servers", e))?;
         Ok(())
     }
 }
@@ -675,21 +605,6 @@ fn type_hint(msg: &str) -> Option<&'static str> {
         }
         _ => return None,
     })
-}
-
-/// `line L column C: KEY: MSG`, with the position of `key` in `text` (else
-/// of its closest parent found, else `fallback`).
-fn located(text: &str, key: &str, fallback: Option<serde_yaml::Location>, msg: &str) -> String {
-    let path: Vec<&str> = if key.is_empty() { Vec::new() } else { key.split('.').collect() };
-    let at = (1..=path.len())
-        .rev()
-        .find_map(|n| find_key(text, &path[..n]))
-        .or_else(|| fallback.map(|l| (l.line(), l.column())));
-    let key = if key.is_empty() { String::new() } else { format!("{key}: ") };
-    match at {
-        Some((line, col)) => format!("line {line} column {col}: {key}{msg}"),
-        None => format!("{key}{msg}"),
-    }
 }
 
 /// The line and column (from 1) of the block-mapping key at `path`.
@@ -740,45 +655,82 @@ mod tests {
         assert!(parse_duration("fast").is_err());
     }
 
+    /// The key, line and column of an error.
+    fn at(e: &ConfigError) -> (&str, Option<usize>, Option<usize>) {
+        (e.key.as_str(), e.line, e.column)
+    }
+
     #[test]
     fn errors_name_the_key_and_its_line() {
         let text = "worker:\n  threads: 2\n  functions:\n    resize:\n      command: [x]\n      timeout: 15\n";
-        let e = Config::parse(text).unwrap_err().0;
+        let e = Config::parse(text).unwrap_err();
+        assert_eq!(at(&e), ("worker.functions.resize.timeout", Some(6), Some(7)), "{e}");
+        assert!(e.reason.starts_with("invalid duration `15`"), "{e}");
+        assert!(e.reason.contains("15s"), "{e}");
         assert!(
-            e.starts_with(
+            e.to_string().starts_with(
                 "line 6 column 7: worker.functions.resize.timeout: invalid duration `15`"
             ),
             "{e}"
         );
-        assert!(e.contains("15s"), "{e}");
-        let e = Config::parse("server:\n  job_retries: 1\n  listn: x\n").unwrap_err().0;
-        assert!(e.starts_with("line 3 column 3: server.listn: unknown field `listn`"), "{e}");
-        let e = Config::parse("client:\n  window: many\n").unwrap_err().0;
-        assert!(e.starts_with("line 2 column 3: client.window: invalid type"), "{e}");
-        let e = Config::read("# servers\nadmin:\n  servers: 'a,http://b'\n").unwrap_err().0;
-        assert!(e.starts_with("line 3 column 3: admin.servers: bad server `http://b`"), "{e}");
-        let e =
-            Config::read("worker:\n  functions:\n    \"f\":\n      timeout: 5s\n").unwrap_err().0;
-        assert!(e.starts_with("line 3 column 5: worker.functions.f: set one of"), "{e}");
-        let e = Config::read("worker:\n  functions:\n    f:\n      command: []\n").unwrap_err().0;
-        assert!(e.starts_with("line 4 column 7: worker.functions.f.command: give"), "{e}");
-        let e = Config::read("server:\n  queue: mysql:x\n").unwrap_err().0;
-        assert!(e.starts_with("line 2 column 3: server.queue: unknown queue"), "{e}");
-        let e = Config::parse("server:\n  listen: a\n   job_retries: 2\n").unwrap_err().0;
-        assert!(e.starts_with("line 3 column 15: mapping values are not allowed"), "{e}");
-        assert!(e.contains("fix the YAML"), "{e}");
-        let e = Config::parse("worker:\n  threads: -1\n").unwrap_err().0;
-        assert!(e.ends_with("expected usize; give a whole number such as 4"), "{e}");
-        let e = Config::parse("worker:\n  servers: {a: 1}\n").unwrap_err().0;
-        assert!(e.contains("worker.servers: give a list"), "{e}");
+        let e = Config::parse("server:\n  job_retries: 1\n  listn: x\n").unwrap_err();
+        assert_eq!(at(&e), ("server.listn", Some(3), Some(3)), "{e}");
+        assert!(e.reason.starts_with("unknown field `listn`"), "{e}");
+        let e = Config::parse("client:\n  window: many\n").unwrap_err();
+        assert_eq!(at(&e), ("client.window", Some(2), Some(3)), "{e}");
+        assert!(e.reason.starts_with("invalid type"), "{e}");
+        let e = Config::read("# servers\nadmin:\n  servers: 'a,http://b'\n").unwrap_err();
+        assert_eq!(at(&e), ("admin.servers", Some(3), Some(3)), "{e}");
+        assert!(e.reason.starts_with("bad server `http://b`"), "{e}");
+        let e = Config::read("worker:\n  functions:\n    \"f\":\n      timeout: 5s\n").unwrap_err();
+        assert_eq!(at(&e), ("worker.functions.f", Some(3), Some(5)), "{e}");
+        assert!(e.reason.starts_with("set one of"), "{e}");
+        let e = Config::read("worker:\n  functions:\n    f:\n      command: []\n").unwrap_err();
+        assert_eq!(at(&e), ("worker.functions.f.command", Some(4), Some(7)), "{e}");
+        assert!(e.reason.starts_with("give"), "{e}");
+        let e = Config::read("server:\n  queue: mysql:x\n").unwrap_err();
+        assert_eq!(at(&e), ("server.queue", Some(2), Some(3)), "{e}");
+        assert!(e.reason.starts_with("unknown queue `mysql:x`"), "{e}");
+        assert!(e.to_string().starts_with("line 2 column 3: server.queue: unknown queue"), "{e}");
+        let e = Config::read("server:\n  admin_allow: [127.0.0.1, 10.0.0.0/99]\n").unwrap_err();
+        assert_eq!(at(&e), ("server.admin_allow", Some(2), Some(3)), "{e}");
+        assert!(e.reason.starts_with("invalid address rule `10.0.0.0/99`"), "{e}");
+        let e = Config::parse("server:\n  listen: a\n   job_retries: 2\n").unwrap_err();
+        assert_eq!(at(&e), ("", Some(3), Some(15)), "{e}");
+        assert!(e.reason.starts_with("mapping values are not allowed"), "{e}");
+        assert!(e.reason.contains("fix the YAML"), "{e}");
+        let e = Config::parse("worker:\n  threads: -1\n").unwrap_err();
+        assert_eq!(at(&e), ("worker.threads", Some(2), Some(3)), "{e}");
+        assert!(e.reason.ends_with("expected usize; give a whole number such as 4"), "{e}");
+        let e = Config::parse("worker:\n  servers: {a: 1}\n").unwrap_err();
+        assert_eq!(e.key, "worker.servers", "{e}");
+        assert!(e.reason.starts_with("give a list"), "{e}");
+    }
+
+    #[test]
+    fn errors_of_a_file_name_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, "server:\n  queue: mysql:x\n").unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert_eq!(e.file.as_deref(), Some(path.as_path()));
+        assert_eq!(at(&e), ("server.queue", Some(2), Some(3)), "{e}");
+        let shown =
+            format!("config {}: line 2 column 3: server.queue: unknown queue", path.display());
+        assert!(e.to_string().starts_with(&shown), "{e}");
+        let missing = dir.path().join("none.yaml");
+        let e = Config::load(&missing).unwrap_err();
+        assert_eq!(at(&e), ("", None, None), "{e}");
+        let shown = format!("cannot read config {}: ", missing.display());
+        assert!(e.to_string().starts_with(&shown), "{e}");
     }
 
     #[test]
     fn unknown_keys_are_named() {
         let e = Config::parse("server:\n  listn: 1.2.3.4:1\n").unwrap_err();
-        assert!(e.0.contains("listn"), "{}", e.0);
+        assert_eq!(e.key, "server.listn", "{e}");
         let e = Config::parse("sever: {}\n").unwrap_err();
-        assert!(e.0.contains("sever"), "{}", e.0);
+        assert_eq!(e.key, "sever", "{e}");
     }
 
     #[test]
@@ -787,11 +739,45 @@ mod tests {
             "server:\n  listen: 127.0.0.1:0\n  job_retries: 3\n  write_timeout: 2s\n  busy_poll: 0\n",
         )
         .unwrap();
-        let s = c.server.to_server_config().unwrap();
+        let s = c.server;
         assert_eq!(s.busy_poll, Duration::ZERO);
         assert_eq!(s.listen, "127.0.0.1:0");
         assert_eq!(s.job_retries, 3);
         assert_eq!(s.write_timeout, Duration::from_secs(2));
+        let c = Config::read(
+            "server:\n  queue: sqlite:/tmp/q.db\n  store_queue_on_shutdown: true\n  admin_allow: [127.0.0.1, 10.0.0.0/8]\n",
+        );
+        if cfg!(feature = "persistent-queue") {
+            let s = c.unwrap().server;
+            assert_eq!(s.queue.as_deref(), Some(std::path::Path::new("/tmp/q.db")));
+            assert_eq!(s.durability, crate::server::Durability::OnShutdown);
+            let rules: Vec<String> = s.admin_allow.iter().map(ToString::to_string).collect();
+            assert_eq!(rules, ["127.0.0.1", "10.0.0.0/8"]);
+        } else {
+            assert!(c.unwrap_err().reason.contains("persistent-queue"));
+        }
+    }
+
+    #[test]
+    fn an_empty_server_section_is_the_default_config() {
+        let d = crate::server::ServerConfig::default();
+        for text in ["", "server:\n", "server: {}\n", "log:\n  level: info\n"] {
+            assert_eq!(Config::read(text).unwrap().server, d, "{text:?}");
+        }
+        // What the defaults write reads back as the defaults.
+        let written = serde_yaml::to_string(&d).unwrap();
+        let back: crate::server::ServerConfig = serde_yaml::from_str(&written).unwrap();
+        assert_eq!(back, d, "{written}");
+        let mut c = d.clone();
+        c.queue = Some("/tmp/q.db".into());
+        c.durability = crate::server::Durability::OnShutdown;
+        c.admin_allow = vec!["::1".parse().unwrap(), "fd00::/8".parse().unwrap()];
+        let written = serde_yaml::to_string(&c).unwrap();
+        assert!(written.contains("queue: sqlite:/tmp/q.db"), "{written}");
+        assert!(written.contains("store_queue_on_shutdown: true"), "{written}");
+        if cfg!(feature = "persistent-queue") {
+            assert_eq!(serde_yaml::from_str::<crate::server::ServerConfig>(&written).unwrap(), c);
+        }
     }
 
     #[test]
@@ -809,9 +795,9 @@ mod tests {
         let client = c.client.to_builder().build().unwrap();
         assert_eq!(client.servers().collect::<Vec<_>>(), ["a:4730", "b:7003"]);
         let e = Config::parse("client:\n  send:\n    mode: sometimes\n").unwrap_err();
-        assert!(e.0.contains("sometimes") || e.0.contains("mode"), "{}", e.0);
+        assert!(e.reason.contains("sometimes") || e.key.ends_with("mode"), "{e}");
         let e = Config::parse("client:\n  server: [a]\n").unwrap_err();
-        assert!(e.0.contains("server"), "{}", e.0);
+        assert!(e.key.contains("server"), "{e}");
     }
 
     #[test]
@@ -826,10 +812,10 @@ mod tests {
         assert_eq!(c.worker.busy_poll, WorkerSection::default().busy_poll);
         assert_eq!(c.client.max_packet_size, d.max_packet_size);
         assert_eq!(c.worker.max_packet_size, WorkerSection::default().max_packet_size);
-        assert_eq!(c.server.busy_poll, ServerSection::default().busy_poll);
+        assert_eq!(c.server, crate::server::ServerConfig::default());
         assert_eq!(c.client.send.plan, d.send.plan);
         assert_eq!(c.client.send.reload, d.send.reload);
-        let d = AdminSection::default();
+        let d = AdminConfig::default();
         assert_eq!((c.admin.timeout, c.admin.interval), (d.timeout, d.interval));
         assert!(c.admin.servers.to_vec().unwrap().is_empty());
         assert_eq!(c.log.level, LogLevel::Warn);

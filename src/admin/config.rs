@@ -2,38 +2,55 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::config::DurationStr;
-use crate::worker::config::ServerList;
+use crate::config::ServerList;
 
-/// The `admin:` section.
-#[derive(Debug, Clone, Deserialize)]
+/// Settings of the admin tool: the `admin:` section of config.yaml, and
+/// the `--timeout` of `gearframe admin`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AdminSection {
+#[cfg_attr(feature = "cli", derive(clap::Args))]
+pub struct AdminConfig {
     /// Servers, as a list or a comma-separated string (default:
-    /// `GEARMAN_SERVERS`, else 127.0.0.1:4730).
+    /// `GEARMAN_SERVERS`, else 127.0.0.1:4730). The command's `-s` replaces
+    /// the list, by the rule of
+    /// [`resolve_servers`](crate::conn::resolve_servers).
+    #[serde(skip_serializing)]
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub servers: ServerList,
-    /// Limit of each connect and reply wait.
-    pub timeout: DurationStr,
-    /// Refresh interval of `gearframe admin watch`.
-    pub interval: DurationStr,
+    /// Limit of each connect and reply wait, e.g. 2s.
+    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            long,
+            value_name = "DURATION",
+            value_parser = crate::config::parse_duration,
+            global = true
+        )
+    )]
+    pub timeout: Duration,
+    /// Refresh interval of `gearframe admin watch` (its `--interval`).
+    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(feature = "cli", arg(skip))]
+    pub interval: Duration,
 }
 
-impl Default for AdminSection {
+impl Default for AdminConfig {
     fn default() -> Self {
-        AdminSection {
+        AdminConfig {
             servers: ServerList::default(),
-            timeout: DurationStr(super::DEFAULT_TIMEOUT),
-            interval: DurationStr(Duration::from_secs(1)),
+            timeout: super::DEFAULT_TIMEOUT,
+            interval: Duration::from_secs(1),
         }
     }
 }
 
-impl AdminSection {
-    /// A [`Cluster`](super::Cluster) of this section's servers and timeout;
-    /// an empty list means `GEARMAN_SERVERS`, else 127.0.0.1:4730 (the
-    /// rule of [`resolve_servers`](crate::conn::resolve_servers)).
+impl AdminConfig {
+    /// A [`Cluster`](super::Cluster) of these servers and this timeout; an
+    /// empty list means `GEARMAN_SERVERS`, else 127.0.0.1:4730 (the rule of
+    /// [`resolve_servers`](crate::conn::resolve_servers)).
     ///
     /// # Errors
     /// A bad entry in the list or in `GEARMAN_SERVERS`.
@@ -41,6 +58,6 @@ impl AdminSection {
         let list = self.servers.entries();
         let explicit = (!list.is_empty()).then_some(list.as_slice());
         let servers = crate::conn::resolve_servers(explicit, &[])?;
-        Ok(super::Cluster::new(servers, self.timeout.0))
+        Ok(super::Cluster::new(servers, self.timeout))
     }
 }

@@ -84,7 +84,7 @@ use crate::proto::admin::is_listable_name;
 use crate::proto::{Packet, PacketType};
 
 pub use cluster::{Cluster, PerServer, sum_priority, sum_status};
-pub use config::AdminSection;
+pub use config::AdminConfig;
 pub use ops::{
     ClearMethod, ClearOptions, ClearReport, DRAIN_CLIENT_ID, SHUTDOWN_PAYLOAD, StopReport,
     StopTarget, StopWorkersOptions, clear, drain, stop_workers,

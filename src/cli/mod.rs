@@ -3,7 +3,6 @@
 mod admin;
 mod bench;
 mod demo;
-#[allow(dead_code)] // used by the subcommands as they move onto config types
 mod flags;
 mod send;
 mod server;
@@ -147,17 +146,16 @@ fn show_defaults(cmd: clap::Command) -> clap::Command {
             a.help(format!("{help} [default: {value}]"))
         })
     };
-    server::show_defaults(cmd)
-        .mut_subcommand("send", |c| {
-            let c = add(c, "mode", format!("client.send.mode, {mode}"));
-            let c = add(c, "cycle", format!("client.send.cycle, {}", dur(send.cycle.0)));
-            add(c, "reload", format!("client.send.reload, {}", dur(send.reload.0)))
-        })
-        .mut_subcommand("worker", |c| {
-            let c = add(c, "grace", format!("worker.grace, {}", dur(worker.grace.0)));
-            add(c, "output", "capture".into())
-        })
-        .mut_subcommand("submit", |c| add(c, "priority", "normal".into()))
+    cmd.mut_subcommand("send", |c| {
+        let c = add(c, "mode", format!("client.send.mode, {mode}"));
+        let c = add(c, "cycle", format!("client.send.cycle, {}", dur(send.cycle.0)));
+        add(c, "reload", format!("client.send.reload, {}", dur(send.reload.0)))
+    })
+    .mut_subcommand("worker", |c| {
+        let c = add(c, "grace", format!("worker.grace, {}", dur(worker.grace.0)));
+        add(c, "output", "capture".into())
+    })
+    .mut_subcommand("submit", |c| add(c, "priority", "normal".into()))
 }
 
 /// clap's usage error in one line: the error, its tips ("a similar

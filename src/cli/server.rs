@@ -3,162 +3,33 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use gearframe::config::{Config, parse_duration, parse_queue};
-use gearframe::server::{AddrRule, Durability, Server};
+use gearframe::config::Config;
+use gearframe::server::{Server, ServerConfig};
 
 use super::Failure;
+use super::flags::Flags;
 
-/// Options of `gearframe server`; each overrides the `server:` key of the
-/// same name in config.yaml.
+/// Options of `gearframe server`: the fields of [`ServerConfig`], each
+/// overriding the `server:` key of the same name in config.yaml.
 #[derive(Debug, Args)]
 pub(crate) struct ServerArgs {
-    /// Address to listen on.
-    #[arg(short = 'L', long, value_name = "HOST:PORT")]
-    listen: Option<String>,
-    /// Drop a job once it was started N times (0 = unlimited).
-    #[arg(short = 'j', long, value_name = "N")]
-    job_retries: Option<u32>,
-    /// NOOPs sent per queued job (0 = wake every sleeping worker).
-    #[arg(short = 'w', long, value_name = "N")]
-    worker_wakeup: Option<u32>,
-    /// Rotate each worker's function order after every job.
-    #[arg(short = 'R', long)]
-    round_robin: bool,
-    /// Job handle prefix [default: H:<hostname>:<port>:<start time>, unique per server and run].
-    #[arg(long, value_name = "PREFIX")]
-    job_handle_prefix: Option<String>,
-    /// Largest packet body accepted, in bytes.
-    #[arg(long, value_name = "BYTES")]
-    max_packet_size: Option<u32>,
-    /// Most connections served at once (0: the file descriptor limit minus 32).
-    #[arg(long, value_name = "N")]
-    max_connections: Option<usize>,
-    /// Every connection starts with the `exceptions` option on, as gearmand's
-    /// --exceptions: clients that never asked get WORK_EXCEPTION too, and then
-    /// pygearman waits forever and `gearman -f` exits 0 on a failed job (PHP,
-    /// Perl and gear cope); gearframe workers then send failures as
-    /// WORK_WARNING + WORK_FAIL.
-    #[arg(long)]
-    exceptions: bool,
-    /// How long one write to a peer may block before it is disconnected (e.g. 30s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    write_timeout: Option<std::time::Duration>,
-    /// How long a started packet or admin line may take to arrive before the connection is closed (e.g. 30s; 0: no limit).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    read_timeout: Option<std::time::Duration>,
-    /// Most bytes held by partial packets across all connections (0 = unlimited).
-    #[arg(long, value_name = "BYTES")]
-    max_buffered_bytes: Option<usize>,
-    /// How long a connection's reader polls for the next request before it blocks (e.g. 50us; 0: never).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    busy_poll: Option<std::time::Duration>,
-    /// Persistent queue for background jobs: sqlite:PATH.
-    #[arg(long, value_name = "sqlite:PATH", value_parser = parse_queue)]
-    queue: Option<std::path::PathBuf>,
-    /// Write the persistent queue only when the server stops, in one
-    /// transaction (faster; a crash loses the jobs since the last start). A
-    /// failed write keeps the rows stored before and exits non-zero.
-    #[arg(long)]
-    store_queue_on_shutdown: bool,
-    /// maxqueue of every function until `maxqueue` changes it (0 = unlimited).
-    #[arg(long, value_name = "N")]
-    max_queue: Option<u32>,
-    /// Most jobs held in total (0 = unlimited).
-    #[arg(long, value_name = "N")]
-    max_jobs: Option<usize>,
-    /// Most payload bytes held in total (0 = unlimited).
-    #[arg(long, value_name = "BYTES")]
-    max_payload_bytes: Option<usize>,
-    /// Allow admin commands that change state or list jobs and connections
-    /// only from this address or network (repeatable; default: every peer).
-    #[arg(long, value_name = "ADDR[/PREFIX]")]
-    admin_allow: Vec<AddrRule>,
+    #[command(flatten)]
+    config: Flags<ServerConfig>,
 }
 
-/// Appends `[default: ...]` to the help of each `server` option, taken from
-/// [`ServerConfig::default`](gearframe::server::ServerConfig) so that the
-/// defaults have one source. (clap's own `default_value` would make every
-/// option look given and override the config file.)
-pub(crate) fn show_defaults(cmd: clap::Command) -> clap::Command {
-    let d = gearframe::server::ServerConfig::default();
-    let dur = gearframe::config::format_duration;
-    let defaults = [
-        ("listen", d.listen.clone()),
-        ("job_retries", d.job_retries.to_string()),
-        ("worker_wakeup", d.worker_wakeup.to_string()),
-        ("max_packet_size", d.max_packet_size.to_string()),
-        ("max_connections", d.max_connections.to_string()),
-        ("write_timeout", dur(d.write_timeout)),
-        ("read_timeout", dur(d.read_timeout)),
-        ("max_buffered_bytes", d.max_buffered_bytes.to_string()),
-        ("busy_poll", dur(d.busy_poll)),
-        ("max_queue", d.max_queue.to_string()),
-        ("max_jobs", d.max_jobs.to_string()),
-        ("max_payload_bytes", d.max_payload_bytes.to_string()),
-    ];
-    cmd.mut_subcommand("server", |mut sub| {
-        for (id, value) in defaults {
-            sub = sub.mut_arg(id, |a| {
-                let help = a.get_help().map(ToString::to_string).unwrap_or_default();
-                a.help(format!("{help} [default: {value}]"))
-            });
-        }
-        sub
-    })
+/// The server's settings: the config file's `server:` section with the
+/// options given over it.
+pub(crate) fn settings(
+    flags: &Flags<ServerConfig>,
+    config: &Config,
+) -> Result<ServerConfig, Failure> {
+    let mut cfg = config.server.clone();
+    flags.apply(&mut cfg)?;
+    Ok(cfg)
 }
 
 pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure> {
-    let mut cfg = config.server.to_server_config()?;
-    if let Some(v) = args.listen {
-        cfg.listen = v;
-    }
-    if let Some(v) = args.job_retries {
-        cfg.job_retries = v;
-    }
-    if let Some(v) = args.worker_wakeup {
-        cfg.worker_wakeup = v;
-    }
-    cfg.round_robin |= args.round_robin;
-    if let Some(v) = args.job_handle_prefix {
-        cfg.job_handle_prefix = Some(v);
-    }
-    if let Some(v) = args.max_packet_size {
-        cfg.max_packet_size = v;
-    }
-    if let Some(v) = args.max_connections {
-        cfg.max_connections = v;
-    }
-    cfg.exceptions |= args.exceptions;
-    if let Some(v) = args.write_timeout {
-        cfg.write_timeout = v;
-    }
-    if let Some(v) = args.read_timeout {
-        cfg.read_timeout = v;
-    }
-    if let Some(v) = args.max_buffered_bytes {
-        cfg.max_buffered_bytes = v;
-    }
-    if let Some(v) = args.busy_poll {
-        cfg.busy_poll = v;
-    }
-    if let Some(v) = args.queue {
-        cfg.queue = Some(v);
-    }
-    if args.store_queue_on_shutdown {
-        cfg.durability = Durability::OnShutdown;
-    }
-    if let Some(v) = args.max_queue {
-        cfg.max_queue = v;
-    }
-    if let Some(v) = args.max_jobs {
-        cfg.max_jobs = v;
-    }
-    if let Some(v) = args.max_payload_bytes {
-        cfg.max_payload_bytes = v;
-    }
-    if !args.admin_allow.is_empty() {
-        cfg.admin_allow = args.admin_allow;
-    }
+    let cfg = settings(&args.config, config)?;
     super::raise_fd_limit();
     let server = Server::bind(cfg)?;
     let stopper = server.stopper();
@@ -171,4 +42,175 @@ pub(crate) fn run(args: ServerArgs, config: &Config) -> Result<ExitCode, Failure
     // A shutdown dump that could not be written fails the exit.
     server.join_result().map_err(Failure)?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use gearframe::config::Config;
+    use gearframe::server::{Durability, ServerConfig};
+    use serde_yaml::{Mapping, Value};
+
+    use super::ServerArgs;
+
+    #[derive(Debug, Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: ServerArgs,
+    }
+
+    /// A `server:` section whose every key differs from its default.
+    const FILE: &str = "server:
+  listen: 127.0.0.1:7001
+  job_retries: 3
+  worker_wakeup: 2
+  round_robin: true
+  job_handle_prefix: H:file
+  max_packet_size: 1000
+  max_connections: 50
+  exceptions: true
+  max_outbox: 4096
+  write_timeout: 2s
+  read_timeout: 3s
+  max_buffered_bytes: 5000
+  busy_poll: 0
+  queue: sqlite:/tmp/file.db
+  store_queue_on_shutdown: true
+  max_queue: 7
+  max_jobs: 8
+  max_payload_bytes: 9000
+  admin_allow: [10.0.0.0/8]
+";
+
+    /// Values for the options, each different from the file's and from the
+    /// default (`store_queue_on_shutdown` only turns on: see below).
+    const OPTIONS: &str = "server:
+  listen: 127.0.0.1:7002
+  job_retries: 4
+  worker_wakeup: 1
+  round_robin: false
+  job_handle_prefix: H:flag
+  max_packet_size: 2000
+  max_connections: 60
+  exceptions: false
+  max_outbox: 8192
+  write_timeout: 5s
+  read_timeout: 0
+  max_buffered_bytes: 6000
+  busy_poll: 50us
+  queue: sqlite:/tmp/flag.db
+  max_queue: 1
+  max_jobs: 2
+  max_payload_bytes: 3000
+  admin_allow: ['127.0.0.1', '::1']
+";
+
+    /// A section as a map of its keys, without the keys this build cannot
+    /// read (a queue without the persistent-queue feature).
+    fn section(text: &str) -> Mapping {
+        let mut v: Value = serde_yaml::from_str(text).unwrap();
+        let mut m = v.get_mut("server").unwrap().as_mapping().unwrap().clone();
+        if !cfg!(feature = "persistent-queue") {
+            m.remove("queue");
+        }
+        m
+    }
+
+    fn config(m: &Mapping) -> ServerConfig {
+        let text = serde_yaml::to_string(&serde_yaml::Value::Mapping(m.clone())).unwrap();
+        let indented: String = text.lines().map(|l| format!("  {l}\n")).collect();
+        Config::read(&format!("server:\n{indented}")).unwrap().server
+    }
+
+    /// The options that give `key` the value `v`.
+    fn options(key: &str, v: &Value) -> Vec<String> {
+        let flag = format!("--{}", key.replace('_', "-"));
+        match v {
+            Value::Bool(b) => vec![format!("{flag}={b}")],
+            Value::Number(n) => vec![flag, n.to_string()],
+            Value::String(s) => vec![flag, s.clone()],
+            Value::Sequence(items) => {
+                items.iter().flat_map(|i| [flag.clone(), i.as_str().unwrap().to_string()]).collect()
+            }
+            other => panic!("{key}: no option for {other:?}"),
+        }
+    }
+
+    /// `config.yaml` = `file`, then the command line `args`.
+    fn applied(file: &Mapping, args: &[String]) -> ServerConfig {
+        let line =
+            Line::try_parse_from(std::iter::once("server".to_string()).chain(args.iter().cloned()))
+                .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        super::settings(&line.args.config, &Config { server: config(file), ..Config::default() })
+            .unwrap()
+    }
+
+    #[test]
+    fn the_test_values_differ_from_the_defaults_and_each_other() {
+        let defaults = serde_yaml::to_value(ServerConfig::default()).unwrap();
+        let (file, opts) = (section(FILE), section(OPTIONS));
+        assert_ne!(config(&file), ServerConfig::default());
+        for (key, default) in defaults.as_mapping().unwrap() {
+            let key = key.as_str().unwrap();
+            if key == "queue" && !cfg!(feature = "persistent-queue") {
+                continue;
+            }
+            let f = file.get(key).unwrap_or_else(|| panic!("{key} missing in FILE"));
+            assert_ne!(serde_yaml::to_value(config(&file)).unwrap()[key], *default, "{key}: {f:?}");
+            if key != "store_queue_on_shutdown" {
+                let o = opts.get(key).unwrap_or_else(|| panic!("{key} missing in OPTIONS"));
+                assert_ne!(f, o, "{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn options_left_out_keep_the_file_values() {
+        let file = section(FILE);
+        assert_eq!(applied(&file, &[]), config(&file));
+    }
+
+    #[test]
+    fn each_option_overrides_its_key_and_only_it() {
+        let file = section(FILE);
+        let mut all = Vec::new();
+        for (key, value) in &section(OPTIONS) {
+            let key = key.as_str().unwrap();
+            let args = options(key, value);
+            let mut want = file.clone();
+            want.insert(key.into(), value.clone());
+            assert_eq!(applied(&file, &args), config(&want), "{args:?}");
+            all.extend(args);
+        }
+        // `--store-queue-on-shutdown` turns the file's false into true.
+        let mut off = file.clone();
+        off.insert("store_queue_on_shutdown".into(), false.into());
+        let on = applied(&off, &["--store-queue-on-shutdown".to_string()]);
+        assert_eq!(on.durability, Durability::OnShutdown);
+        assert_eq!(on, config(&file));
+        // All of them at once, with the short letters too.
+        let mut want = section(OPTIONS);
+        want.insert("store_queue_on_shutdown".into(), true.into());
+        assert_eq!(applied(&file, &all), config(&want));
+        let short = ["-L", "127.0.0.1:7003", "-j", "5", "-w", "6", "-R=false"].map(String::from);
+        let got = applied(&file, &short);
+        assert_eq!(
+            (got.listen.as_str(), got.job_retries, got.worker_wakeup, got.round_robin),
+            ("127.0.0.1:7003", 5, 6, false)
+        );
+    }
+
+    #[test]
+    fn bad_option_values_name_the_option() {
+        for (args, want) in [
+            (&["--queue", "mysql:x"][..], "unknown queue"),
+            (&["--admin-allow", "10.0.0.0/99"], "invalid address rule"),
+            (&["--write-timeout", "soon"], "invalid duration"),
+            (&["--max-jobs", "many"], "many"),
+        ] {
+            let e = Line::try_parse_from(std::iter::once(&"server").chain(args)).unwrap_err();
+            let e = e.to_string();
+            assert!(e.contains(args[0]) && e.contains(want), "{args:?}: {e}");
+        }
+    }
 }

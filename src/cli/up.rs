@@ -6,17 +6,17 @@ use std::process::ExitCode;
 
 use clap::Args;
 use gearframe::config::Config;
-use gearframe::server::Server;
+use gearframe::server::{Server, ServerConfig};
 
 use super::Failure;
+use super::flags::Flags;
 
-/// Options of `gearframe up`.
+/// Options of `gearframe up`: those of `gearframe server` for the embedded
+/// server (the only one the worker pool serves), and the pool's.
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
-    /// Address of the embedded server, the only one the worker pool serves
-    /// [default: server.listen, else 127.0.0.1:4730].
-    #[arg(short = 'L', long, value_name = "HOST:PORT")]
-    listen: Option<String>,
+    #[command(flatten)]
+    server: Flags<ServerConfig>,
     /// Slots per server for the worker pool [default: worker.threads].
     #[arg(short = 't', long, value_name = "N")]
     threads: Option<usize>,
@@ -24,10 +24,7 @@ pub(crate) struct UpArgs {
 
 pub(crate) fn run(args: UpArgs, config: &Config) -> Result<ExitCode, Failure> {
     config.worker.validate()?;
-    let mut server_cfg = config.server.to_server_config()?;
-    if let Some(l) = args.listen {
-        server_cfg.listen = l;
-    }
+    let server_cfg = super::server::settings(&args.server, config)?;
     let functions: Vec<_> =
         config.worker.functions.iter().map(|(n, f)| (n.clone(), f.clone())).collect();
     if functions.is_empty() {

@@ -138,7 +138,7 @@ impl State {
 
     /// Whether a connection is inside `admin_allow` (or the list is empty).
     fn admin_allowed(&self, conn: ConnId) -> bool {
-        let rules = &self.settings.admin_allow;
+        let rules = &self.config.admin_allow;
         rules.is_empty()
             || self
                 .conns

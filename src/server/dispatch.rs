@@ -170,7 +170,7 @@ impl State {
             }
             Packet::OptionReq { option } => {
                 if option.eq_ignore_ascii_case(crate::proto::EXCEPTIONS_SAFE_OPTION.as_bytes()) {
-                    if self.settings.exceptions {
+                    if self.config.exceptions {
                         self.send_error(
                             conn,
                             "EXCEPTIONS_FOR_ALL",

@@ -26,9 +26,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::AddrRule;
 use super::outbox::Outbox;
-use super::state::{ConnId, Control, JobState, Owner, Sleep, State, StateSettings};
+use super::state::{ConnId, Control, JobState, Owner, Sleep, State};
+use super::{AddrRule, ServerConfig};
 use crate::proto::{DEFAULT_MAX_LINE, Decoder};
 
 /// Connections fed at once.
@@ -42,13 +42,12 @@ const MAX_OUTBOX: usize = 16 << 10;
 /// bit 1 round robin, bit 2 one NOOP per job, bit 3 exceptions on, bit 4 a
 /// job limit of 8, bit 5 a payload limit of 512 bytes, bit 6 a maxqueue of
 /// 3, bit 7 an admin allow-list of `127.0.0.0/8`.
-fn settings(b: u8) -> StateSettings {
+fn settings(b: u8) -> ServerConfig {
     let bit = |n: u8| b & (1 << n) != 0;
-    StateSettings {
+    ServerConfig {
         job_retries: if bit(0) { 2 } else { 0 },
         worker_wakeup: u32::from(bit(2)),
         round_robin: bit(1),
-        handle_prefix: b"H:fuzz".to_vec(),
         exceptions: bit(3),
         max_queue: if bit(6) { 3 } else { 0 },
         max_jobs: if bit(4) { 8 } else { 0 },
@@ -58,6 +57,7 @@ fn settings(b: u8) -> StateSettings {
         } else {
             Vec::new()
         },
+        ..ServerConfig::default()
     }
 }
 
@@ -131,7 +131,11 @@ impl Harness {
 /// server state and panics if an invariant of the state breaks.
 pub fn fuzz_connection_bytes(data: &[u8]) {
     let Some((&first, mut rest)) = data.split_first() else { return };
-    let mut h = Harness { state: State::new(settings(first)), peers: Vec::new(), next_id: 1 };
+    let mut h = Harness {
+        state: State::new(Arc::new(settings(first)), b"H:fuzz".to_vec()),
+        peers: Vec::new(),
+        next_id: 1,
+    };
     h.peers.resize_with(CONNS, || None);
     for slot in 0..CONNS {
         h.connect(slot);
@@ -247,7 +251,7 @@ fn check(st: &State) {
     assert_eq!(st.func_index.len(), st.functions.len(), "function index size");
     // With every sleeper woken for each job, none that takes pushed jobs
     // sleeps while a job it can do waits.
-    if st.settings.worker_wakeup == 0 {
+    if st.config.worker_wakeup == 0 {
         for (&cid, c) in &st.conns {
             if !(c.push && c.sleep == Sleep::Asleep) {
                 continue;

@@ -64,74 +64,186 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use outbox::Outbox;
-use state::{Control, State, StateSettings};
+use state::{Control, State};
 
 use crate::busy_poll::BusyPoll;
 use crate::proto::{DEFAULT_MAX_LINE, Decoder};
 
-/// Server settings. Every field has a default that matches gearmand where
-/// gearmand has the option.
-#[derive(Debug, Clone)]
+/// Server settings: the `server:` section of config.yaml and the options
+/// of `gearframe server`. Every field has a default that matches gearmand
+/// where gearmand has the option.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct ServerConfig {
-    /// Address to listen on, such as `127.0.0.1:4730` or `127.0.0.1:0`.
+    /// Address to listen on, such as 127.0.0.1:4730 or 0.0.0.0:4730 (port
+    /// 0: any free port).
+    #[cfg_attr(feature = "cli", arg(short = 'L', long, value_name = "HOST:PORT"))]
     pub listen: String,
-    /// Drop a job once it was started this many times (0 = unlimited, as in
+    /// Drop a job once it was started N times (0 = unlimited, as in
     /// gearmand 1.1).
+    #[cfg_attr(feature = "cli", arg(short = 'j', long, value_name = "N"))]
     pub job_retries: u32,
     /// NOOPs sent per queued job (0 = wake every sleeping worker).
+    #[cfg_attr(feature = "cli", arg(short = 'w', long, value_name = "N"))]
     pub worker_wakeup: u32,
-    /// Rotate the function order of a worker after every job it is given.
+    /// Rotate each worker's function order after every job it is given.
+    #[cfg_attr(feature = "cli", arg(short = 'R', long))]
     pub round_robin: bool,
-    /// Prefix of job handles (default `H:<hostname>:<port>:<start time>`,
-    /// unique per server and per run); handles are `PREFIX:N`.
+    /// Prefix of job handles, which are PREFIX:N (default:
+    /// `H:<hostname>:<port>:<start time>`, unique per server and run).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "PREFIX"))]
     pub job_handle_prefix: Option<String>,
-    /// Largest accepted packet body in bytes; a larger one is refused from
-    /// its header with `ARGUMENT_TOO_LARGE` and the connection is closed.
+    /// Largest packet body accepted, in bytes; a larger one is refused from
+    /// its header with ARGUMENT_TOO_LARGE and the connection closed.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "BYTES"))]
     pub max_packet_size: u32,
-    /// Most connections served at once; further ones are closed on accept.
-    /// 0 derives it from the soft file descriptor limit at
-    /// [`Server::bind`]: the limit minus [`FD_RESERVE`] (see
-    /// [`connections_for`]).
+    /// Most connections served at once, further ones are closed on accept
+    /// (0: the soft file descriptor limit at start minus 32, `FD_RESERVE`).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub max_connections: usize,
-    /// Every connection starts with the `exceptions` option on.
+    /// Every connection starts with the `exceptions` option on, as gearmand's
+    /// --exceptions: clients that never asked get
+    /// WORK_EXCEPTION too, and then pygearman waits forever and `gearman -f`
+    /// exits 0 on a failed job (PHP, Perl and gear cope); gearframe workers
+    /// then send failures as WORK_WARNING + WORK_FAIL.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub exceptions: bool,
-    /// Bytes a connection may have waiting to be written before it is
-    /// considered dead and disconnected.
+    /// Bytes waiting to be written to one peer before it is considered dead
+    /// and disconnected.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "BYTES"))]
     pub max_outbox: usize,
-    /// How long one write to a peer may block before it is disconnected.
+    /// How long one write to a peer may block before it is disconnected
+    /// (e.g. 30s).
+    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)
+    )]
     pub write_timeout: Duration,
-    /// How long a packet or admin line may take to arrive once its first
-    /// byte came; a connection whose frame is not complete by then is
-    /// closed (zero: no limit). Idle time between frames is not limited.
+    /// How long a started packet or admin line may take to arrive before the
+    /// connection is closed (e.g. 30s; 0: no limit); idle time between
+    /// frames is not limited.
+    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)
+    )]
     pub read_timeout: Duration,
-    /// Most bytes of memory held by partial packets across all connections
-    /// (0 = unlimited); a connection whose partial packet would pass it gets
-    /// ERROR `SERVER_BUSY` and is closed.
+    /// Most bytes held by partial packets across all connections (0 =
+    /// unlimited); a connection whose partial packet would pass it gets
+    /// ERROR SERVER_BUSY and is closed.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "BYTES"))]
     pub max_buffered_bytes: usize,
     /// How long a connection's reader polls for the next request before it
-    /// blocks (zero: never polls); see [`crate::busy_poll`].
+    /// blocks (e.g. 50us; 0: never).
+    #[serde(with = "crate::config::duration")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)
+    )]
     pub busy_poll: Duration,
-    /// SQLite file of the persistent queue for background jobs (none: memory
-    /// only). A background job is acknowledged once its row is committed; a
-    /// write that fails answers `QUEUE_ERROR` naming the file and the cause.
+    /// Persistent queue for background jobs: sqlite:PATH (the field holds
+    /// PATH; none: memory only). A background job is acknowledged once its
+    /// row is committed; a failed write answers QUEUE_ERROR with the cause.
+    #[serde(with = "queue")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_name = "sqlite:PATH", value_parser = crate::config::parse_queue)
+    )]
     pub queue: Option<std::path::PathBuf>,
-    /// When the persistent queue is written (with `OnShutdown`, a dump that
-    /// fails at the stop is reported by [`ServerHandle::join_result`]).
+    /// Write the persistent queue only when the server stops, in one
+    /// transaction (faster; a crash loses the jobs since the last start). A
+    /// failed write keeps the rows stored before and exits non-zero. In
+    /// config.yaml: `store_queue_on_shutdown: true`.
+    #[serde(rename = "store_queue_on_shutdown", with = "on_shutdown")]
+    #[cfg_attr(
+        feature = "cli",
+        arg(
+            id = "store_queue_on_shutdown",
+            long = "store-queue-on-shutdown",
+            value_parser = on_shutdown::parse,
+            num_args = 0,
+            default_missing_value = "true",
+        )
+    )]
     pub durability: Durability,
-    /// maxqueue of every function until `maxqueue` changes it (0 = unlimited).
+    /// maxqueue of every function until `maxqueue` changes it (0 =
+    /// unlimited).
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub max_queue: u32,
-    /// Most jobs held in total (0 = unlimited); more get `QUEUE_ERROR`.
+    /// Most jobs held in total (0 = unlimited); more get QUEUE_ERROR.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub max_jobs: usize,
-    /// Most payload bytes held in total (0 = unlimited); more get `QUEUE_ERROR`.
+    /// Most payload bytes held in total (0 = unlimited); more get
+    /// QUEUE_ERROR.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "BYTES"))]
     pub max_payload_bytes: usize,
-    /// Peers allowed to run the admin commands that change state (`cancel
-    /// job`, `create function`, `drop function`, `clear function`,
-    /// `maxqueue`, `shutdown`) or list jobs and connections (`show jobs`,
-    /// `show unique jobs`, `workers`: a unique id read there lets a peer join
-    /// another client's job and read its result); empty allows every peer.
-    /// `status`, `prioritystatus`, `version`, `getpid` and `verbose` are
-    /// open to every peer. Others get `ERR PERMISSION_DENIED`.
+    /// Allow admin commands that change state or list jobs and connections
+    /// only from this address or network (repeatable; default: every peer).
+    /// Those are cancel job, create, drop and clear function, maxqueue,
+    /// shutdown, show jobs, show unique jobs and workers (a unique id read
+    /// there lets a peer join another client's job); others get ERR
+    /// PERMISSION_DENIED. status, prioritystatus, version, getpid and
+    /// verbose are open to every peer.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "ADDR[/PREFIX]"))]
     pub admin_allow: Vec<AddrRule>,
+}
+
+/// `queue` in the file: `sqlite:PATH`, read by
+/// [`parse_queue`](crate::config::parse_queue).
+mod queue {
+    use std::path::PathBuf;
+
+    use serde::Deserialize;
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<PathBuf>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(s) => crate::config::parse_queue(&s).map(Some).map_err(serde::de::Error::custom),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) fn serialize<S: serde::Serializer>(
+        q: &Option<PathBuf>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match q {
+            Some(p) => s.serialize_some(&format!("sqlite:{}", p.display())),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// [`Durability`] as the bool `store_queue_on_shutdown`.
+mod on_shutdown {
+    use serde::Deserialize;
+
+    use super::Durability;
+
+    fn from_bool(b: bool) -> Durability {
+        if b { Durability::OnShutdown } else { Durability::Sync }
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Durability, D::Error> {
+        bool::deserialize(d).map(from_bool)
+    }
+
+    pub(super) fn serialize<S: serde::Serializer>(v: &Durability, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bool(*v == Durability::OnShutdown)
+    }
+
+    /// The option's value: `true` or `false`.
+    #[cfg(feature = "cli")]
+    pub(super) fn parse(s: &str) -> Result<Durability, String> {
+        s.parse::<bool>()
+            .map(from_bool)
+            .map_err(|_| format!("invalid value `{s}`: write true or false"))
+    }
 }
 
 /// An address or a network (`127.0.0.1`, `10.0.0.0/8`, `::1`, `fd00::/8`).
@@ -156,6 +268,30 @@ impl std::str::FromStr for AddrRule {
             None => max,
         };
         Ok(AddrRule { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for AddrRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let max = if self.addr.is_ipv4() { 32 } else { 128 };
+        if self.prefix == max {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AddrRule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for AddrRule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -276,7 +412,8 @@ struct Core {
     stop: AtomicBool,
     timer_quit: AtomicBool,
     wake_addr: SocketAddr,
-    config: ServerConfig,
+    /// The settings, shared with the state.
+    config: Arc<ServerConfig>,
     /// `config.max_connections`, or the one derived from `fd_limit`.
     max_connections: usize,
     /// The soft file descriptor limit at bind (None: unknown).
@@ -399,18 +536,8 @@ impl Server {
         };
         let prefix =
             config.job_handle_prefix.clone().unwrap_or_else(|| default_handle_prefix(addr.port()));
-        let settings = StateSettings {
-            job_retries: config.job_retries,
-            worker_wakeup: config.worker_wakeup,
-            round_robin: config.round_robin,
-            handle_prefix: prefix.into_bytes(),
-            exceptions: config.exceptions,
-            max_queue: config.max_queue,
-            max_jobs: config.max_jobs,
-            max_payload_bytes: config.max_payload_bytes,
-            admin_allow: config.admin_allow.clone(),
-        };
-        let mut state = State::new(settings);
+        let config = Arc::new(config);
+        let mut state = State::new(Arc::clone(&config), prefix.into_bytes());
         let writer = match &config.queue {
             Some(path) => {
                 let (jobs, link, writer) =

@@ -10,6 +10,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::ServerConfig;
 use super::outbox::Outbox;
 use super::store::{Durability, Notify, Outcome, StoreLink, StoredJob};
 use crate::proto::{Magic, PacketType, Priority, encode_raw};
@@ -68,25 +69,6 @@ fn shrink_deque<T>(q: &mut VecDeque<T>) {
     if should_shrink(q.len(), q.capacity()) {
         q.shrink_to(q.len() * 2);
     }
-}
-
-/// Settings the state needs (a subset of `ServerConfig`).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct StateSettings {
-    pub(crate) job_retries: u32,
-    pub(crate) worker_wakeup: u32,
-    pub(crate) round_robin: bool,
-    pub(crate) handle_prefix: Vec<u8>,
-    pub(crate) exceptions: bool,
-    /// maxqueue of every new function (0 = unlimited).
-    pub(crate) max_queue: u32,
-    /// Most jobs held in total (0 = unlimited).
-    pub(crate) max_jobs: usize,
-    /// Most payload bytes held in total (0 = unlimited).
-    pub(crate) max_payload_bytes: usize,
-    /// Peers allowed to run admin commands that change state or list jobs
-    /// and connections (empty: all).
-    pub(crate) admin_allow: Vec<crate::server::AddrRule>,
 }
 
 /// Where a job is.
@@ -325,7 +307,10 @@ impl Lifecycle {
 /// The whole server state.
 #[derive(Debug)]
 pub(crate) struct State {
-    pub(crate) settings: StateSettings,
+    /// The server's settings, shared with its threads.
+    pub(crate) config: Arc<ServerConfig>,
+    /// `config.job_handle_prefix`, or the default one made at bind.
+    pub(crate) handle_prefix: Vec<u8>,
     pub(crate) functions: Vec<Function>,
     pub(crate) func_index: HashMap<Box<[u8]>, FuncId>,
     pub(crate) jobs: IdMap<JobId, Job>,
@@ -360,9 +345,10 @@ fn unix_now() -> u64 {
 }
 
 impl State {
-    pub(crate) fn new(settings: StateSettings) -> State {
+    pub(crate) fn new(config: Arc<ServerConfig>, handle_prefix: Vec<u8>) -> State {
         State {
-            settings,
+            config,
+            handle_prefix,
             functions: Vec::new(),
             func_index: HashMap::new(),
             jobs: IdMap::default(),
@@ -391,7 +377,7 @@ impl State {
         peer: Option<std::net::IpAddr>,
         out: Arc<Outbox>,
     ) {
-        let exceptions = self.settings.exceptions;
+        let exceptions = self.config.exceptions;
         let ip = peer.map_or_else(|| "-".to_string(), |p| p.to_string());
         let loopback = peer.is_some_and(|p| match p {
             std::net::IpAddr::V6(v6) => {
@@ -469,7 +455,7 @@ impl State {
         }
         // Reuse a dropped slot if there is one.
         let id = self.functions.len();
-        let limits = [self.settings.max_queue; 3];
+        let limits = [self.config.max_queue; 3];
         self.functions.push(Function::new(name, limits));
         self.func_index.insert(name.into(), id);
         id
@@ -565,11 +551,11 @@ impl State {
         if limit > 0 && f.job_total >= limit {
             return Err("Job queue is full");
         }
-        let max_jobs = self.settings.max_jobs;
+        let max_jobs = self.config.max_jobs;
         if max_jobs > 0 && self.jobs.len() >= max_jobs {
             return Err("Server job limit reached");
         }
-        let max_bytes = self.settings.max_payload_bytes;
+        let max_bytes = self.config.max_payload_bytes;
         if max_bytes > 0 && self.payload_bytes + size > max_bytes {
             return Err("Server payload memory limit reached");
         }
@@ -712,8 +698,8 @@ impl State {
     fn insert_job(&mut self, new: NewJob<'_>) -> JobId {
         let job_id = self.next_job;
         self.next_job += 1;
-        let mut handle = Vec::with_capacity(self.settings.handle_prefix.len() + 12);
-        handle.extend_from_slice(&self.settings.handle_prefix);
+        let mut handle = Vec::with_capacity(self.handle_prefix.len() + 12);
+        handle.extend_from_slice(&self.handle_prefix);
         handle.push(b':');
         handle.extend_from_slice(job_id.to_string().as_bytes());
         let fid = new.func;
@@ -788,7 +774,7 @@ impl State {
         if n == 0 {
             return;
         }
-        let limit = self.settings.worker_wakeup as usize;
+        let limit = self.config.worker_wakeup as usize;
         let mut sent = 0;
         let start = self.functions[fid].wake_cursor % n;
         let mut i = 0;
@@ -887,7 +873,7 @@ impl State {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.running.retain(|&j| j != job_id);
         }
-        let limit = self.settings.job_retries;
+        let limit = self.config.job_retries;
         if limit > 0 && job.retries >= limit {
             log::warn!(
                 "dropped job due to max retry count handle={} retries={}",
@@ -1074,7 +1060,7 @@ impl State {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
-        let round_robin = self.settings.round_robin;
+        let round_robin = self.config.round_robin;
         let c = self.conns.get_mut(&conn).expect("grabbing connection exists");
         let ability = c.abilities[idx];
         if round_robin {
@@ -1142,7 +1128,7 @@ impl State {
 
     /// The job id a handle names, if it is one of ours and the job exists.
     pub(crate) fn job_id(&self, handle: &[u8]) -> Option<JobId> {
-        let p = &self.settings.handle_prefix;
+        let p = &self.handle_prefix;
         let rest = handle.strip_prefix(p.as_slice())?.strip_prefix(b":")?;
         if rest.is_empty() || rest.len() > 19 || !rest.iter().all(u8::is_ascii_digit) {
             return None;
@@ -1418,8 +1404,14 @@ mod tests {
     use super::*;
     use crate::proto::{Decoder, Frame, Packet};
 
+    /// A state with the default settings.
     fn state() -> State {
-        State::new(StateSettings { handle_prefix: b"H:t".to_vec(), ..StateSettings::default() })
+        state_with(ServerConfig::default())
+    }
+
+    /// A state with `config`, its handles `H:t:N`.
+    fn state_with(config: ServerConfig) -> State {
+        State::new(Arc::new(config), b"H:t".to_vec())
     }
 
     fn conn(st: &mut State, id: ConnId) -> Arc<Outbox> {
@@ -1679,8 +1671,7 @@ mod tests {
 
     #[test]
     fn requeue_on_disconnect_goes_to_the_tail_and_retries_drop() {
-        let mut st = state();
-        st.settings.job_retries = 2;
+        let mut st = state_with(ServerConfig { job_retries: 2, ..ServerConfig::default() });
         let client = conn(&mut st, 1);
         conn(&mut st, 2);
         apply(&mut st, 2, Packet::CanDo { function: b"f" });
@@ -2033,8 +2024,10 @@ mod tests {
 
     #[test]
     fn admin_allow_keeps_job_and_connection_listings_from_other_peers() {
-        let mut st = state();
-        st.settings.admin_allow = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut st = state_with(ServerConfig {
+            admin_allow: vec!["10.0.0.0/8".parse().unwrap()],
+            ..ServerConfig::default()
+        });
         let local = conn(&mut st, 1);
         let inside = Arc::new(Outbox::new(None, 1 << 20));
         st.add_conn(2, 2, Some([10, 1, 2, 3].into()), Arc::clone(&inside));

@@ -23,14 +23,15 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use gearframe::admin::{
-    AdminClient, AdminError, AdminErrorKind, ClearOptions, Cluster, FunctionStatus, MaxQueue,
-    PerServer, PriorityStatus, StopTarget, StopWorkersOptions, StoreStatus, WorkerInfo,
+    AdminClient, AdminConfig, AdminError, AdminErrorKind, ClearOptions, Cluster, FunctionStatus,
+    MaxQueue, PerServer, PriorityStatus, StopTarget, StopWorkersOptions, StoreStatus, WorkerInfo,
     sum_priority, sum_status,
 };
 use gearframe::config::{Config, parse_duration};
 use serde_json::{Value, json};
 
 use super::Failure;
+use super::flags::Flags;
 use table::Table;
 
 /// Options of `gearframe admin`.
@@ -60,9 +61,8 @@ pub(crate) struct AdminArgs {
     /// Machine-readable JSON on stdout instead of tables.
     #[arg(long, global = true)]
     json: bool,
-    /// Limit of each connect and reply wait, e.g. 2s [default: admin.timeout, 5s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, global = true)]
-    timeout: Option<Duration>,
+    #[command(flatten)]
+    config: Flags<AdminConfig>,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -345,7 +345,9 @@ pub(crate) fn run(args: AdminArgs, config: &Config) -> Result<ExitCode, Failure>
         Some(s) => vec![s],
         None => servers(&args, config)?,
     };
-    let timeout = args.timeout.unwrap_or(config.admin.timeout.0);
+    let mut settings = config.admin.clone();
+    args.config.apply(&mut settings)?;
+    let timeout = settings.timeout;
     if timeout.is_zero() {
         return Err(Failure("--timeout must be more than 0".into()));
     }
@@ -415,7 +417,7 @@ pub(crate) fn run(args: AdminArgs, config: &Config) -> Result<ExitCode, Failure>
         }
         AdminCommand::StopServer { graceful, .. } => stop_server(&ctx, graceful),
         AdminCommand::Watch { interval, count, functions, pattern, .. } => {
-            let interval = interval.unwrap_or(config.admin.interval.0);
+            let interval = interval.unwrap_or(settings.interval);
             if interval.is_zero() {
                 return Err(Failure("--interval must be more than 0, e.g. 1s".into()));
             }
