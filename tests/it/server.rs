@@ -258,3 +258,49 @@ fn a_connection_idle_longer_than_the_accept_tick_is_still_served() {
     std::thread::sleep(Duration::from_millis(2500));
     echo(&mut c, b"after an idle while");
 }
+
+/// The reply to a background submission: the job handle, or the ERROR code.
+fn try_submit(c: &mut Connection, data: &[u8]) -> Result<String, String> {
+    c.send(&Packet::Submit {
+        kind: SubmitKind { priority: Priority::Normal, background: true },
+        function: b"f",
+        unique: b"",
+        data,
+    })
+    .unwrap();
+    let p = c.recv(deadline()).unwrap();
+    let body = String::from_utf8_lossy(&p.body).into_owned();
+    match p.kind {
+        PacketType::JobCreated => Ok(body),
+        PacketType::Error => Err(body.split('\0').next().unwrap_or_default().to_string()),
+        other => panic!("{other:?}: {body}"),
+    }
+}
+
+#[test]
+fn server_options_override_their_config_key_and_the_rest_keeps_the_file_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(&config, "server:\n  job_handle_prefix: H:file\n  max_queue: 1\n").unwrap();
+    let config = config.to_str().unwrap();
+    let log = dir.path().join("server.log");
+    // (options, the prefix of handles, whether a second queued job fits)
+    let cases: [(&[&str], &str, bool); 3] = [
+        (&[], "H:file:", false),
+        (&["--job-handle-prefix", "H:flag"], "H:flag:", false),
+        (&["--max-queue", "0"], "H:file:", true),
+    ];
+    for (options, prefix, second_fits) in cases {
+        let args: Vec<&str> = ["-c", config].iter().chain(options).copied().collect();
+        let server = crate::support::ServerProc::start(&args, &log);
+        let mut c = connect(server.addr());
+        let handle = try_submit(&mut c, b"one").unwrap();
+        assert!(handle.starts_with(prefix), "{options:?}: {handle}");
+        let second = try_submit(&mut c, b"two");
+        if second_fits {
+            assert!(second.is_ok(), "{options:?}: {second:?}");
+        } else {
+            assert_eq!(second, Err("QUEUE_ERROR".to_string()), "{options:?}");
+        }
+    }
+}
