@@ -3,7 +3,6 @@
 mod admin;
 mod bench;
 mod demo;
-#[allow(dead_code)] // used by the subcommands as they move onto config types
 mod flags;
 mod send;
 mod server;
@@ -134,30 +133,7 @@ impl log::Log for Logger {
 /// The command line with `[default: ...]` in the help of each option whose
 /// default lives in a config type, taken from that type's `Default`.
 fn show_defaults(cmd: clap::Command) -> clap::Command {
-    use gearframe::config::{ClientSection, WorkerSection, format_duration as dur};
-    let send = ClientSection::default().send;
-    let worker = WorkerSection::default();
-    let mode = match send.mode {
-        gearframe::config::SendMode::Async => "async",
-        gearframe::config::SendMode::Sync => "sync",
-    };
-    let add = |sub: clap::Command, id: &str, value: String| {
-        sub.mut_arg(id, |a| {
-            let help = a.get_help().map(ToString::to_string).unwrap_or_default();
-            a.help(format!("{help} [default: {value}]"))
-        })
-    };
     server::show_defaults(cmd)
-        .mut_subcommand("send", |c| {
-            let c = add(c, "mode", format!("client.send.mode, {mode}"));
-            let c = add(c, "cycle", format!("client.send.cycle, {}", dur(send.cycle.0)));
-            add(c, "reload", format!("client.send.reload, {}", dur(send.reload.0)))
-        })
-        .mut_subcommand("worker", |c| {
-            let c = add(c, "grace", format!("worker.grace, {}", dur(worker.grace.0)));
-            add(c, "output", "capture".into())
-        })
-        .mut_subcommand("submit", |c| add(c, "priority", "normal".into()))
 }
 
 /// clap's usage error in one line: the error, its tips ("a similar
