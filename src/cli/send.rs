@@ -437,3 +437,56 @@ mod tests {
         assert!(e.0.contains("/nonexistent/plan.yaml"), "{}", e.0);
     }
 }
+
+#[cfg(test)]
+mod flag_tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use gearframe::config::{Config, SendMode};
+
+    use super::{SendArgs, settings};
+
+    #[derive(Debug, Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: SendArgs,
+    }
+
+    const FILE: &str = "client:\n  job_timeout: 7s\n  send:\n    plan: file.yaml\n    mode: sync\n    cycle: 2s\n    reload: 5s\n";
+
+    fn applied(args: &[&str]) -> (gearframe::config::SendSection, gearframe::client::ClientConfig) {
+        let line = Line::try_parse_from(std::iter::once("send").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        settings(&line.args, &Config::read(FILE).unwrap()).unwrap_or_else(|e| panic!("{}", e.0))
+    }
+
+    #[test]
+    fn flags_left_out_keep_the_file_values() {
+        let file = Config::read(FILE).unwrap();
+        let (send, client) = applied(&[]);
+        assert_eq!(send, file.send);
+        assert_eq!(client.job_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn each_flag_overrides_its_key() {
+        let (send, client) = applied(&[
+            "--plan",
+            "cli.yaml",
+            "-m",
+            "async",
+            "--cycle",
+            "0",
+            "--reload",
+            "1m",
+            "--timeout",
+            "1s",
+        ]);
+        assert_eq!(send.plan, std::path::Path::new("cli.yaml"));
+        assert_eq!(send.mode, SendMode::Async);
+        assert_eq!(send.cycle, Duration::ZERO);
+        assert_eq!(send.reload, Duration::from_secs(60));
+        assert_eq!(client.job_timeout, Duration::from_secs(1));
+    }
+}

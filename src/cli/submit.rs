@@ -215,3 +215,44 @@ mod tests {
         assert!(parse_at("tomorrow").unwrap_err().contains("+DURATION"));
     }
 }
+
+#[cfg(test)]
+mod flag_tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use gearframe::client::ClientConfig;
+    use gearframe::config::{Config, ServerList};
+
+    use super::{SubmitArgs, settings};
+
+    #[derive(Debug, Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: SubmitArgs,
+    }
+
+    const FILE: &str =
+        "client:\n  servers: [file:1]\n  job_timeout: 7s\n  max_packet_size: 1000\n  window: 3\n";
+
+    fn applied(args: &[&str]) -> ClientConfig {
+        let line =
+            Line::try_parse_from(["submit", "-f", "f"].into_iter().chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{e}"));
+        settings(line.args, &Config::read(FILE).unwrap()).unwrap_or_else(|e| panic!("{}", e.0)).0
+    }
+
+    #[test]
+    fn flags_left_out_keep_the_file_values() {
+        assert_eq!(applied(&["x"]), Config::read(FILE).unwrap().client);
+    }
+
+    #[test]
+    fn each_flag_overrides_its_key() {
+        let c = applied(&["--timeout", "2s", "--max-packet-size", "2000", "-s", "cli", "x"]);
+        assert_eq!(c.job_timeout, Duration::from_secs(2));
+        assert_eq!(c.max_packet_size, 2000);
+        assert_eq!(c.servers, ServerList::List(vec!["cli:4730".into()]));
+        assert_eq!(c.window, 3, "a key without a flag keeps the file's value");
+    }
+}

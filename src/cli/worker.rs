@@ -175,3 +175,91 @@ pub(crate) fn stop_on_signals(
     })
     .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use gearframe::config::{Config, ServerList};
+    use gearframe::worker::FailKind;
+    use gearframe::worker::shell::{OutputMode, ShellCommand};
+
+    use super::{WorkerArgs, settings};
+
+    #[derive(Debug, Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: WorkerArgs,
+    }
+
+    /// A file whose every key a flag sets differs from the default.
+    const FILE: &str = "worker:\n  name: file\n  threads: 3\n  servers: [file:1]\n  grace: 7s\n  max_packet_size: 1000\n  busy_poll: 0\n  functions:\n    up:\n      shell: tr a-z A-Z\n";
+
+    fn applied(args: &[&str]) -> gearframe::worker::WorkerConfig {
+        let line = Line::try_parse_from(std::iter::once("worker").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        settings(&line.args, &Config::read(FILE).unwrap()).unwrap_or_else(|e| panic!("{}", e.0))
+    }
+
+    #[test]
+    fn flags_left_out_keep_the_file_values() {
+        let file = Config::read(FILE).unwrap().worker;
+        let w = applied(&[]);
+        assert_eq!(w.servers, ServerList::List(vec!["file:1".into()]));
+        assert_eq!(w, gearframe::worker::WorkerConfig { servers: w.servers.clone(), ..file });
+    }
+
+    #[test]
+    fn each_flag_overrides_its_key() {
+        let w = applied(&[
+            "-t",
+            "5",
+            "--name",
+            "cli",
+            "--grace",
+            "1s",
+            "--max-packet-size",
+            "2000",
+            "-s",
+            "cli:2",
+        ]);
+        assert_eq!(w.threads, 5);
+        assert_eq!(w.name.as_deref(), Some("cli"));
+        assert_eq!(w.grace, Duration::from_secs(1));
+        assert_eq!(w.max_packet_size, 2000);
+        assert_eq!(w.servers, ServerList::List(vec!["cli:2".into()]));
+        assert_eq!(w.busy_poll, Duration::ZERO, "a key without a flag keeps the file's value");
+        assert!(w.functions.contains_key("up"));
+    }
+
+    #[test]
+    fn function_flags_set_the_command() {
+        let w = applied(&["-f", "wc", "--timeout", "5s", "--", "wc", "-l"]);
+        assert_eq!(w.functions.keys().collect::<Vec<_>>(), ["wc"], "only the -f function");
+        let f = &w.functions["wc"];
+        assert_eq!(
+            f.command,
+            ShellCommand::argv(["wc", "-l"]).timeout(Some(Duration::from_secs(5)))
+        );
+        assert_eq!(f.failure, FailKind::Auto);
+        let w = applied(&[
+            "-f",
+            "s",
+            "--output",
+            "stream",
+            "--failure",
+            "exception",
+            "--keep-processes",
+            "up",
+            "--",
+            "cat",
+        ]);
+        assert_eq!(w.functions.keys().collect::<Vec<_>>(), ["s", "up"]);
+        let f = &w.functions["s"];
+        let want = ShellCommand::argv(["cat"]).output(OutputMode::Stream).keep_processes(true);
+        assert_eq!(f.command, want);
+        assert_eq!(f.command.get_timeout(), None);
+        assert_eq!(f.failure, FailKind::Exception);
+    }
+}
