@@ -41,6 +41,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Every setting is a field of [`ClientConfig`], which is also the
+//! `client:` section of config.yaml: [`Client::with_config`] (or
+//! [`ClientBuilder::config`]) takes a whole one, the builder's other
+//! methods set one field each, and [`ClientConfig::default`] holds the
+//! defaults of both.
+//!
 //! # Servers
 //!
 //! Servers come from [`ClientBuilder::servers`] (the last call replaces

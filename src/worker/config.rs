@@ -521,6 +521,19 @@ mod tests {
     }
 
     #[test]
+    fn a_written_config_reads_back_the_same() {
+        let c = Config::read(include_str!("../../config.yaml")).unwrap();
+        let mut worker = c.worker.clone();
+        worker.name = Some("w".into());
+        let f = worker.functions.get_mut("wc").unwrap();
+        f.command = f.command.clone().env("A", "1").cwd(Some("/".into()));
+        f.options.on_failure = Some("dead".into());
+        let text = serde_yaml::to_string(&worker).unwrap();
+        let back: super::WorkerConfig = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(back, worker, "{text}");
+    }
+
+    #[test]
     fn worker_errors_name_the_key() {
         let e = Config::parse("worker:\n  functions:\n    f:\n      comand: [x]\n").unwrap_err();
         assert!(e.0.contains("comand"), "{}", e.0);

@@ -21,6 +21,12 @@
 //! # Ok::<(), gearframe::worker::BuildError>(())
 //! ```
 //!
+//! Every setting is a field of [`WorkerConfig`], which is also the
+//! `worker:` section of config.yaml: [`WorkerBuilder::config`] takes a whole
+//! one, functions defined there ([`FunctionConfig`]: a [`shell::ShellCommand`]
+//! with its [`FunctionOptions`], or a built-in) included, and the builder's
+//! other methods set one field each.
+//!
 //! # The pool
 //!
 //! A worker runs `threads` slots per server. A slot is one thread that owns
@@ -746,5 +752,13 @@ mod tests {
         assert!(e.to_string().contains("threads"));
         let e = Worker::builder().servers(["x"]).register("", Echo).build().unwrap_err();
         assert!(matches!(&e, BuildError::FunctionName(n) if n.is_empty()), "{e:?}");
+        let mut config = WorkerConfig::default();
+        config.functions.insert("f".into(), FunctionConfig::default());
+        let e = Worker::builder().config(config.clone()).servers(["x"]).build().unwrap_err();
+        assert!(matches!(&e, BuildError::Function { name, .. } if name == "f"), "{e:?}");
+        assert!(e.to_string().starts_with("function f: set one of command"), "{e}");
+        // A function registered by that name replaces the config's.
+        let e = Worker::builder().config(config).servers(["x"]).threads(0).register("f", Echo);
+        assert!(matches!(e.build().unwrap_err(), BuildError::NoThreads));
     }
 }
