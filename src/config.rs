@@ -8,12 +8,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "admin")]
 pub use crate::admin::AdminConfig;
+#[cfg(feature = "client")]
+pub use crate::client::ClientConfig;
 #[cfg(feature = "worker")]
-pub use crate::worker::config::{FunctionSection, WorkerSection};
+pub use crate::worker::config::{FunctionConfig, WorkerConfig};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -28,14 +30,23 @@ pub struct Config {
     /// The `worker:` section.
     #[cfg(feature = "worker")]
     #[serde(default)]
-    pub worker: WorkerSection,
+    pub worker: WorkerConfig,
     #[cfg(not(feature = "worker"))]
     #[serde(rename = "worker")]
     _worker: serde::de::IgnoredAny,
-    /// The `client:` section.
+    /// The `client:` section but `send:`.
     #[cfg(feature = "client")]
-    #[serde(default)]
-    pub client: ClientSection,
+    #[serde(skip)]
+    pub client: ClientConfig,
+    /// The `client.send:` subsection.
+    #[cfg(feature = "client")]
+    #[serde(skip)]
+    pub send: SendSection,
+    /// The `client:` section as read, until [`Config::parse`] moves it to
+    /// `client` and `send`.
+    #[cfg(feature = "client")]
+    #[serde(rename = "client", deserialize_with = "client_and_send")]
+    client_section: Option<(ClientConfig, SendSection)>,
     #[cfg(not(feature = "client"))]
     #[serde(rename = "client")]
     _client: serde::de::IgnoredAny,
@@ -95,19 +106,46 @@ impl LogLevel {
 }
 
 /// A server list in the file: `[a:4730, b]` or `"a:4730,b"`, each entry as
-/// [`parse_server_list`](crate::conn::parse_server_list) reads it. Empty:
-/// `GEARMAN_SERVERS`, else 127.0.0.1:4730.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+/// [`parse_server_list`](crate::conn::parse_server_list) reads it. An empty
+/// list or string in the file is [`ServerList::None`]: `GEARMAN_SERVERS`,
+/// else 127.0.0.1:4730.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum ServerList {
     /// None given.
     #[default]
-    #[serde(skip)]
     None,
     /// A YAML list.
     List(Vec<String>),
     /// A comma-separated string.
     Text(String),
+}
+
+impl<'de> Deserialize<'de> for ServerList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Named as the type, for the message of a value that is neither.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum ServerList {
+            List(Vec<String>),
+            Text(String),
+        }
+        Ok(match ServerList::deserialize(d)? {
+            ServerList::List(v) if v.is_empty() => Self::None,
+            ServerList::Text(s) if s.trim().is_empty() => Self::None,
+            ServerList::List(v) => Self::List(v),
+            ServerList::Text(s) => Self::Text(s),
+        })
+    }
+}
+
+impl Serialize for ServerList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ServerList::None => Vec::<String>::new().serialize(s),
+            ServerList::List(v) => v.serialize(s),
+            ServerList::Text(t) => t.serialize(s),
+        }
+    }
 }
 
 impl ServerList {
@@ -147,91 +185,9 @@ pub fn parse_queue(s: &str) -> Result<std::path::PathBuf, String> {
     }
 }
 
-/// The `client:` section: `gearframe submit`, `gearframe send`, and the
-/// library's [`ClientBuilder`](crate::client::ClientBuilder) defaults.
-#[cfg(feature = "client")]
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClientSection {
-    /// Job servers, as a list or a comma-separated string (empty:
-    /// `GEARMAN_SERVERS`, else 127.0.0.1:4730).
-    pub servers: ServerList,
-    /// Limit of one TCP connect.
-    pub connect_timeout: DurationStr,
-    /// Limit of the wait for JOB_CREATED and other replies.
-    pub ack_timeout: DurationStr,
-    /// How long a job keeps being tried on other servers after a failure.
-    pub retry_timeout: DurationStr,
-    /// Overall limit of one job.
-    pub job_timeout: DurationStr,
-    /// Most jobs in flight per server connection in a batch.
-    pub window: usize,
-    /// First reconnect back-off.
-    pub backoff_min: DurationStr,
-    /// Longest reconnect back-off.
-    pub backoff_max: DurationStr,
-    /// Ask for WORK_EXCEPTION packets, so that failures carry their reason.
-    pub exceptions: bool,
-    /// Connection name (SET_CLIENT_ID).
-    pub client_id: Option<String>,
-    /// How long a connection polls for a reply before its read blocks (0: never).
-    pub busy_poll: DurationStr,
-    /// Largest packet body in bytes, sent or received.
-    pub max_packet_size: u32,
-    /// The `client.send:` subsection (`gearframe send`).
-    pub send: SendSection,
-}
-
-#[cfg(feature = "client")]
-impl Default for ClientSection {
-    fn default() -> Self {
-        ClientSection {
-            servers: ServerList::None,
-            connect_timeout: DurationStr(Duration::from_secs(3)),
-            ack_timeout: DurationStr(Duration::from_secs(10)),
-            retry_timeout: DurationStr(Duration::from_secs(30)),
-            job_timeout: DurationStr(Duration::from_secs(3600)),
-            window: 1024,
-            backoff_min: DurationStr(Duration::from_millis(100)),
-            backoff_max: DurationStr(Duration::from_secs(5)),
-            exceptions: true,
-            client_id: None,
-            busy_poll: DurationStr(crate::busy_poll::DEFAULT_BUSY_POLL),
-            max_packet_size: crate::proto::DEFAULT_MAX_BODY,
-            send: SendSection::default(),
-        }
-    }
-}
-
-#[cfg(feature = "client")]
-impl ClientSection {
-    /// A client builder with this section's settings (servers only when
-    /// the list is not empty, so that `GEARMAN_SERVERS` still applies).
-    pub fn to_builder(&self) -> crate::client::ClientBuilder {
-        let mut b = crate::client::Client::builder()
-            .connect_timeout(self.connect_timeout.0)
-            .ack_timeout(self.ack_timeout.0)
-            .retry_timeout(self.retry_timeout.0)
-            .job_timeout(self.job_timeout.0)
-            .window(self.window)
-            .backoff(self.backoff_min.0, self.backoff_max.0)
-            .exceptions(self.exceptions)
-            .busy_poll(self.busy_poll.0)
-            .max_packet_size(self.max_packet_size);
-        let servers = self.servers.entries();
-        if !servers.is_empty() {
-            b = b.servers(servers);
-        }
-        if let Some(id) = &self.client_id {
-            b = b.client_id(id.clone());
-        }
-        b
-    }
-}
-
 /// How `gearframe send` submits a plan.
 #[cfg(feature = "client")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SendMode {
     /// Background jobs; done when every job is accepted.
@@ -253,19 +209,34 @@ impl std::str::FromStr for SendMode {
     }
 }
 
-/// The `client.send:` subsection; each key mirrors a `gearframe send` option.
+/// The `client.send:` subsection: the settings of `gearframe send`, each
+/// also an option of that command.
 #[cfg(feature = "client")]
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct SendSection {
-    /// The plan: a YAML file, or an executable that prints the jobs as JSON.
+    /// The plan: a YAML file, or an executable printing the jobs as JSON.
+    #[cfg_attr(feature = "cli", arg(long, value_name = "FILE"))]
     pub plan: std::path::PathBuf,
-    /// `async` or `sync`.
+    /// async: background jobs, done when every job is accepted; sync:
+    /// foreground jobs, one result line per job.
+    #[cfg_attr(feature = "cli", arg(short = 'm', long, value_name = "MODE"))]
     pub mode: SendMode,
-    /// Send the plan again every interval; 0 sends it once.
-    pub cycle: DurationStr,
-    /// Read the plan again at most this often (between cycles).
-    pub reload: DurationStr,
+    /// Send the plan again every interval, e.g. 500ms; 0 sends it once.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)
+    )]
+    #[serde(with = "crate::config::duration")]
+    pub cycle: Duration,
+    /// Read the plan again at most this often, e.g. 1m.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_name = "DURATION", value_parser = crate::config::parse_duration)
+    )]
+    #[serde(with = "crate::config::duration")]
+    pub reload: Duration,
 }
 
 #[cfg(feature = "client")]
@@ -274,21 +245,63 @@ impl Default for SendSection {
         SendSection {
             plan: "plugin/eg.yaml".into(),
             mode: SendMode::Async,
-            cycle: DurationStr(Duration::ZERO),
-            reload: DurationStr(Duration::from_secs(60)),
+            cycle: Duration::ZERO,
+            reload: Duration::from_secs(60),
         }
     }
 }
 
-/// A duration written with a unit in the file (`500ms`, `15s`, `2m`, `1h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationStr(pub Duration);
-
-impl<'de> Deserialize<'de> for DurationStr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map(DurationStr).map_err(serde::de::Error::custom)
+/// The `client:` section: the [`ClientConfig`] keys, and `send:`, which
+/// is read into a [`SendSection`].
+#[cfg(feature = "client")]
+fn client_and_send<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<(ClientConfig, SendSection)>, D::Error> {
+    struct Section;
+    impl<'de> serde::de::Visitor<'de> for Section {
+        type Value = (ClientConfig, SendSection);
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let mut keys = WithoutSend { map, send: None };
+            let client =
+                ClientConfig::deserialize(serde::de::value::MapAccessDeserializer::new(&mut keys))?;
+            Ok((client, keys.send.unwrap_or_default()))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(Default::default())
+        }
     }
+    /// The keys of the section but `send`, whose value it keeps.
+    struct WithoutSend<A> {
+        map: A,
+        send: Option<SendSection>,
+    }
+    impl<'de, A: serde::de::MapAccess<'de>> serde::de::MapAccess<'de> for &mut WithoutSend<A> {
+        type Error = A::Error;
+        fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, A::Error> {
+            use serde::de::IntoDeserializer;
+            while let Some(key) = self.map.next_key::<String>()? {
+                if key == "send" {
+                    self.send = Some(self.map.next_value()?);
+                    continue;
+                }
+                return seed.deserialize(key.into_deserializer()).map(Some);
+            }
+            Ok(None)
+        }
+        fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+            &mut self,
+            seed: V,
+        ) -> Result<V::Value, A::Error> {
+            self.map.next_value_seed(seed)
+        }
+    }
+    d.deserialize_any(Section).map(Some)
 }
 
 /// `#[serde(with = "crate::config::duration")]`: a [`Duration`] written
@@ -304,8 +317,37 @@ pub mod duration {
     /// # Errors
     /// Not a string, or not a duration [`parse_duration`](super::parse_duration) reads.
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
+        let s = Written::deserialize(d)?.0;
         super::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+
+    /// A duration as written: a string, or a bare number (which only `0`
+    /// is, without a unit) where the file's values were read ahead.
+    struct Written(String);
+
+    impl<'de> Deserialize<'de> for Written {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Text;
+            impl serde::de::Visitor<'_> for Text {
+                type Value = Written;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a duration with a unit")
+                }
+                fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Written, E> {
+                    Ok(Written(v.to_string()))
+                }
+                fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Written, E> {
+                    Ok(Written(v.to_string()))
+                }
+                fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Written, E> {
+                    Ok(Written(v.to_string()))
+                }
+                fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Written, E> {
+                    Ok(Written(v.to_string()))
+                }
+            }
+            d.deserialize_any(Text)
+        }
     }
 
     /// Writes one duration as [`format_duration`](super::format_duration) does.
@@ -330,9 +372,9 @@ pub mod duration {
         pub fn deserialize<'de, D: serde::Deserializer<'de>>(
             d: D,
         ) -> Result<Option<Duration>, D::Error> {
-            match Option::<String>::deserialize(d)? {
+            match Option::<super::Written>::deserialize(d)? {
                 Some(s) => {
-                    super::super::parse_duration(&s).map(Some).map_err(serde::de::Error::custom)
+                    super::super::parse_duration(&s.0).map(Some).map_err(serde::de::Error::custom)
                 }
                 None => Ok(None),
             }
@@ -504,7 +546,8 @@ impl Config {
             return Ok(Config::default());
         }
         let de = serde_yaml::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let read = serde_path_to_error::deserialize(de).map(Config::split_client);
+        read.map_err(|e| {
             // Not YAML at all: the parser's position is the one to show.
             if let Err(syntax) = serde_yaml::from_str::<serde_yaml::Value>(text) {
                 let mut msg = syntax.to_string();
@@ -535,11 +578,15 @@ impl Config {
                     msg = m.to_string();
                 }
             }
-            // serde_yaml starts with the path it knows, a prefix of ours.
-            if let Some((head, rest)) = msg.split_once(": ")
-                && !head.contains(' ')
-                && key.join(".").starts_with(head)
+            // serde_yaml starts with the path it knows, a prefix of ours;
+            // a part read from a flattened entry starts with its own keys.
+            while let Some((head, rest)) = msg.split_once(": ")
+                && !head.is_empty()
+                && head.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
             {
+                if !key.join(".").starts_with(head) {
+                    key.extend(head.split('.').map(str::to_string));
+                }
                 msg = rest.to_string();
             }
             if let Some(field) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next())
@@ -557,6 +604,21 @@ impl Config {
             }
             ConfigError::new(key.join("."), msg).located(text, inner.location())
         })
+    }
+
+    /// Moves the `client:` section as read to `client` and `send`.
+    #[cfg(feature = "client")]
+    fn split_client(mut self) -> Config {
+        if let Some((client, send)) = self.client_section.take() {
+            self.client = client;
+            self.send = send;
+        }
+        self
+    }
+
+    #[cfg(not(feature = "client"))]
+    fn split_client(self) -> Config {
+        self
     }
 
     /// Checks what types cannot: function definitions and server lists.
@@ -789,10 +851,10 @@ mod tests {
         assert_eq!(c.client.servers.to_vec().unwrap(), ["a:4730", "b:7003"]);
         let text = Config::parse("client:\n  servers: a, b:7003\n").unwrap();
         assert_eq!(text.client.servers.to_vec().unwrap(), ["a:4730", "b:7003"]);
-        assert_eq!(c.client.ack_timeout.0, Duration::from_secs(2));
-        assert_eq!(c.client.send.mode, SendMode::Sync);
-        assert_eq!(c.client.send.cycle.0, Duration::from_millis(500));
-        let client = c.client.to_builder().build().unwrap();
+        assert_eq!(c.client.ack_timeout, Duration::from_secs(2));
+        assert_eq!(c.send.mode, SendMode::Sync);
+        assert_eq!(c.send.cycle, Duration::from_millis(500));
+        let client = crate::client::Client::with_config(c.client.clone()).unwrap();
         assert_eq!(client.servers().collect::<Vec<_>>(), ["a:4730", "b:7003"]);
         let e = Config::parse("client:\n  send:\n    mode: sometimes\n").unwrap_err();
         assert!(e.reason.contains("sometimes") || e.key.ends_with("mode"), "{e}");
@@ -801,20 +863,84 @@ mod tests {
     }
 
     #[test]
+    fn one_default_per_type() {
+        for text in ["", "client:\n", "client: {}\nworker: {}\n"] {
+            let c = Config::parse(text).unwrap();
+            assert_eq!(c.client, ClientConfig::default(), "{text:?}");
+            assert_eq!(c.send, SendSection::default(), "{text:?}");
+            assert_eq!(c.worker, WorkerConfig::default(), "{text:?}");
+        }
+        let client = crate::client::Client::builder().servers(["a"]).build().unwrap();
+        let want =
+            ClientConfig { servers: ServerList::List(vec!["a".into()]), ..Default::default() };
+        assert_eq!(client.config(), &want);
+        assert_eq!(
+            crate::client::ClientBuilder::default()
+                .config(ClientConfig::default())
+                .build()
+                .unwrap()
+                .config()
+                .window,
+            1024
+        );
+    }
+
+    #[test]
+    fn unknown_keys_under_send_and_functions_are_named_with_their_path() {
+        /// The key, line and column of the error, and its reason.
+        fn err(text: &str) -> (String, Option<usize>, Option<usize>, String) {
+            let e = Config::parse(text).unwrap_err();
+            (e.key, e.line, e.column, e.reason)
+        }
+        let (key, line, col, why) = err("client:\n  window: 3\n  send:\n    plann: x.yaml\n");
+        assert_eq!((key.as_str(), line, col), ("client.send.plann", Some(4), Some(5)));
+        assert!(why.starts_with("unknown field `plann`"), "{why}");
+        let (key, line, _, why) = err("client:\n  send:\n    cycle: soon\n");
+        assert_eq!((key.as_str(), line), ("client.send.cycle", Some(3)));
+        assert!(why.starts_with("invalid duration"), "{why}");
+        let (key, line, col, why) = err("client:\n  send: {}\n  windw: 3\n");
+        assert_eq!((key.as_str(), line, col), ("client.windw", Some(3), Some(3)));
+        assert!(why.starts_with("unknown field"), "{why}");
+        let text =
+            "worker:\n  functions:\n    f:\n      shell: x\n      retries: 1\n      colour: red\n";
+        let (key, line, col, why) = err(text);
+        assert_eq!((key.as_str(), line, col), ("worker.functions.f.colour", Some(6), Some(7)));
+        assert!(why.starts_with("unknown field `colour`"), "{why}");
+        assert!(why.ends_with("remove it or fix its spelling"), "{why}");
+        let text = "worker:\n  functions:\n    f:\n      shell: x\n      retries: many\n";
+        let (key, line, _, why) = err(text);
+        assert_eq!((key.as_str(), line), ("worker.functions.f.retries", Some(5)));
+        assert!(why.starts_with("invalid type"), "{why}");
+        let text = "worker:\n  functions:\n    f:\n      shell: x\n      stdin: pipe\n";
+        let (key, line, _, why) = err(text);
+        assert_eq!((key.as_str(), line), ("worker.functions.f.stdin", Some(5)));
+        assert!(why.starts_with("unknown variant"), "{why}");
+    }
+
+    #[test]
     fn shipped_config_parses_with_defaults() {
         let text = include_str!("../config.yaml");
         let c = Config::read(text).unwrap();
-        let d = ClientSection::default();
+        let d = ClientConfig::default();
         assert_eq!(c.client.ack_timeout, d.ack_timeout);
         assert_eq!(c.client.job_timeout, d.job_timeout);
         assert_eq!(c.client.window, d.window);
         assert_eq!(c.client.busy_poll, d.busy_poll);
-        assert_eq!(c.worker.busy_poll, WorkerSection::default().busy_poll);
+        assert_eq!(c.worker.busy_poll, WorkerConfig::default().busy_poll);
         assert_eq!(c.client.max_packet_size, d.max_packet_size);
-        assert_eq!(c.worker.max_packet_size, WorkerSection::default().max_packet_size);
+        assert_eq!(c.worker.max_packet_size, WorkerConfig::default().max_packet_size);
         assert_eq!(c.server, crate::server::ServerConfig::default());
-        assert_eq!(c.client.send.plan, d.send.plan);
-        assert_eq!(c.client.send.reload, d.send.reload);
+        assert_eq!(c.send, SendSection::default());
+        assert_eq!(c.client, ClientConfig::default(), "config.yaml shows the defaults");
+        let mut worker = c.worker.clone();
+        worker.functions.clear();
+        assert_eq!(worker, WorkerConfig::default(), "config.yaml shows the defaults");
+        let wc = &c.worker.functions["wc"];
+        let want = FunctionConfig::command(
+            crate::worker::shell::ShellCommand::argv(["wc", "-l"])
+                .timeout(Some(Duration::from_secs(3600))),
+        );
+        assert_eq!(wc, &want, "the defaults of a function");
         let d = AdminConfig::default();
         assert_eq!((c.admin.timeout, c.admin.interval), (d.timeout, d.interval));
         assert!(c.admin.servers.to_vec().unwrap().is_empty());

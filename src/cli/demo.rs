@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use gearframe::client::{Client, Job, JobOutcome};
-use gearframe::config::{Config, FunctionSection, SendMode};
+use gearframe::config::{Config, FunctionConfig, SendMode};
 use gearframe::conn::Connection;
 use gearframe::server::{Server, ServerConfig};
 
@@ -28,12 +28,9 @@ pub(crate) struct DemoArgs {
 }
 
 /// The functions the example plan needs when the config defines none.
-fn default_functions() -> Vec<(String, FunctionSection)> {
-    let ls = || FunctionSection {
-        allowed_commands: Some(vec!["ls".into(), "echo".into()]),
-        ..FunctionSection::default()
-    };
-    vec![("test1".into(), ls()), ("test2".into(), ls())]
+fn default_functions() -> std::collections::BTreeMap<String, FunctionConfig> {
+    let ls = || FunctionConfig::allowed_commands(vec!["ls".into(), "echo".into()]);
+    [("test1".into(), ls()), ("test2".into(), ls())].into()
 }
 
 /// The example plan when no plan file is at hand.
@@ -152,29 +149,22 @@ pub(crate) fn run(args: DemoArgs, config: &Config) -> Result<ExitCode, Failure> 
     let server =
         Server::bind(ServerConfig { listen: "127.0.0.1:0".into(), ..ServerConfig::default() })?;
     let addr = server.local_addr().to_string();
-    let mut functions: Vec<(String, FunctionSection)> =
-        config.worker.functions.iter().map(|(n, f)| (n.clone(), f.clone())).collect();
-    if functions.is_empty() {
-        functions = default_functions();
+    let mut cfg = config.worker.clone();
+    if cfg.functions.is_empty() {
+        cfg.functions = default_functions();
     }
-    if !functions.iter().any(|(n, _)| n == "echo") {
-        functions.push(("echo".into(), FunctionSection::echo()));
-    }
-    let worker = super::worker::start(
-        config,
-        std::slice::from_ref(&addr),
-        &functions,
-        Some(10),
-        Some("gearframe-demo".into()),
-        None,
-    )?;
+    cfg.functions.entry("echo".into()).or_insert_with(FunctionConfig::echo);
+    cfg.servers = gearframe::config::ServerList::List(vec![addr.clone()]);
+    cfg.threads = 10;
+    cfg.name = Some("gearframe-demo".into());
+    let worker = super::worker::start(&cfg)?;
     let client = Client::builder().servers([addr.as_str()]).build()?;
     println!(
         "gearframe demo: job server on {addr}; {} worker slots for {}",
         worker.live_slots(),
-        functions.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        cfg.functions.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
     );
-    let plan_path = args.plan.clone().unwrap_or_else(|| config.client.send.plan.clone());
+    let plan_path = args.plan.clone().unwrap_or_else(|| config.send.plan.clone());
     let mut ok = true;
 
     let bg = plan(&plan_path, SendMode::Async)?;

@@ -130,34 +130,6 @@ impl log::Log for Logger {
     }
 }
 
-/// The command line with `[default: ...]` in the help of each option whose
-/// default lives in a config type, taken from that type's `Default`.
-fn show_defaults(cmd: clap::Command) -> clap::Command {
-    use gearframe::config::{ClientSection, WorkerSection, format_duration as dur};
-    let send = ClientSection::default().send;
-    let worker = WorkerSection::default();
-    let mode = match send.mode {
-        gearframe::config::SendMode::Async => "async",
-        gearframe::config::SendMode::Sync => "sync",
-    };
-    let add = |sub: clap::Command, id: &str, value: String| {
-        sub.mut_arg(id, |a| {
-            let help = a.get_help().map(ToString::to_string).unwrap_or_default();
-            a.help(format!("{help} [default: {value}]"))
-        })
-    };
-    cmd.mut_subcommand("send", |c| {
-        let c = add(c, "mode", format!("client.send.mode, {mode}"));
-        let c = add(c, "cycle", format!("client.send.cycle, {}", dur(send.cycle.0)));
-        add(c, "reload", format!("client.send.reload, {}", dur(send.reload.0)))
-    })
-    .mut_subcommand("worker", |c| {
-        let c = add(c, "grace", format!("worker.grace, {}", dur(worker.grace.0)));
-        add(c, "output", "capture".into())
-    })
-    .mut_subcommand("submit", |c| add(c, "priority", "normal".into()))
-}
-
 /// clap's usage error in one line: the error, its tips ("a similar
 /// subcommand exists"), and where to read more; the usage synopsis is left out.
 fn usage_error_line(text: &str) -> String {
@@ -275,7 +247,7 @@ fn load_config(path: Option<&Path>) -> Result<Config, Failure> {
 }
 
 pub(crate) fn main() -> ExitCode {
-    let command = show_defaults(Cli::command());
+    let command = Cli::command();
     let cli = match command.try_get_matches().and_then(|m| Cli::from_arg_matches(&m)) {
         Ok(cli) => cli,
         Err(e)
@@ -344,9 +316,7 @@ mod tests {
 
     #[test]
     fn usage_errors_keep_their_tips_in_one_line() {
-        let e = super::show_defaults(Cli::command())
-            .try_get_matches_from(["gearframe", "sumbit"])
-            .unwrap_err();
+        let e = Cli::command().try_get_matches_from(["gearframe", "sumbit"]).unwrap_err();
         let line = super::usage_error_line(&e.render().to_string());
         assert_eq!(
             line,
@@ -356,7 +326,7 @@ mod tests {
 
     #[test]
     fn server_help_shows_the_defaults_of_the_config_type() {
-        let mut cmd = super::show_defaults(Cli::command());
+        let mut cmd = Cli::command();
         let help = cmd.find_subcommand_mut("server").unwrap().render_long_help().to_string();
         let d = gearframe::server::ServerConfig::default();
         for want in [

@@ -20,21 +20,23 @@
 //! once with `interrupted: D of N done, F failed, R not finished`.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use gearframe::client::{Client, ClientConfig};
 use gearframe::client::{Job, JobOutcome, MAX_UNIQUE_LEN, derive_unique};
-use gearframe::config::{Config, SendMode, parse_duration};
+use gearframe::config::{Config, SendMode, SendSection};
 use gearframe::proto::Priority;
 use gearframe::worker::shell::{Ending, ExitKind, ProcessGroup};
 use serde::Deserialize;
 use subprocess::{PopenConfig, Redirection};
 
 use super::Failure;
+use super::flags::Flags;
 use super::submit::ServerArgs;
 
 /// Longest an executable plan may run.
@@ -42,34 +44,19 @@ const PLAN_RUN_LIMIT: Duration = Duration::from_secs(60);
 /// How long one read of a plan's stdout may wait.
 const PLAN_READ_TICK: Duration = Duration::from_millis(20);
 
-/// Options of `gearframe send`; each overrides the `client.send:` key of the
-/// same name in config.yaml.
+/// Options of `gearframe send`; each setting overrides the `client.send:`
+/// or `client:` key of the same name in config.yaml.
 #[derive(Debug, Args)]
 pub(crate) struct SendArgs {
-    /// The plan: a YAML file, or an executable printing the jobs as JSON
-    /// [default: plugin/eg.yaml].
-    #[arg(long, value_name = "FILE")]
-    plan: Option<PathBuf>,
-    /// async: background jobs, done when every job is accepted; sync:
-    /// foreground jobs, one result line per job.
-    #[arg(short = 'm', long, value_name = "MODE", value_parser = parse_mode)]
-    mode: Option<SendMode>,
-    /// Send the plan again every interval, e.g. 500ms; 0 sends it once.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    cycle: Option<Duration>,
-    /// Read the plan again at most this often, e.g. 1m.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    reload: Option<Duration>,
+    /// The `client.send:` settings given as options.
+    #[command(flatten)]
+    send: Flags<SendSection>,
     /// Give each job a random unique id instead of one derived from its
     /// function and data (copies then never coalesce).
     #[arg(long)]
     random_unique: bool,
     #[command(flatten)]
     server: ServerArgs,
-}
-
-fn parse_mode(s: &str) -> Result<SendMode, String> {
-    s.parse()
 }
 
 /// One job of a plan as written.
@@ -278,15 +265,20 @@ fn describe(o: &gearframe::client::Result<JobOutcome>) -> (Counted, &'static str
     }
 }
 
+/// The `client.send:` and `client:` sections with the options given over
+/// them.
+fn settings(args: &SendArgs, config: &Config) -> Result<(SendSection, ClientConfig), Failure> {
+    let mut send = config.send.clone();
+    args.send.apply(&mut send)?;
+    Ok((send, args.server.client_config(config)?))
+}
+
 pub(crate) fn run(args: SendArgs, config: &Config) -> Result<ExitCode, Failure> {
-    let sc = &config.client.send;
-    let plan_path = args.plan.clone().unwrap_or_else(|| sc.plan.clone());
-    let mode = args.mode.unwrap_or(sc.mode);
-    let cycle = args.cycle.unwrap_or(sc.cycle.0);
-    let reload = args.reload.unwrap_or(sc.reload.0);
+    let (send, client_config) = settings(&args, config)?;
+    let SendSection { plan: plan_path, mode, cycle, reload } = send;
     // Everything the user gave is checked before anything is sent.
     let mut jobs = load_plan(&plan_path, mode, args.random_unique)?;
-    let client = args.server.client(config)?;
+    let client = Client::with_config(client_config)?;
     let mut loaded = Instant::now();
 
     // Ctrl-C while foreground jobs run (or a second one) ends at once with
@@ -443,5 +435,58 @@ mod tests {
         assert!(msg("just text").contains("list of jobs"));
         let e = load_plan(Path::new("/nonexistent/plan.yaml"), SendMode::Async, false).unwrap_err();
         assert!(e.0.contains("/nonexistent/plan.yaml"), "{}", e.0);
+    }
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use gearframe::config::{Config, SendMode};
+
+    use super::{SendArgs, settings};
+
+    #[derive(Debug, Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: SendArgs,
+    }
+
+    const FILE: &str = "client:\n  job_timeout: 7s\n  send:\n    plan: file.yaml\n    mode: sync\n    cycle: 2s\n    reload: 5s\n";
+
+    fn applied(args: &[&str]) -> (gearframe::config::SendSection, gearframe::client::ClientConfig) {
+        let line = Line::try_parse_from(std::iter::once("send").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        settings(&line.args, &Config::read(FILE).unwrap()).unwrap_or_else(|e| panic!("{}", e.0))
+    }
+
+    #[test]
+    fn flags_left_out_keep_the_file_values() {
+        let file = Config::read(FILE).unwrap();
+        let (send, client) = applied(&[]);
+        assert_eq!(send, file.send);
+        assert_eq!(client.job_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn each_flag_overrides_its_key() {
+        let (send, client) = applied(&[
+            "--plan",
+            "cli.yaml",
+            "-m",
+            "async",
+            "--cycle",
+            "0",
+            "--reload",
+            "1m",
+            "--timeout",
+            "1s",
+        ]);
+        assert_eq!(send.plan, std::path::Path::new("cli.yaml"));
+        assert_eq!(send.mode, SendMode::Async);
+        assert_eq!(send.cycle, Duration::ZERO);
+        assert_eq!(send.reload, Duration::from_secs(60));
+        assert_eq!(client.job_timeout, Duration::from_secs(1));
     }
 }

@@ -141,8 +141,9 @@ mod tests {
         let line =
             Line::try_parse_from(std::iter::once("server".to_string()).chain(args.iter().cloned()))
                 .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        super::settings(&line.args.config, &Config { server: config(file), ..Config::default() })
-            .unwrap()
+        let mut c = Config::default();
+        c.server = config(file);
+        super::settings(&line.args.config, &c).unwrap()
     }
 
     #[test]

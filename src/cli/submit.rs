@@ -2,16 +2,18 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use gearframe::client::{Client, Job, JobEvent, JobOutcome};
-use gearframe::config::{Config, parse_duration};
+use gearframe::client::{Client, ClientConfig, Job, JobEvent, JobOutcome};
+use gearframe::config::{Config, ServerList, parse_duration};
 use gearframe::proto::Priority;
 
 use super::Failure;
+use super::flags::Flags;
 
-/// Where to find the servers and how long to wait; shared by `submit` and `send`.
+/// Where to find the servers and the client settings given as options;
+/// shared by `submit` and `send`.
 #[derive(Debug, Args)]
 pub(crate) struct ServerArgs {
     /// Job server HOST[:PORT] (repeat, or separate with commas); replaces
@@ -19,29 +21,20 @@ pub(crate) struct ServerArgs {
     /// 127.0.0.1:4730].
     #[arg(short = 's', long = "server", value_name = "HOST:PORT")]
     servers: Vec<String>,
-    /// Overall limit of each job, e.g. 30s (no short flag: -t is --threads)
-    /// [default: client.job_timeout, 1h].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    timeout: Option<Duration>,
-    /// Largest packet body in bytes, sent or received
-    /// [default: client.max_packet_size, 67108864].
-    #[arg(long, value_name = "BYTES")]
-    max_packet_size: Option<u32>,
+    /// The `client:` settings given as options.
+    #[command(flatten)]
+    config: Flags<ClientConfig>,
 }
 
 impl ServerArgs {
-    /// A client with the `client:` section's settings and the servers of
-    /// the one rule (see [`super::servers`]).
-    pub(crate) fn client(&self, config: &Config) -> Result<Client, Failure> {
-        let servers = super::servers(&self.servers, &config.client.servers, "client.servers")?;
-        let mut b = config.client.to_builder().servers(servers);
-        if let Some(t) = self.timeout {
-            b = b.job_timeout(t);
-        }
-        if let Some(n) = self.max_packet_size {
-            b = b.max_packet_size(n);
-        }
-        Ok(b.build()?)
+    /// The `client:` section with the options given over it, and the
+    /// servers of the one rule (see [`super::servers`]).
+    pub(crate) fn client_config(&self, config: &Config) -> Result<ClientConfig, Failure> {
+        let mut cfg = config.client.clone();
+        self.config.apply(&mut cfg)?;
+        let servers = super::servers(&self.servers, &cfg.servers, "client.servers")?;
+        cfg.servers = ServerList::List(servers);
+        Ok(cfg)
     }
 }
 
@@ -57,7 +50,7 @@ pub(crate) struct SubmitArgs {
     /// Background job: print its handle once the server accepted it.
     #[arg(short = 'b', long)]
     background: bool,
-    /// Priority: high, normal or low.
+    /// Priority: high, normal or low [default: normal].
     #[arg(long, value_name = "PRIORITY", value_parser = parse_priority, conflicts_with_all = ["high", "low"])]
     priority: Option<Priority>,
     /// High priority (same as --priority high).
@@ -93,7 +86,9 @@ pub(crate) fn parse_at(s: &str) -> Result<u64, String> {
     })
 }
 
-pub(crate) fn run(args: SubmitArgs, config: &Config, verbose: u8) -> Result<ExitCode, Failure> {
+/// The client's settings and the job, from the options over the file.
+fn settings(args: SubmitArgs, config: &Config) -> Result<(ClientConfig, Job), Failure> {
+    let cfg = args.server.client_config(config)?;
     let priority = if args.high {
         Priority::High
     } else if args.low {
@@ -114,15 +109,17 @@ pub(crate) fn run(args: SubmitArgs, config: &Config, verbose: u8) -> Result<Exit
     if let Some(u) = args.unique {
         job = job.unique(u);
     }
-    if let Some(t) = args.server.timeout {
-        job = job.timeout(t);
-    }
     if let Some(at) = args.at {
         job = job.at_unix(at);
     } else if args.background {
         job = job.background(true);
     }
-    let client = args.server.client(config)?;
+    Ok((cfg, job))
+}
+
+pub(crate) fn run(args: SubmitArgs, config: &Config, verbose: u8) -> Result<ExitCode, Failure> {
+    let (cfg, job) = settings(args, config)?;
+    let client = Client::with_config(cfg)?;
 
     let stdout = std::io::stdout();
     let tty = stdout.is_terminal();
@@ -216,5 +213,46 @@ mod tests {
         let t = parse_at("+90s").unwrap();
         assert!((now + 89..=now + 91).contains(&t));
         assert!(parse_at("tomorrow").unwrap_err().contains("+DURATION"));
+    }
+}
+
+#[cfg(test)]
+mod flag_tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use gearframe::client::ClientConfig;
+    use gearframe::config::{Config, ServerList};
+
+    use super::{SubmitArgs, settings};
+
+    #[derive(Debug, Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: SubmitArgs,
+    }
+
+    const FILE: &str =
+        "client:\n  servers: [file:1]\n  job_timeout: 7s\n  max_packet_size: 1000\n  window: 3\n";
+
+    fn applied(args: &[&str]) -> ClientConfig {
+        let line =
+            Line::try_parse_from(["submit", "-f", "f"].into_iter().chain(args.iter().copied()))
+                .unwrap_or_else(|e| panic!("{e}"));
+        settings(line.args, &Config::read(FILE).unwrap()).unwrap_or_else(|e| panic!("{}", e.0)).0
+    }
+
+    #[test]
+    fn flags_left_out_keep_the_file_values() {
+        assert_eq!(applied(&["x"]), Config::read(FILE).unwrap().client);
+    }
+
+    #[test]
+    fn each_flag_overrides_its_key() {
+        let c = applied(&["--timeout", "2s", "--max-packet-size", "2000", "-s", "cli", "x"]);
+        assert_eq!(c.job_timeout, Duration::from_secs(2));
+        assert_eq!(c.max_packet_size, 2000);
+        assert_eq!(c.servers, ServerList::List(vec!["cli:4730".into()]));
+        assert_eq!(c.window, 3, "a key without a flag keeps the file's value");
     }
 }

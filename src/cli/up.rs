@@ -25,9 +25,7 @@ pub(crate) struct UpArgs {
 pub(crate) fn run(args: UpArgs, config: &Config) -> Result<ExitCode, Failure> {
     config.worker.validate()?;
     let server_cfg = super::server::settings(&args.server, config)?;
-    let functions: Vec<_> =
-        config.worker.functions.iter().map(|(n, f)| (n.clone(), f.clone())).collect();
-    if functions.is_empty() {
+    if config.worker.functions.is_empty() {
         return Err(Failure(
             "no function to run: add worker.functions to the config file (see config.yaml)".into(),
         ));
@@ -45,13 +43,17 @@ pub(crate) fn run(args: UpArgs, config: &Config) -> Result<ExitCode, Failure> {
             configured.join(",")
         );
     }
-    let servers = [own];
-    let worker = super::worker::start(config, &servers, &functions, args.threads, None, None)?;
+    let mut cfg = config.worker.clone();
+    cfg.servers = gearframe::config::ServerList::List(vec![own]);
+    if let Some(n) = args.threads {
+        cfg.threads = n;
+    }
+    let worker = super::worker::start(&cfg)?;
     super::worker::stop_on_signals(
         "gearframe up",
         "they go back to this server's queue, kept only with a persistent queue",
         worker.stopper(),
-        config.worker.grace.0,
+        cfg.grace,
     )?;
     println!(
         "gearframe up: job server listening on {} ({})",
@@ -61,7 +63,7 @@ pub(crate) fn run(args: UpArgs, config: &Config) -> Result<ExitCode, Failure> {
     println!(
         "gearframe up: {} worker slot(s) for {}; Ctrl-C stops",
         worker.live_slots(),
-        functions.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        cfg.functions.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
     );
     // Running jobs finish (within worker.grace) and report to the server
     // before the server stops.

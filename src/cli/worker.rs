@@ -4,11 +4,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Args;
-use gearframe::config::{Config, FunctionSection, parse_duration};
-use gearframe::worker::Worker;
-use gearframe::worker::config::{FailureKey, OutputKey};
+use gearframe::config::{Config, FunctionConfig, WorkerConfig, parse_duration};
+use gearframe::worker::shell::{OutputMode, ShellCommand};
+use gearframe::worker::{FailKind, Worker};
 
 use super::Failure;
+use super::flags::Flags;
 
 /// Options of `gearframe worker`.
 #[derive(Debug, Args)]
@@ -22,13 +23,9 @@ pub(crate) struct WorkerArgs {
     /// 127.0.0.1:4730].
     #[arg(short = 's', long = "server", value_name = "HOST:PORT")]
     servers: Vec<String>,
-    /// Slots (threads and connections) per server [default: 10].
-    #[arg(short = 't', long, value_name = "N")]
-    threads: Option<usize>,
-    /// Client id shown by the admin `workers` command (no short flag: -n is
-    /// --interval) [default: worker.name, gearframe-worker-PID].
-    #[arg(long, value_name = "NAME")]
-    name: Option<String>,
+    /// The `worker:` settings given as options.
+    #[command(flatten)]
+    config: Flags<WorkerConfig>,
     /// Registers FUNCTION to run the command given after `--`.
     #[arg(short = 'f', long = "function", value_name = "FUNCTION", requires = "command")]
     function: Option<String>,
@@ -36,27 +33,30 @@ pub(crate) struct WorkerArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "function")]
     timeout: Option<Duration>,
     /// Output of the `-f` command: capture (the result), stream (lines as
-    /// WORK_DATA) or tty.
-    #[arg(long, value_name = "MODE", value_parser = ["capture", "stream", "tty"], requires = "function")]
-    output: Option<String>,
+    /// WORK_DATA) or tty [default: capture].
+    #[arg(
+        long,
+        value_name = "MODE",
+        value_enum,
+        hide_possible_values = true,
+        requires = "function"
+    )]
+    output: Option<OutputMode>,
     /// How failures of the `-f` command are sent: auto (WORK_WARNING with the
     /// reason, then WORK_EXCEPTION where the server relays it safely, else
     /// WORK_FAIL), exception or fail [default: auto].
-    #[arg(long, value_name = "HOW", value_parser = ["auto", "exception", "fail"], requires = "function")]
-    failure: Option<String>,
+    #[arg(
+        long,
+        value_name = "HOW",
+        value_enum,
+        hide_possible_values = true,
+        requires = "function"
+    )]
+    failure: Option<FailKind>,
     /// Leave running the processes the `-f` command starts and leaves
     /// behind (daemons) instead of stopping them when it ends.
     #[arg(long, requires = "function")]
     keep_processes: bool,
-    /// How long running jobs may go on after Ctrl-C or SIGTERM (e.g. 30s); a
-    /// second Ctrl-C or SIGTERM stops them at once [default: worker.grace of
-    /// config.yaml, else 30s].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    grace: Option<Duration>,
-    /// Largest packet body accepted from a server, in bytes
-    /// [default: worker.max_packet_size, 67108864].
-    #[arg(long, value_name = "BYTES")]
-    max_packet_size: Option<u32>,
     /// Functions of config.yaml to run [default: all of them].
     #[arg(value_name = "FUNCTION")]
     functions: Vec<String>,
@@ -65,95 +65,74 @@ pub(crate) struct WorkerArgs {
     command: Vec<String>,
 }
 
-pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure> {
-    let section = &config.worker;
-    section.validate()?;
-    let mut functions: Vec<(String, FunctionSection)> = Vec::new();
+/// The worker's settings: the `worker:` section with the options given
+/// over it, the servers of the one rule (see [`super::servers`]), and the
+/// functions to run (those named, the `-f` one, else all of the section's).
+pub(crate) fn settings(args: &WorkerArgs, config: &Config) -> Result<WorkerConfig, Failure> {
+    let mut cfg = config.worker.clone();
+    args.config.apply(&mut cfg)?;
+    cfg.validate()?;
+    let mut functions = std::collections::BTreeMap::new();
     if let Some(name) = &args.function {
-        let mut f = FunctionSection::command(args.command.clone());
-        f.timeout = args.timeout.map(gearframe::config::DurationStr);
-        f.keep_processes = args.keep_processes;
-        f.output = match args.output.as_deref() {
-            Some("stream") => OutputKey::Stream,
-            Some("tty") => OutputKey::Tty,
-            _ => OutputKey::Capture,
-        };
-        f.failure = match args.failure.as_deref() {
-            Some("exception") => FailureKey::Exception,
-            Some("fail") => FailureKey::Fail,
-            _ => FailureKey::Auto,
-        };
-        functions.push((name.clone(), f));
+        let mut command = ShellCommand::argv(&args.command)
+            .timeout(args.timeout)
+            .keep_processes(args.keep_processes);
+        if let Some(mode) = args.output {
+            command = command.output(mode);
+        }
+        let mut f = FunctionConfig::command(command);
+        f.failure = args.failure.unwrap_or_default();
+        functions.insert(name.clone(), f);
     } else if !args.command.is_empty() {
         return Err(Failure("a command after `--` needs -f FUNCTION to name it".into()));
     }
     for name in &args.functions {
-        match section.functions.get(name) {
-            Some(f) => functions.push((name.clone(), f.clone())),
-            None if name == "echo" => functions.push((name.clone(), FunctionSection::echo())),
+        match cfg.functions.get(name) {
+            Some(f) => functions.insert(name.clone(), f.clone()),
+            None if name == "echo" => functions.insert(name.clone(), FunctionConfig::echo()),
             None => {
                 return Err(Failure(format!(
                     "unknown function `{name}`: define it under worker.functions in the config file, or use -f {name} -- COMMAND"
                 )));
             }
-        }
+        };
     }
-    if args.function.is_none() && args.functions.is_empty() {
-        functions.extend(section.functions.iter().map(|(n, f)| (n.clone(), f.clone())));
+    if args.function.is_some() || !args.functions.is_empty() {
+        cfg.functions = functions;
     }
-    if functions.is_empty() {
+    if cfg.functions.is_empty() {
         return Err(Failure(
             "no function to run: name one (e.g. `gearframe worker echo`), use -f NAME -- COMMAND, or add worker.functions to the config file".into(),
         ));
     }
-    let servers = super::servers(&args.servers, &section.servers, "worker.servers")?;
-    let grace = args.grace.unwrap_or(section.grace.0);
-    let mut config = config.clone();
-    if let Some(n) = args.max_packet_size {
-        config.worker.max_packet_size = n;
-    }
-    let worker = start(&config, &servers, &functions, args.threads, args.name.clone(), args.grace)?;
+    let servers = super::servers(&args.servers, &cfg.servers, "worker.servers")?;
+    cfg.servers = gearframe::config::ServerList::List(servers);
+    Ok(cfg)
+}
+
+pub(crate) fn run(args: WorkerArgs, config: &Config) -> Result<ExitCode, Failure> {
+    let cfg = settings(&args, config)?;
+    let worker = start(&cfg)?;
     let stopper = worker.stopper();
     stop_on_signals(
         "gearframe worker",
         "their servers give them to another worker",
         stopper,
-        grace,
+        cfg.grace,
     )?;
     eprintln!(
         "gearframe worker: {} slot(s) on {} for {}",
         worker.live_slots(),
-        servers.join(","),
-        functions.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        cfg.servers.entries().join(","),
+        cfg.functions.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
     );
     worker.join();
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts a worker pool for `functions` on `servers`, with the `worker:`
-/// section's name, slots and grace unless given.
-pub(crate) fn start(
-    config: &Config,
-    servers: &[String],
-    functions: &[(String, FunctionSection)],
-    threads: Option<usize>,
-    name: Option<String>,
-    grace: Option<Duration>,
-) -> Result<Worker, Failure> {
-    let section = &config.worker;
-    let mut builder = Worker::builder()
-        .servers(servers)
-        .client_id(name.unwrap_or_else(|| section.name.clone()))
-        .threads(threads.unwrap_or(section.threads))
-        .grace(grace.unwrap_or(section.grace.0))
-        .busy_poll(section.busy_poll.0)
-        .max_packet_size(section.max_packet_size)
-        .push(section.push);
-    for (name, f) in functions {
-        let (handler, options) = f.to_function();
-        builder = builder.register_arc(name.clone(), handler, options);
-    }
-    Ok(builder.build()?)
+/// Starts a worker pool with these settings and functions.
+pub(crate) fn start(config: &WorkerConfig) -> Result<Worker, Failure> {
+    Ok(Worker::builder().config(config.clone()).build()?)
 }
 
 /// Ctrl-C or SIGTERM stops the pool: the first lets running jobs finish
@@ -195,4 +174,92 @@ pub(crate) fn stop_on_signals(
         }
     })
     .map_err(|e| Failure(format!("cannot install the signal handler: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use gearframe::config::{Config, ServerList};
+    use gearframe::worker::FailKind;
+    use gearframe::worker::shell::{OutputMode, ShellCommand};
+
+    use super::{WorkerArgs, settings};
+
+    #[derive(Debug, Parser)]
+    struct Line {
+        #[command(flatten)]
+        args: WorkerArgs,
+    }
+
+    /// A file whose every key a flag sets differs from the default.
+    const FILE: &str = "worker:\n  name: file\n  threads: 3\n  servers: [file:1]\n  grace: 7s\n  max_packet_size: 1000\n  busy_poll: 0\n  functions:\n    up:\n      shell: tr a-z A-Z\n";
+
+    fn applied(args: &[&str]) -> gearframe::worker::WorkerConfig {
+        let line = Line::try_parse_from(std::iter::once("worker").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        settings(&line.args, &Config::read(FILE).unwrap()).unwrap_or_else(|e| panic!("{}", e.0))
+    }
+
+    #[test]
+    fn flags_left_out_keep_the_file_values() {
+        let file = Config::read(FILE).unwrap().worker;
+        let w = applied(&[]);
+        assert_eq!(w.servers, ServerList::List(vec!["file:1".into()]));
+        assert_eq!(w, gearframe::worker::WorkerConfig { servers: w.servers.clone(), ..file });
+    }
+
+    #[test]
+    fn each_flag_overrides_its_key() {
+        let w = applied(&[
+            "-t",
+            "5",
+            "--name",
+            "cli",
+            "--grace",
+            "1s",
+            "--max-packet-size",
+            "2000",
+            "-s",
+            "cli:2",
+        ]);
+        assert_eq!(w.threads, 5);
+        assert_eq!(w.name.as_deref(), Some("cli"));
+        assert_eq!(w.grace, Duration::from_secs(1));
+        assert_eq!(w.max_packet_size, 2000);
+        assert_eq!(w.servers, ServerList::List(vec!["cli:2".into()]));
+        assert_eq!(w.busy_poll, Duration::ZERO, "a key without a flag keeps the file's value");
+        assert!(w.functions.contains_key("up"));
+    }
+
+    #[test]
+    fn function_flags_set_the_command() {
+        let w = applied(&["-f", "wc", "--timeout", "5s", "--", "wc", "-l"]);
+        assert_eq!(w.functions.keys().collect::<Vec<_>>(), ["wc"], "only the -f function");
+        let f = &w.functions["wc"];
+        assert_eq!(
+            f.command,
+            ShellCommand::argv(["wc", "-l"]).timeout(Some(Duration::from_secs(5)))
+        );
+        assert_eq!(f.failure, FailKind::Auto);
+        let w = applied(&[
+            "-f",
+            "s",
+            "--output",
+            "stream",
+            "--failure",
+            "exception",
+            "--keep-processes",
+            "up",
+            "--",
+            "cat",
+        ]);
+        assert_eq!(w.functions.keys().collect::<Vec<_>>(), ["s", "up"]);
+        let f = &w.functions["s"];
+        let want = ShellCommand::argv(["cat"]).output(OutputMode::Stream).keep_processes(true);
+        assert_eq!(f.command, want);
+        assert_eq!(f.command.get_timeout(), None);
+        assert_eq!(f.failure, FailKind::Exception);
+    }
 }

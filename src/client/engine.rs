@@ -42,21 +42,8 @@ const TICK: Duration = Duration::from_millis(50);
 /// Idle connections kept per server between calls.
 const MAX_IDLE: usize = 8;
 
-/// Resolved client settings.
-#[derive(Debug, Clone)]
-pub(crate) struct ClientSettings {
-    pub(crate) connect_timeout: Duration,
-    pub(crate) ack_timeout: Duration,
-    pub(crate) retry_timeout: Duration,
-    pub(crate) job_timeout: Duration,
-    pub(crate) window: usize,
-    pub(crate) backoff_min: Duration,
-    pub(crate) backoff_max: Duration,
-    pub(crate) exceptions: bool,
-    pub(crate) client_id: Option<String>,
-    pub(crate) busy_poll: Duration,
-    pub(crate) max_packet_size: u32,
-}
+/// The client settings the engine runs on.
+pub(crate) use super::config::ClientConfig as ClientSettings;
 
 #[derive(Debug, Default)]
 struct Health {

@@ -41,6 +41,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Every setting is a field of [`ClientConfig`], which is also the
+//! `client:` section of config.yaml: [`Client::with_config`] (or
+//! [`ClientBuilder::config`]) takes a whole one, the builder's other
+//! methods set one field each, and [`ClientConfig::default`] holds the
+//! defaults of both.
+//!
 //! # Servers
 //!
 //! Servers come from [`ClientBuilder::servers`] (the last call replaces
@@ -110,6 +116,7 @@
 //! large writes, JOB_CREATED matched in request order and results matched
 //! by handle (jobs that coalesce on one handle each get their own copy).
 
+mod config;
 mod engine;
 mod error;
 mod job;
@@ -117,12 +124,14 @@ mod job;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use config::ClientConfig;
 pub use error::{Context, Error, Phase, Result};
 pub use job::{
     Job, JobEvent, JobHandle, JobOutcome, JobStatus, MAX_UNIQUE_LEN, NO_REASON, derive_unique,
     stable_hash,
 };
 
+use crate::config::ServerList;
 use crate::conn::{parse_server_list, resolve_servers};
 use crate::proto::{Packet, PacketType};
 use engine::{ClientSettings, Hooks, ServerEntry};
@@ -143,35 +152,21 @@ struct Inner {
     set: ClientSettings,
 }
 
-/// Builds a [`Client`].
-#[derive(Debug, Clone)]
+/// Builds a [`Client`] from a [`ClientConfig`]: [`ClientBuilder::config`]
+/// takes a whole one (the `client:` section of a config file), the other
+/// methods set one setting each.
+#[derive(Debug, Clone, Default)]
 pub struct ClientBuilder {
-    servers: Option<Vec<String>>,
     set: ClientSettings,
 }
 
-impl Default for ClientBuilder {
-    fn default() -> Self {
-        ClientBuilder {
-            servers: None,
-            set: ClientSettings {
-                connect_timeout: Duration::from_secs(3),
-                ack_timeout: Duration::from_secs(10),
-                retry_timeout: Duration::from_secs(30),
-                job_timeout: Duration::from_secs(3600),
-                window: 1024,
-                backoff_min: Duration::from_millis(100),
-                backoff_max: Duration::from_secs(5),
-                exceptions: true,
-                client_id: None,
-                busy_poll: crate::busy_poll::DEFAULT_BUSY_POLL,
-                max_packet_size: crate::proto::DEFAULT_MAX_BODY,
-            },
-        }
-    }
-}
-
 impl ClientBuilder {
+    /// Every setting at once, replacing those set before.
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.set = config;
+        self
+    }
+
     /// The job servers, each `host[:port]` or a comma-separated list of them
     /// (see [`parse_server_list`]); replaces any list given before. Unset:
     /// `GEARMAN_SERVERS`, else 127.0.0.1:4730.
@@ -180,7 +175,8 @@ impl ClientBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.servers = Some(servers.into_iter().map(|s| s.as_ref().to_string()).collect());
+        self.set.servers =
+            ServerList::List(servers.into_iter().map(|s| s.as_ref().to_string()).collect());
         self
     }
 
@@ -230,7 +226,7 @@ impl ClientBuilder {
 
     /// Most jobs in flight per server connection in a batch (default 1024).
     pub fn window(mut self, n: usize) -> Self {
-        self.set.window = n.max(1);
+        self.set.window = n;
         self
     }
 
@@ -238,7 +234,7 @@ impl ClientBuilder {
     /// (defaults 100 ms and 5 s); each wait is jittered down to half.
     pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
         self.set.backoff_min = min;
-        self.set.backoff_max = max.max(min);
+        self.set.backoff_max = max;
         self
     }
 
@@ -263,13 +259,15 @@ impl ClientBuilder {
     /// # Errors
     /// [`Error::BadServer`] naming an address that is not `host[:port]`
     /// with a port from 1 to 65535; [`Error::NoServers`] for an empty list.
-    pub fn build(self) -> Result<Client> {
+    pub fn build(mut self) -> Result<Client> {
         let bad =
             |e: crate::conn::BadServer| Error::BadServer { server: e.entry, reason: e.reason };
-        let servers = match &self.servers {
-            Some(list) => parse_server_list(list).map_err(bad)?,
-            None => resolve_servers(None, &[]).map_err(bad)?,
+        let servers = match &self.set.servers {
+            ServerList::None => resolve_servers(None, &[]).map_err(bad)?,
+            list => parse_server_list(list.entries()).map_err(bad)?,
         };
+        self.set.window = self.set.window.max(1);
+        self.set.backoff_max = self.set.backoff_max.max(self.set.backoff_min);
         if servers.is_empty() {
             return Err(Error::NoServers);
         }
@@ -290,9 +288,23 @@ impl ClientBuilder {
 }
 
 impl Client {
-    /// A builder with the defaults.
+    /// A builder with the defaults ([`ClientConfig::default`]).
     pub fn builder() -> ClientBuilder {
         ClientBuilder::default()
+    }
+
+    /// A client with these settings; as
+    /// `Client::builder().config(config).build()`.
+    ///
+    /// # Errors
+    /// As [`ClientBuilder::build`].
+    pub fn with_config(config: ClientConfig) -> Result<Client> {
+        Client::builder().config(config).build()
+    }
+
+    /// The client's settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.set
     }
 
     /// The servers, with ports, in hash order.

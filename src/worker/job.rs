@@ -61,8 +61,11 @@ impl Job {
     }
 }
 
-/// How a failed job is reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a failed job is reported (`failure:` in a function of config.yaml:
+/// `auto`, `fail` or `exception`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum FailKind {
     /// Chosen per server so that every client ends with a failure and can
     /// see the message: WORK_WARNING with the message, then WORK_EXCEPTION
@@ -71,6 +74,7 @@ pub enum FailKind {
     /// every other server (gearmand's relay of an exception breaks Perl and
     /// Python clients and leaves the `gearman` tool waiting). See
     /// [`EXCEPTIONS_SAFE_OPTION`](crate::proto::EXCEPTIONS_SAFE_OPTION).
+    #[default]
     Auto,
     /// WORK_FAIL; a non-empty message goes first as WORK_WARNING.
     Fail,

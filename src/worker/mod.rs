@@ -21,6 +21,12 @@
 //! # Ok::<(), gearframe::worker::BuildError>(())
 //! ```
 //!
+//! Every setting is a field of [`WorkerConfig`], which is also the
+//! `worker:` section of config.yaml: [`WorkerBuilder::config`] takes a whole
+//! one, functions defined there ([`FunctionConfig`]: a [`shell::ShellCommand`]
+//! with its [`FunctionOptions`], or a built-in) included, and the builder's
+//! other methods set one field each.
+//!
 //! # The pool
 //!
 //! A worker runs `threads` slots per server. A slot is one thread that owns
@@ -123,19 +129,27 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 pub use command::{PayloadCommands, ShellFunction};
+pub use config::{FunctionConfig, WorkerConfig};
 pub use job::{CancelToken, Echo, FailKind, Handler, Job, JobContext, JobError, JobResult};
 
-/// Options of one registered function.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::config::ServerList;
+
+/// Options of one registered function; in a function of config.yaml
+/// (`worker.functions.NAME`) the keys `retries`, `retry_backoff`,
+/// `server_timeout` (`0`: none) and `on_failure`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
 pub struct FunctionOptions {
     /// Runs of a failed job after the first, before the failure is
     /// reported (default 0).
     pub retries: u32,
     /// Wait before the first retry; doubles for each later one, up to a
     /// minute (default 1 s).
+    #[serde(with = "crate::config::duration")]
     pub retry_backoff: Duration,
     /// Registers with CAN_DO_TIMEOUT: the server requeues a job that runs
     /// longer (default: plain CAN_DO).
+    #[serde(with = "config::keys::limit")]
     pub server_timeout: Option<Duration>,
     /// Dead-letter function that gets a finally failed job as a background
     /// job.
@@ -184,6 +198,13 @@ pub enum BuildError {
     FunctionName(String),
     /// A slot or the supervisor thread could not be started.
     Spawn(std::io::Error),
+    /// A function of [`WorkerConfig::functions`] that cannot run, and why.
+    Function {
+        /// Its name.
+        name: String,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for BuildError {
@@ -194,6 +215,7 @@ impl std::fmt::Display for BuildError {
             BuildError::NoThreads => f.write_str("threads must be at least 1"),
             BuildError::FunctionName(name) => write!(f, "invalid function name {name:?}"),
             BuildError::Spawn(e) => write!(f, "cannot start a worker thread: {e}"),
+            BuildError::Function { name, reason } => write!(f, "function {name}: {reason}"),
         }
     }
 }
@@ -208,23 +230,14 @@ impl std::error::Error for BuildError {
     }
 }
 
-/// Configures and starts a [`Worker`].
-#[derive(Debug, Clone)]
+/// Configures and starts a [`Worker`]: its settings are a
+/// [`WorkerConfig`] ([`WorkerBuilder::config`] takes a whole one, the other
+/// methods set one setting each), its functions those registered and those
+/// of [`WorkerConfig::functions`].
+#[derive(Debug, Clone, Default)]
 pub struct WorkerBuilder {
-    servers: Option<Vec<String>>,
-    client_id: String,
-    threads: usize,
+    pub(crate) config: WorkerConfig,
     functions: Vec<Function>,
-    grace: Duration,
-    sleep_timeout: Duration,
-    connect_timeout: Duration,
-    io_timeout: Duration,
-    backoff_min: Duration,
-    backoff_max: Duration,
-    busy_poll: Duration,
-    max_packet_size: u32,
-    push: bool,
-    shutdown_jobs: bool,
 }
 
 /// The default client id, `gearframe-worker-PID`: the slots of one worker
@@ -235,28 +248,14 @@ pub fn default_client_id() -> String {
 /// Default slots per server.
 pub const DEFAULT_THREADS: usize = 10;
 
-impl Default for WorkerBuilder {
-    fn default() -> Self {
-        WorkerBuilder {
-            servers: None,
-            client_id: default_client_id(),
-            threads: DEFAULT_THREADS,
-            functions: Vec::new(),
-            grace: Duration::from_secs(30),
-            sleep_timeout: Duration::from_secs(30),
-            connect_timeout: Duration::from_secs(5),
-            io_timeout: Duration::from_secs(30),
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(10),
-            busy_poll: crate::busy_poll::DEFAULT_BUSY_POLL,
-            max_packet_size: crate::proto::DEFAULT_MAX_BODY,
-            push: true,
-            shutdown_jobs: true,
-        }
-    }
-}
-
 impl WorkerBuilder {
+    /// Every setting at once (functions defined there included), replacing
+    /// those set before; functions registered stay registered.
+    pub fn config(mut self, config: WorkerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
     /// Servers to work for, each `host[:port]` (port 4730 by default) or a
     /// comma-separated list of them (see
     /// [`parse_server_list`](crate::conn::parse_server_list)); replaces any
@@ -266,19 +265,21 @@ impl WorkerBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.servers = Some(servers.into_iter().map(|s| s.as_ref().to_string()).collect());
+        self.config.servers =
+            ServerList::List(servers.into_iter().map(|s| s.as_ref().to_string()).collect());
         self
     }
 
-    /// The name sent with SET_CLIENT_ID (shown by the admin `workers` command).
+    /// The name sent with SET_CLIENT_ID (shown by the admin `workers`
+    /// command; default `gearframe-worker-PID`).
     pub fn client_id(mut self, id: impl Into<String>) -> Self {
-        self.client_id = id.into();
+        self.config.name = Some(id.into());
         self
     }
 
     /// Slots (threads and connections) per server; default 10.
     pub fn threads(mut self, n: usize) -> Self {
-        self.threads = n;
+        self.config.threads = n;
         self
     }
 
@@ -313,26 +314,26 @@ impl WorkerBuilder {
     /// How long running jobs may go on after a shutdown before they are
     /// cancelled; default 30 s.
     pub fn grace(mut self, d: Duration) -> Self {
-        self.grace = d;
+        self.config.grace = d;
         self
     }
 
     /// Longest wait for a NOOP before grabbing anyway; default 30 s.
     pub fn sleep_timeout(mut self, d: Duration) -> Self {
-        self.sleep_timeout = d;
+        self.config.sleep_timeout = d;
         self
     }
 
     /// Connect timeout; default 5 s.
     pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
+        self.config.connect_timeout = d;
         self
     }
 
     /// Longest wait for a reply to GRAB_JOB_UNIQ or SUBMIT_JOB_BG, and for
     /// one write; default 30 s.
     pub fn io_timeout(mut self, d: Duration) -> Self {
-        self.io_timeout = d;
+        self.config.io_timeout = d;
         self
     }
 
@@ -340,15 +341,15 @@ impl WorkerBuilder {
     /// the wait doubles after each failure in a row, each jittered down to
     /// half.
     pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff_min = min;
-        self.backoff_max = max.max(min);
+        self.config.backoff_min = min;
+        self.config.backoff_max = max;
         self
     }
 
     /// How long a slot polls for the server's reply before its read blocks
     /// (default 100 µs; zero never polls); see [`crate::busy_poll`].
     pub fn busy_poll(mut self, window: Duration) -> Self {
-        self.busy_poll = window;
+        self.config.busy_poll = window;
         self
     }
 
@@ -357,7 +358,7 @@ impl WorkerBuilder {
     /// a protocol error that closes the slot's connection, and the slot
     /// reconnects.
     pub fn max_packet_size(mut self, bytes: u32) -> Self {
-        self.max_packet_size = bytes;
+        self.config.max_packet_size = bytes;
         self
     }
 
@@ -366,13 +367,13 @@ impl WorkerBuilder {
     /// with NOOP to grab; default true. Only gearframe's server offers it;
     /// with other servers the slots keep to NOOP and grabs either way.
     pub fn push(mut self, on: bool) -> Self {
-        self.push = on;
+        self.config.push = on;
         self
     }
 
     /// Whether `{"SHUTDOWN": true}` jobs stop a slot (default true).
     pub fn shutdown_jobs(mut self, on: bool) -> Self {
-        self.shutdown_jobs = on;
+        self.config.shutdown_jobs = on;
         self
     }
 
@@ -381,13 +382,28 @@ impl WorkerBuilder {
     /// # Errors
     /// An empty or bad server list, no function, zero threads, or an empty
     /// or too long function name.
-    pub fn build(self) -> Result<Worker, BuildError> {
-        let servers = crate::conn::resolve_servers(self.servers.as_deref(), &[])
-            .map_err(BuildError::Servers)?;
+    pub fn build(mut self) -> Result<Worker, BuildError> {
+        let given = match &self.config.servers {
+            ServerList::None => None,
+            list => Some(list.entries()),
+        };
+        let servers =
+            crate::conn::resolve_servers(given.as_deref(), &[]).map_err(BuildError::Servers)?;
+        for (name, f) in &self.config.functions {
+            if self.functions.iter().any(|r| r.name == *name) {
+                continue;
+            }
+            f.validate().map_err(|reason| BuildError::Function { name: name.clone(), reason })?;
+            let (handler, options) = f.to_function();
+            self.functions.push(Function { name: name.clone(), handler, options });
+        }
         if self.functions.is_empty() {
             return Err(BuildError::NoFunction);
         }
-        if self.threads == 0 {
+        let config = &mut self.config;
+        config.name.get_or_insert_with(default_client_id);
+        config.backoff_max = config.backoff_max.max(config.backoff_min);
+        if self.config.threads == 0 {
             return Err(BuildError::NoThreads);
         }
         for f in &self.functions {
@@ -398,7 +414,7 @@ impl WorkerBuilder {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let (hurry_tx, hurry_rx) = crossbeam_channel::bounded::<()>(0);
-        let slot_count = servers.len() * self.threads;
+        let slot_count = servers.len() * self.config.threads;
         let shared = Arc::new(Pool {
             stopping: AtomicBool::new(false),
             cancel: CancelToken::default(),
@@ -415,7 +431,7 @@ impl WorkerBuilder {
         let mut slots = Vec::new();
         let mut id = 0;
         for server in &servers {
-            for _ in 0..settings.threads {
+            for _ in 0..settings.config.threads {
                 let slot = slot::Slot::new(
                     id,
                     server.clone(),
@@ -443,7 +459,7 @@ impl WorkerBuilder {
         }
         drop(done_tx);
         let sup_shared = Arc::clone(&shared);
-        let grace = settings.grace;
+        let grace = settings.config.grace;
         let supervisor = std::thread::Builder::new()
             .name("gearframe-worker-stop".into())
             .spawn(move || supervise(&sup_shared, &done_rx, grace));
@@ -459,12 +475,24 @@ impl WorkerBuilder {
         };
         log::info!(
             "worker id={} slots={} servers={:?} functions={:?}",
-            settings.client_id,
+            settings.name(),
             slots.len(),
             servers,
             settings.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>()
         );
         Ok(Worker { shared, slots, supervisor })
+    }
+}
+
+impl WorkerBuilder {
+    /// The client id: the configured name (set by `build`).
+    pub(crate) fn name(&self) -> &str {
+        self.config.name.as_deref().unwrap_or_default()
+    }
+
+    /// The functions registered.
+    pub(crate) fn functions(&self) -> &[Function] {
+        &self.functions
     }
 }
 
@@ -724,5 +752,13 @@ mod tests {
         assert!(e.to_string().contains("threads"));
         let e = Worker::builder().servers(["x"]).register("", Echo).build().unwrap_err();
         assert!(matches!(&e, BuildError::FunctionName(n) if n.is_empty()), "{e:?}");
+        let mut config = WorkerConfig::default();
+        config.functions.insert("f".into(), FunctionConfig::default());
+        let e = Worker::builder().config(config.clone()).servers(["x"]).build().unwrap_err();
+        assert!(matches!(&e, BuildError::Function { name, .. } if name == "f"), "{e:?}");
+        assert!(e.to_string().starts_with("function f: set one of command"), "{e}");
+        // A function registered by that name replaces the config's.
+        let e = Worker::builder().config(config).servers(["x"]).threads(0).register("f", Echo);
+        assert!(matches!(e.build().unwrap_err(), BuildError::NoThreads));
     }
 }

@@ -102,8 +102,11 @@ pub enum Program {
     Shell(String),
 }
 
-/// Where the child's output goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where the child's output goes (`output:` in a function of config.yaml:
+/// `capture`, `stream` or `tty`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum OutputMode {
     /// stdout and stderr are captured separately (with caps).
     #[default]
@@ -115,18 +118,39 @@ pub enum OutputMode {
 }
 
 /// A command to run, with its limits. Cheap to clone and reusable.
-#[derive(Debug, Clone)]
+///
+/// In a function of config.yaml (`worker.functions.NAME`) its keys are
+/// `command` (a list: program and arguments) or `shell` (a string for
+/// `/bin/sh -c`), `cwd`, `env` (a mapping), `timeout` (`0`: none),
+/// `kill_grace`, `keep_processes`, `stdin` (`payload` or `none`), `output`
+/// and `max_output` (the stdout cap).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ShellCommand {
+    #[serde(flatten, serialize_with = "super::config::keys::program")]
     program: Program,
-    cwd: Option<PathBuf>,
+    pub(super) cwd: Option<PathBuf>,
+    #[serde(serialize_with = "super::config::keys::env")]
     env: Vec<(OsString, OsString)>,
+    #[serde(serialize_with = "super::config::keys::limit::serialize")]
     timeout: Option<Duration>,
+    #[serde(serialize_with = "crate::config::duration::serialize")]
     kill_grace: Duration,
     output: OutputMode,
-    max_stdout: usize,
+    #[serde(rename = "max_output")]
+    pub(super) max_stdout: usize,
+    #[serde(skip)]
     max_stderr: usize,
+    #[serde(serialize_with = "super::config::keys::stdin")]
     stdin: bool,
-    keep_processes: bool,
+    pub(super) keep_processes: bool,
+}
+
+impl Default for ShellCommand {
+    /// No program yet (a run fails to start), with the defaults of
+    /// [`ShellCommand::new`].
+    fn default() -> Self {
+        ShellCommand::new(Program::Argv(Vec::new()))
+    }
 }
 
 /// How a process ended.

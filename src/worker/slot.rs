@@ -66,32 +66,38 @@ impl Slot {
     }
 
     pub(crate) fn run(self) {
-        let mut backoff = Backoff::new(self.settings.backoff_min, self.settings.backoff_max);
+        let mut backoff =
+            Backoff::new(self.settings.config.backoff_min, self.settings.config.backoff_max);
         while !self.shared.is_stopping() {
-            let mut conn = match Connection::connect(&self.server, self.settings.connect_timeout) {
-                Ok(c) => c,
-                Err(e) => {
-                    let wait = backoff.fail();
-                    if backoff.failures() == 1 {
-                        log::warn!(
-                            "slot={} server={}: cannot connect: {e}; retrying",
-                            self.id,
-                            self.server
-                        );
-                    } else {
-                        log::debug!("slot={} server={}: cannot connect: {e}", self.id, self.server);
+            let mut conn =
+                match Connection::connect(&self.server, self.settings.config.connect_timeout) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let wait = backoff.fail();
+                        if backoff.failures() == 1 {
+                            log::warn!(
+                                "slot={} server={}: cannot connect: {e}; retrying",
+                                self.id,
+                                self.server
+                            );
+                        } else {
+                            log::debug!(
+                                "slot={} server={}: cannot connect: {e}",
+                                self.id,
+                                self.server
+                            );
+                        }
+                        if self.shared.wait_or_stop(wait) {
+                            break;
+                        }
+                        continue;
                     }
-                    if self.shared.wait_or_stop(wait) {
-                        break;
-                    }
-                    continue;
-                }
-            };
+                };
             if backoff.failures() > 0 {
                 log::info!("slot={} server={}: connected", self.id, self.server);
             }
-            conn.set_busy_poll(self.settings.busy_poll);
-            conn.set_max_packet_size(self.settings.max_packet_size);
+            conn.set_busy_poll(self.settings.config.busy_poll);
+            conn.set_max_packet_size(self.settings.config.max_packet_size);
             match conn.shutdown_handle() {
                 Ok(s) => *self.shared.waker(self.id) = Some((s, true)),
                 Err(e) => log::warn!("slot={}: cannot clone the socket: {e}", self.id),
@@ -121,10 +127,10 @@ impl Slot {
     }
 
     fn register(&self, conn: &mut Connection) -> io::Result<()> {
-        conn.set_write_timeout(Some(self.settings.io_timeout))?;
+        conn.set_write_timeout(Some(self.settings.config.io_timeout))?;
         let bad = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
-        conn.queue(&Packet::SetClientId { id: self.settings.client_id.as_bytes() }).map_err(bad)?;
-        for f in &self.settings.functions {
+        conn.queue(&Packet::SetClientId { id: self.settings.name().as_bytes() }).map_err(bad)?;
+        for f in self.settings.functions() {
             match f.options.server_timeout {
                 Some(t) => {
                     let ms = t.as_millis().to_string();
@@ -140,7 +146,7 @@ impl Slot {
         // Answered before the push option, and before the first grab.
         conn.queue(&Packet::OptionReq { option: crate::proto::EXCEPTIONS_SAFE_OPTION.as_bytes() })
             .map_err(bad)?;
-        if self.settings.push {
+        if self.settings.config.push {
             conn.queue(&Packet::OptionReq { option: crate::proto::PUSH_OPTION.as_bytes() })
                 .map_err(bad)?;
         }
@@ -152,7 +158,7 @@ impl Slot {
             return End::Lost(e);
         }
         let mut registered = false;
-        let mut push = if self.settings.push { Push::Asked } else { Push::Off };
+        let mut push = if self.settings.config.push { Push::Asked } else { Push::Off };
         let mut exceptions = Exceptions::Asked;
         loop {
             if !self.shared.set_idle(self.id, true) {
@@ -215,7 +221,7 @@ impl Slot {
         push: &mut Push,
         exceptions: &mut Exceptions,
     ) -> io::Result<Option<Job>> {
-        let deadline = Instant::now() + self.settings.io_timeout;
+        let deadline = Instant::now() + self.settings.config.io_timeout;
         loop {
             let p = conn.recv(Some(deadline))?;
             match p.kind {
@@ -269,7 +275,7 @@ impl Slot {
         exceptions: &mut Exceptions,
     ) -> io::Result<Option<Job>> {
         loop {
-            let deadline = Instant::now() + self.settings.sleep_timeout;
+            let deadline = Instant::now() + self.settings.config.sleep_timeout;
             match conn.recv(Some(deadline)) {
                 Ok(p) => match p.kind {
                     PacketType::JobAssignUniq
@@ -295,7 +301,7 @@ impl Slot {
     /// PRE_SLEEP, then waits for NOOP or the sleep timeout.
     fn sleep(&self, conn: &mut Connection) -> io::Result<()> {
         conn.send(&Packet::PreSleep)?;
-        let deadline = Instant::now() + self.settings.sleep_timeout;
+        let deadline = Instant::now() + self.settings.config.sleep_timeout;
         loop {
             match conn.recv(Some(deadline)) {
                 Ok(p) => match p.kind {
@@ -318,12 +324,13 @@ impl Slot {
     ) -> io::Result<bool> {
         let handle = job.handle.clone();
         log::debug!("slot={} job start handle={handle} func={}", self.id, job.function);
-        if self.settings.shutdown_jobs && is_shutdown_payload(&job.payload) {
+        if self.settings.config.shutdown_jobs && is_shutdown_payload(&job.payload) {
             log::info!("slot={} handle={handle}: shutdown job, this slot stops", self.id);
             conn.send(&Packet::WorkComplete { handle: handle.as_bytes(), data: &job.payload })?;
             return Ok(false);
         }
-        let Some(function) = self.settings.functions.iter().find(|f| f.name == job.function) else {
+        let Some(function) = self.settings.functions().iter().find(|f| f.name == job.function)
+        else {
             log::warn!(
                 "slot={} handle={handle}: job for unregistered function {:?}",
                 self.id,
@@ -463,7 +470,7 @@ impl Slot {
             unique: unique.as_bytes(),
             data: body.as_bytes(),
         })?;
-        let deadline = Instant::now() + self.settings.io_timeout;
+        let deadline = Instant::now() + self.settings.config.io_timeout;
         loop {
             let p = conn.recv(Some(deadline))?;
             match p.kind {

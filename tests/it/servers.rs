@@ -245,10 +245,10 @@ fn builders_replace_the_config_list() {
     ))
     .unwrap();
     // The config's client list, then an explicit one: the explicit one replaces it.
-    let client = cfg.client.to_builder().servers([&live]).build().unwrap();
+    let client = Client::builder().config(cfg.client.clone()).servers([&live]).build().unwrap();
     assert_eq!(client.servers().collect::<Vec<_>>(), [live.as_str()]);
     let worker = Worker::builder()
-        .servers(cfg.worker.servers.entries())
+        .config(cfg.worker.clone())
         .servers([&live])
         .threads(1)
         .register("echo", Echo)
@@ -262,7 +262,7 @@ fn builders_replace_the_config_list() {
     drop(worker);
     assert_eq!(dead.accepts(), 0, "the config's server was connected to");
     // The config helpers alone use the config's list.
-    let from_config = cfg.client.to_builder().build().unwrap();
+    let from_config = Client::with_config(cfg.client.clone()).unwrap();
     assert_eq!(from_config.servers().collect::<Vec<_>>(), [dead.addr.to_string()]);
     let admin = Config::read(&format!("admin:\n  servers: {live}\n")).unwrap();
     let cluster = admin.admin.to_cluster().unwrap();
