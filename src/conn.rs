@@ -2,11 +2,17 @@
 //! that the client, the worker and the admin tool share.
 //!
 //! Every read waits at most until a deadline; a connection can also be
-//! woken from another thread with [`Connection::shutdown_handle`].
+//! woken from another thread with [`Connection::shutdown_handle`], or a
+//! read can end early when another descriptor becomes readable
+//! ([`Connection::recv_or_wake`]).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::busy_poll::{BusyPoll, DEFAULT_BUSY_POLL};
 use crate::proto::{Decoder, Frame, Magic, Packet, PacketType, ProtocolError};
@@ -423,6 +429,56 @@ impl Connection {
                 return Ok(p);
             }
             self.fill(deadline)?;
+        }
+    }
+
+    /// Receives one packet as [`Connection::recv`] does, but returns
+    /// `Ok(None)` as soon as `wake` is readable (or closed): another thread
+    /// has something for this one. The bytes on `wake` are left for the
+    /// caller to drain.
+    ///
+    /// # Errors
+    /// As [`Connection::recv`].
+    pub fn recv_or_wake(
+        &mut self,
+        deadline: Option<Instant>,
+        wake: BorrowedFd<'_>,
+    ) -> io::Result<Option<OwnedPacket>> {
+        loop {
+            if let Some(p) = self.try_recv()? {
+                return Ok(Some(p));
+            }
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+                    }
+                    PollTimeout::try_from(left.max(Duration::from_millis(1)))
+                        .unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let started = self.busy.poll(&self.stream);
+            let mut fds = [
+                PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
+                PollFd::new(wake, PollFlags::POLLIN),
+            ];
+            let r = poll(&mut fds, timeout);
+            let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            let (stream_ready, woken) = (ready(&fds[0]), ready(&fds[1]));
+            self.busy.waited(started);
+            match r {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(io::Error::from(e)),
+            }
+            if woken {
+                return Ok(None);
+            }
+            if stream_ready {
+                self.fill(deadline)?;
+            }
         }
     }
 
