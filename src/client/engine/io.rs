@@ -376,3 +376,56 @@ fn lane_thread(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::settings;
+    use super::super::{Hooks, run};
+    use super::*;
+    use crate::client::{Error, Job, Phase};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    /// A server that accepts connections and never answers, until the
+    /// returned sender is dropped (at most 10 s).
+    fn silent_server() -> (String, Sender<()>, std::thread::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let (stop, stopped) = unbounded::<()>();
+        let t = std::thread::spawn(move || {
+            l.set_nonblocking(true).unwrap();
+            let mut held = Vec::new();
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until && stopped.try_recv() == Err(TryRecvError::Empty) {
+                match l.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        (addr, stop, t)
+    }
+
+    #[test]
+    fn lanes_blocked_on_their_sockets_are_woken_when_the_call_ends() {
+        let (a, stop_a, ta) = silent_server();
+        let (b, stop_b, tb) = silent_server();
+        let slots = [ServerEntry::new(&a), ServerEntry::new(&b)];
+        let set = settings();
+        let jobs: Vec<Job> = (0..8)
+            .map(|i| Job::new("f", i.to_string()).timeout(Duration::from_millis(200)))
+            .collect();
+        let started = Instant::now();
+        let out = run(&set, &slots, &jobs, Hooks { on_event: None, on_done: None });
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(2), "the call took {took:?}");
+        for r in &out {
+            assert!(matches!(r, Err(Error::Timeout { phase: Phase::Ack, .. })), "{r:?}");
+        }
+        // The connections carry unanswered submissions: none is pooled.
+        assert!(slots.iter().all(|s| s.take_idle().is_none()));
+        drop((stop_a, stop_b));
+        ta.join().unwrap();
+        tb.join().unwrap();
+    }
+}
