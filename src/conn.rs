@@ -525,6 +525,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn recv_or_wake_ends_on_a_packet_a_wake_or_the_deadline() {
+        use std::os::unix::net::UnixStream;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c =
+            Connection::connect(&l.local_addr().unwrap().to_string(), Duration::from_secs(5))
+                .unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        let (mut wake, woken) = UnixStream::pair().unwrap();
+        let soon = || Some(Instant::now() + Duration::from_secs(10));
+        wake.write_all(&[1]).unwrap();
+        assert!(c.recv_or_wake(soon(), woken.as_fd()).unwrap().is_none());
+        let mut buf = [0u8; 1];
+        (&woken).read_exact(&mut buf).unwrap();
+        let mut bytes = Vec::new();
+        Packet::Noop.encode(Magic::Res, &mut bytes).unwrap();
+        server.write_all(&bytes).unwrap();
+        let p = c.recv_or_wake(soon(), woken.as_fd()).unwrap().unwrap();
+        assert_eq!(p.kind, PacketType::Noop);
+        let deadline = Some(Instant::now() + Duration::from_millis(20));
+        let e = c.recv_or_wake(deadline, woken.as_fd()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[test]
     fn server_lists() {
         assert_eq!(
             parse_server_list(["a, b:7003,,[::1],[::1]:9", "::1", "c_1.example"]).unwrap(),

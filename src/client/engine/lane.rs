@@ -5,12 +5,12 @@
 //! `io.rs` does, asking [`Lane::step`] what to do next.
 //!
 //! ```text
-//!          submit(jobs)                     on_packet / on_timeout
-//!               │                                    │
-//!   Idle ◀── step() ──▶ Connect ──connected()──▶ Send(packets) ──▶ Recv(deadline)
-//!               ▲          │ connect_failed()        │ send_failed()     │ broken
-//!               │          ▼                         ▼                   ▼
-//!               └──── Report::Lost ◀──── Close ◀── drain replies ◀───────┘
+//!  step() returns      the driver then
+//!  Connect { fresh }   takes or opens one: connected(pooled) | connect_failed(error) → Lost
+//!  Send(packets)       writes them        | send_failed(error): replies read briefly, then Lost
+//!  Recv(deadline)      reads: on_packet(p)* | on_timeout(now) | recv_failed(error) → Lost
+//!  Close { failed }    closes the socket (a failed one backs the server off)
+//!  Idle                waits for submit(jobs) / cancel(jobs) from the coordinator
 //! ```
 //!
 //! A lane pipelines submissions on one connection, at most `window` jobs
