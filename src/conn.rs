@@ -2,11 +2,17 @@
 //! that the client, the worker and the admin tool share.
 //!
 //! Every read waits at most until a deadline; a connection can also be
-//! woken from another thread with [`Connection::shutdown_handle`].
+//! woken from another thread with [`Connection::shutdown_handle`], or a
+//! read can end early when another descriptor becomes readable
+//! ([`Connection::recv_or_wake`]).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::busy_poll::{BusyPoll, DEFAULT_BUSY_POLL};
 use crate::proto::{Decoder, Frame, Magic, Packet, PacketType, ProtocolError};
@@ -426,6 +432,56 @@ impl Connection {
         }
     }
 
+    /// Receives one packet as [`Connection::recv`] does, but returns
+    /// `Ok(None)` as soon as `wake` is readable (or closed): another thread
+    /// has something for this one. The bytes on `wake` are left for the
+    /// caller to drain.
+    ///
+    /// # Errors
+    /// As [`Connection::recv`].
+    pub fn recv_or_wake(
+        &mut self,
+        deadline: Option<Instant>,
+        wake: BorrowedFd<'_>,
+    ) -> io::Result<Option<OwnedPacket>> {
+        loop {
+            if let Some(p) = self.try_recv()? {
+                return Ok(Some(p));
+            }
+            let timeout = match deadline {
+                None => PollTimeout::NONE,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+                    }
+                    PollTimeout::try_from(left.max(Duration::from_millis(1)))
+                        .unwrap_or(PollTimeout::MAX)
+                }
+            };
+            let started = self.busy.poll(&self.stream);
+            let mut fds = [
+                PollFd::new(self.stream.as_fd(), PollFlags::POLLIN),
+                PollFd::new(wake, PollFlags::POLLIN),
+            ];
+            let r = poll(&mut fds, timeout);
+            let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            let (stream_ready, woken) = (ready(&fds[0]), ready(&fds[1]));
+            self.busy.waited(started);
+            match r {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(io::Error::from(e)),
+            }
+            if woken {
+                return Ok(None);
+            }
+            if stream_ready {
+                self.fill(deadline)?;
+            }
+        }
+    }
+
     /// Receives one text line (without its line ending), waiting until `deadline`.
     ///
     /// # Errors
@@ -467,6 +523,30 @@ fn normalize_timeout(e: io::Error) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recv_or_wake_ends_on_a_packet_a_wake_or_the_deadline() {
+        use std::os::unix::net::UnixStream;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c =
+            Connection::connect(&l.local_addr().unwrap().to_string(), Duration::from_secs(5))
+                .unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        let (mut wake, woken) = UnixStream::pair().unwrap();
+        let soon = || Some(Instant::now() + Duration::from_secs(10));
+        wake.write_all(&[1]).unwrap();
+        assert!(c.recv_or_wake(soon(), woken.as_fd()).unwrap().is_none());
+        let mut buf = [0u8; 1];
+        (&woken).read_exact(&mut buf).unwrap();
+        let mut bytes = Vec::new();
+        Packet::Noop.encode(Magic::Res, &mut bytes).unwrap();
+        server.write_all(&bytes).unwrap();
+        let p = c.recv_or_wake(soon(), woken.as_fd()).unwrap().unwrap();
+        assert_eq!(p.kind, PacketType::Noop);
+        let deadline = Some(Instant::now() + Duration::from_millis(20));
+        let e = c.recv_or_wake(deadline, woken.as_fd()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
 
     #[test]
     fn server_lists() {
