@@ -15,8 +15,9 @@
 
 use std::io::ErrorKind;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::ClientConfig;
 use super::error::{Context, Error, Phase, Result};
 use super::job::{Job, JobEvent, JobOutcome};
 use crate::conn::{Connection, OwnedPacket};
@@ -30,9 +31,6 @@ mod lane;
 
 /// Idle connections kept per server between calls.
 const MAX_IDLE: usize = 8;
-
-/// The client settings the engine runs on.
-pub(crate) use super::config::ClientConfig as ClientSettings;
 
 #[derive(Debug, Default)]
 struct Health {
@@ -72,7 +70,7 @@ impl ServerEntry {
 
     /// Waits out a [`Backoff`] between the settings' bounds before the
     /// server is tried again.
-    fn record_failure(&self, set: &ClientSettings) {
+    fn record_failure(&self, set: &ClientConfig) {
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let backoff =
             h.backoff.get_or_insert_with(|| Backoff::new(set.backoff_min, set.backoff_max));
@@ -97,7 +95,7 @@ impl ServerEntry {
     }
 
     /// Opens a fresh connection with the settings' socket options.
-    fn dial(&self, set: &ClientSettings) -> Result<Connection> {
+    fn dial(&self, set: &ClientConfig) -> Result<Connection> {
         let mut c = Connection::connect(&self.addr, set.connect_timeout).map_err(|e| {
             self.record_failure(set);
             Error::Connection { phase: Phase::Connect, reason: io_reason(&e), context: self.ctx() }
@@ -113,7 +111,7 @@ impl ServerEntry {
     /// Opens a fresh connection and queues the per-connection setup
     /// (client id, exceptions option). Returns the number of OPTION_REQs
     /// whose answer is still to come.
-    fn open(&self, set: &ClientSettings) -> Result<(Connection, usize)> {
+    fn open(&self, set: &ClientConfig) -> Result<(Connection, usize)> {
         let mut c = self.dial(set)?;
         if let Some(id) = &set.client_id {
             let _ = c.queue(&Packet::SetClientId { id: id.as_bytes() });
@@ -155,7 +153,7 @@ fn strip_nul(b: &[u8]) -> &[u8] {
 /// out to be dead is replaced by a fresh one once.
 pub(crate) fn exchange(
     slot: &ServerEntry,
-    set: &ClientSettings,
+    set: &ClientConfig,
     request: &Packet<'_>,
     want: PacketType,
 ) -> Result<OwnedPacket> {
@@ -252,7 +250,7 @@ struct Submission<'a> {
 
 /// Submits `jobs` and waits for every outcome.
 pub(crate) fn run(
-    set: &ClientSettings,
+    set: &ClientConfig,
     slots: &[ServerEntry],
     jobs: &[Job],
     hooks: Hooks<'_>,
@@ -335,23 +333,13 @@ fn pick(slots: &[ServerEntry], start: usize, now: Instant) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    /// Settings for the unit tests: the defaults of the builder.
-    pub(super) fn settings() -> ClientSettings {
-        ClientSettings {
-            connect_timeout: Duration::from_secs(3),
-            ack_timeout: Duration::from_secs(10),
-            retry_timeout: Duration::from_secs(30),
-            job_timeout: Duration::from_secs(3600),
-            window: 1024,
-            backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
-            exceptions: true,
-            client_id: None,
-            busy_poll: Duration::ZERO,
-            max_packet_size: crate::proto::DEFAULT_MAX_BODY,
-        }
+    /// Settings for the unit tests: the defaults, without busy polling.
+    pub(super) fn settings() -> ClientConfig {
+        ClientConfig { busy_poll: Duration::ZERO, ..ClientConfig::default() }
     }
 
     /// The submissions of `jobs`, with unique ids `u0`, `u1`... unless a

@@ -134,7 +134,7 @@ pub use job::{
 use crate::config::ServerList;
 use crate::conn::{parse_server_list, resolve_servers};
 use crate::proto::{Packet, PacketType};
-use engine::{ClientSettings, Hooks, ServerEntry};
+use engine::{Hooks, ServerEntry};
 
 /// The server used when none is configured.
 pub use crate::conn::DEFAULT_SERVER;
@@ -149,7 +149,7 @@ pub struct Client {
 #[derive(Debug)]
 struct Inner {
     slots: Vec<ServerEntry>,
-    set: ClientSettings,
+    set: ClientConfig,
 }
 
 /// Builds a [`Client`] from a [`ClientConfig`]: [`ClientBuilder::config`]
@@ -157,7 +157,7 @@ struct Inner {
 /// methods set one setting each.
 #[derive(Debug, Clone, Default)]
 pub struct ClientBuilder {
-    set: ClientSettings,
+    set: ClientConfig,
 }
 
 impl ClientBuilder {

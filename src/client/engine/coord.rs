@@ -17,7 +17,7 @@ use std::collections::BinaryHeap;
 use std::time::Instant;
 
 use super::lane::Report;
-use super::{ClientSettings, Hooks, ServerEntry, Submission, pick, too_large, unreachable};
+use super::{ClientConfig, Hooks, ServerEntry, Submission, pick, too_large, unreachable};
 use crate::client::error::{Context, Error, Phase, Result};
 use crate::client::job::{Job, JobEvent, JobHandle, JobOutcome, stable_hash};
 
@@ -64,7 +64,7 @@ struct ServerLog {
 
 /// The decisions of one call.
 pub(super) struct Coordinator<'c, 'h> {
-    set: &'c ClientSettings,
+    set: &'c ClientConfig,
     slots: &'c [ServerEntry],
     jobs: Vec<Entry>,
     specs: &'c [Submission<'c>],
@@ -82,7 +82,7 @@ impl<'c, 'h> Coordinator<'c, 'h> {
     /// Checks every job and gives each valid one to the server its unique
     /// id hashes to (or the next one not backing off).
     pub(super) fn new(
-        set: &'c ClientSettings,
+        set: &'c ClientConfig,
         slots: &'c [ServerEntry],
         specs: &'c [Submission<'c>],
         hooks: Hooks<'h>,

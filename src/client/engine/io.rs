@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, unboun
 
 use super::coord::{Command, Coordinator};
 use super::lane::{Lane, Report, Step};
-use super::{ClientSettings, ServerEntry, Submission};
+use super::{ClientConfig, ServerEntry, Submission};
 use crate::conn::Connection;
 
 /// A lane and its connection.
@@ -27,14 +27,14 @@ struct LaneIo<'a> {
     idx: usize,
     lane: Lane<'a>,
     slot: &'a ServerEntry,
-    set: &'a ClientSettings,
+    set: &'a ClientConfig,
     conn: Option<Connection>,
 }
 
 impl<'a> LaneIo<'a> {
     fn new(
         idx: usize,
-        set: &'a ClientSettings,
+        set: &'a ClientConfig,
         slots: &'a [ServerEntry],
         subs: &'a [Submission<'a>],
     ) -> Self {
@@ -201,7 +201,7 @@ fn drain(mut w: &UnixStream) {
 /// a time (the call has one job, or one server).
 pub(super) fn run_inline<'a>(
     coord: &mut Coordinator<'a, '_>,
-    set: &'a ClientSettings,
+    set: &'a ClientConfig,
     slots: &'a [ServerEntry],
     subs: &'a [Submission<'a>],
 ) {
@@ -257,7 +257,7 @@ enum Slot {
 /// Runs a call with a thread per lane; the calling thread coordinates.
 pub(super) fn run_threaded<'a>(
     coord: &mut Coordinator<'a, '_>,
-    set: &'a ClientSettings,
+    set: &'a ClientConfig,
     slots: &'a [ServerEntry],
     subs: &'a [Submission<'a>],
 ) {

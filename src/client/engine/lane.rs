@@ -24,7 +24,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{ClientSettings, Submission, error_fields, io_reason, strip_nul};
+use super::{ClientConfig, Submission, error_fields, io_reason, strip_nul};
 use crate::client::error::{Context, Error, Phase, Result};
 use crate::client::job::{JobEvent, JobHandle, JobOutcome, parse_num};
 use crate::conn::OwnedPacket;
@@ -107,7 +107,7 @@ struct Listeners {
 #[derive(Debug)]
 pub(super) struct Lane<'a> {
     addr: Arc<str>,
-    set: &'a ClientSettings,
+    set: &'a ClientConfig,
     subs: &'a [Submission<'a>],
     conn: Conn,
     /// A write failed: the replies read until this moment come first, then
@@ -123,7 +123,7 @@ pub(super) struct Lane<'a> {
 }
 
 impl<'a> Lane<'a> {
-    pub(super) fn new(addr: Arc<str>, set: &'a ClientSettings, subs: &'a [Submission<'a>]) -> Self {
+    pub(super) fn new(addr: Arc<str>, set: &'a ClientConfig, subs: &'a [Submission<'a>]) -> Self {
         Lane {
             addr,
             set,
@@ -592,7 +592,7 @@ mod tests {
 
     /// A lane with an open new connection whose setup and first
     /// submissions were sent.
-    fn open<'a>(set: &'a ClientSettings, subs: &'a [Submission<'a>], now: Instant) -> Lane<'a> {
+    fn open<'a>(set: &'a ClientConfig, subs: &'a [Submission<'a>], now: Instant) -> Lane<'a> {
         let mut lane = Lane::new(Arc::from("a:1"), set, subs);
         lane.submit(0..subs.len());
         assert!(matches!(lane.step(now), Step::Connect { fresh: false }));
