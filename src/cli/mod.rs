@@ -24,10 +24,10 @@ pub(crate) struct Cli {
     #[arg(short = 'c', long, global = true, env = "GEARFRAME_CONFIG")]
     config: Option<PathBuf>,
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count, display_order = 900)]
     verbose: u8,
     /// Only errors in the log.
-    #[arg(short = 'q', long, global = true)]
+    #[arg(short = 'q', long, global = true, display_order = 900)]
     quiet: bool,
     #[command(subcommand)]
     command: Command,
