@@ -5,6 +5,11 @@
 //! woken from another thread with [`Connection::shutdown_handle`], or a
 //! read can end early when another descriptor becomes readable
 //! ([`Connection::recv_or_wake`]).
+//!
+//! An exchange fails with an [`Error`] that says which side is at fault:
+//! the socket ([`Error::Io`]), the peer's bytes ([`Error::Protocol`],
+//! [`Error::Unexpected`]), or a packet this side was asked to send
+//! ([`Error::Invalid`]).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -16,6 +21,124 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::busy_poll::{BusyPoll, DEFAULT_BUSY_POLL};
 use crate::proto::{Decoder, Frame, Magic, Packet, PacketType, ProtocolError};
+
+/// Why an exchange on a [`Connection`] failed: the socket, bytes that are
+/// not the protocol, a valid frame of the wrong kind, or a packet that
+/// cannot be sent.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The socket failed: a read or write error, `TimedOut` at the
+    /// deadline, `UnexpectedEof` when the server closed the connection.
+    Io(io::Error),
+    /// The server sent bytes that are not a packet, a packet whose body
+    /// does not hold its arguments, or a header over the largest packet
+    /// size ([`Connection::set_max_packet_size`]).
+    Protocol(ProtocolError),
+    /// A valid frame of a kind the exchange does not expect.
+    Unexpected {
+        /// What the exchange waited for.
+        expected: Expected,
+        /// What came.
+        got: Received,
+    },
+    /// A packet this side was asked to send is invalid (a NUL byte in an
+    /// argument, a body over 4 GiB); nothing of it was sent.
+    Invalid(ProtocolError),
+}
+
+/// What an exchange waited for, in an [`Error::Unexpected`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Expected {
+    /// A binary packet.
+    Packet,
+    /// A text line (an admin reply).
+    Line,
+    /// A JOB_ASSIGN, JOB_ASSIGN_UNIQ or JOB_ASSIGN_ALL packet.
+    JobAssignment,
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Expected::Packet => "a packet",
+            Expected::Line => "a text line",
+            Expected::JobAssignment => "a job assignment",
+        })
+    }
+}
+
+/// The frame that came instead, in an [`Error::Unexpected`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Received {
+    /// A text line (lossily decoded, without its line ending).
+    Text(String),
+    /// A binary packet of this type.
+    Packet(PacketType),
+}
+
+impl Error {
+    /// The kind of the socket error, for [`Error::Io`].
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Error::Io(e) => Some(e.kind()),
+            _ => None,
+        }
+    }
+
+    /// True when a read or write passed its deadline.
+    pub fn is_timeout(&self) -> bool {
+        self.io_kind() == Some(io::ErrorKind::TimedOut)
+    }
+
+    /// True when the peer's bytes or frames are not what the protocol
+    /// allows here ([`Error::Protocol`] or [`Error::Unexpected`]): it may
+    /// not be a Gearman server.
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, Error::Protocol(_) | Error::Unexpected { .. })
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "{e}"),
+            Error::Protocol(ProtocolError::BodyTooLarge { size, max }) => write!(
+                f,
+                "a packet body of {size} bytes is over the maximum of {max} \
+                 (max_packet_size); raise it if the server is meant to send such packets"
+            ),
+            Error::Protocol(e) | Error::Invalid(e) => write!(f, "{e}"),
+            Error::Unexpected { expected: Expected::Packet, got: Received::Text(line) } => {
+                write!(f, "unexpected text from server: {line:?}")
+            }
+            Error::Unexpected { expected, got: Received::Text(line) } => {
+                write!(f, "expected {expected}, got the text {line:?}")
+            }
+            Error::Unexpected { expected, got: Received::Packet(kind) } => {
+                write!(f, "expected {expected}, got a {kind} packet")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            Error::Protocol(e) | Error::Invalid(e) => Some(e),
+            Error::Unexpected { .. } => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        Error::Io(e)
+    }
+}
 
 /// Default Gearman port.
 pub const DEFAULT_PORT: u16 = 4730;
@@ -197,7 +320,7 @@ pub fn resolve_servers(
 /// A connection with its read buffer and decoder. A packet from the server
 /// over the largest packet size ([`Connection::set_max_packet_size`],
 /// default [`DEFAULT_MAX_BODY`](crate::proto::DEFAULT_MAX_BODY), 64 MiB) is
-/// refused from its header as `InvalidData`, before any of it is buffered;
+/// refused from its header as an [`Error::Protocol`], before any of it is buffered;
 /// the buffer grows with the bytes that arrive, never with a header's claim.
 #[derive(Debug)]
 pub struct Connection {
@@ -266,7 +389,7 @@ impl Connection {
     }
 
     /// Sets the largest packet body accepted from the server, in bytes;
-    /// a header declaring more is an `InvalidData` error.
+    /// a header declaring more is an [`Error::Protocol`].
     pub fn set_max_packet_size(&mut self, bytes: u32) {
         self.decoder.set_max_body(bytes);
     }
@@ -302,10 +425,10 @@ impl Connection {
     /// Buffers a request packet without writing it (see [`Connection::flush`]).
     ///
     /// # Errors
-    /// A non-final argument contains a NUL byte, or the body is over 4 GiB.
-    pub fn queue(&mut self, p: &Packet<'_>) -> Result<(), ProtocolError> {
-        p.validate()?;
-        p.encode(Magic::Req, &mut self.wbuf)
+    /// [`Error::Invalid`]: a non-final argument contains a NUL byte, or the
+    /// body is over 4 GiB.
+    pub fn queue(&mut self, p: &Packet<'_>) -> Result<(), Error> {
+        p.validate().and_then(|()| p.encode(Magic::Req, &mut self.wbuf)).map_err(Error::Invalid)
     }
 
     /// Buffers raw bytes (an admin line).
@@ -316,22 +439,23 @@ impl Connection {
     /// Writes everything buffered.
     ///
     /// # Errors
-    /// The write fails or times out.
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// [`Error::Io`]: the write fails or times out.
+    pub fn flush(&mut self) -> Result<(), Error> {
         if self.wbuf.is_empty() {
             return Ok(());
         }
         let r = self.stream.write_all(&self.wbuf);
         self.wbuf.clear();
-        r.map_err(normalize_timeout)
+        r.map_err(|e| Error::Io(normalize_timeout(e)))
     }
 
     /// Sends one request packet.
     ///
     /// # Errors
-    /// An invalid packet ([`io::ErrorKind::InvalidInput`]) or a failed write.
-    pub fn send(&mut self, p: &Packet<'_>) -> io::Result<()> {
-        self.queue(p).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    /// An invalid packet ([`Error::Invalid`]; nothing is written) or a
+    /// failed write.
+    pub fn send(&mut self, p: &Packet<'_>) -> Result<(), Error> {
+        self.queue(p)?;
         self.flush()
     }
 
@@ -396,34 +520,30 @@ impl Connection {
     /// A packet already buffered, without reading the socket.
     ///
     /// # Errors
-    /// The buffered bytes are not a valid packet, or are a text line.
-    pub fn try_recv(&mut self) -> io::Result<Option<OwnedPacket>> {
+    /// The buffered bytes are not a valid packet ([`Error::Protocol`]), or
+    /// are a text line ([`Error::Unexpected`]).
+    pub fn try_recv(&mut self) -> Result<Option<OwnedPacket>, Error> {
         match self.decoder.next_frame() {
             Ok(Some(Frame::Binary { magic, kind, body })) => {
                 Ok(Some(OwnedPacket { magic, kind, body: body.to_vec() }))
             }
-            Ok(Some(Frame::Text(line))) => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("unexpected text from server: {:?}", String::from_utf8_lossy(line)),
-            )),
+            Ok(Some(Frame::Text(line))) => Err(Error::Unexpected {
+                expected: Expected::Packet,
+                got: Received::Text(String::from_utf8_lossy(line).into_owned()),
+            }),
             Ok(None) => Ok(None),
-            Err(ProtocolError::BodyTooLarge { size, max }) => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "a packet body of {size} bytes is over the maximum of {max} \
-                     (max_packet_size); raise it if the server is meant to send such packets"
-                ),
-            )),
-            Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) => Err(Error::Protocol(e)),
         }
     }
 
     /// Receives one packet, waiting until `deadline` (`None`: forever).
     ///
     /// # Errors
-    /// [`io::ErrorKind::TimedOut`] at the deadline, `UnexpectedEof` when the
-    /// server closed the connection, `InvalidData` for garbage.
-    pub fn recv(&mut self, deadline: Option<Instant>) -> io::Result<OwnedPacket> {
+    /// [`Error::Io`]: `TimedOut` at the deadline ([`Error::is_timeout`]),
+    /// `UnexpectedEof` when the server closed the connection, another kind
+    /// when the socket fails; [`Error::Protocol`] for garbage;
+    /// [`Error::Unexpected`] for a text line.
+    pub fn recv(&mut self, deadline: Option<Instant>) -> Result<OwnedPacket, Error> {
         loop {
             if let Some(p) = self.try_recv()? {
                 return Ok(p);
@@ -443,7 +563,7 @@ impl Connection {
         &mut self,
         deadline: Option<Instant>,
         wake: BorrowedFd<'_>,
-    ) -> io::Result<Option<OwnedPacket>> {
+    ) -> Result<Option<OwnedPacket>, Error> {
         loop {
             if let Some(p) = self.try_recv()? {
                 return Ok(Some(p));
@@ -453,7 +573,9 @@ impl Connection {
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+                        return Err(
+                            io::Error::new(io::ErrorKind::TimedOut, "deadline passed").into()
+                        );
                     }
                     PollTimeout::try_from(left.max(Duration::from_millis(1)))
                         .unwrap_or(PollTimeout::MAX)
@@ -471,7 +593,7 @@ impl Connection {
             match r {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
-                Err(e) => return Err(io::Error::from(e)),
+                Err(e) => return Err(io::Error::from(e).into()),
             }
             if woken {
                 return Ok(None);
@@ -486,21 +608,21 @@ impl Connection {
     ///
     /// # Errors
     /// As [`Connection::recv`]; a binary packet where a line was expected is
-    /// `InvalidData`.
-    pub fn recv_line(&mut self, deadline: Option<Instant>) -> io::Result<String> {
+    /// [`Error::Unexpected`].
+    pub fn recv_line(&mut self, deadline: Option<Instant>) -> Result<String, Error> {
         loop {
             match self.decoder.next_frame() {
                 Ok(Some(Frame::Text(line))) => {
                     return Ok(String::from_utf8_lossy(line).into_owned());
                 }
                 Ok(Some(Frame::Binary { kind, .. })) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("expected a text line, got a {kind} packet"),
-                    ));
+                    return Err(Error::Unexpected {
+                        expected: Expected::Line,
+                        got: Received::Packet(kind),
+                    });
                 }
                 Ok(None) => self.fill(deadline)?,
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                Err(e) => return Err(Error::Protocol(e)),
             }
         }
     }
@@ -545,7 +667,113 @@ mod tests {
         assert_eq!(p.kind, PacketType::Noop);
         let deadline = Some(Instant::now() + Duration::from_millis(20));
         let e = c.recv_or_wake(deadline, woken.as_fd()).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(e.is_timeout(), "{e:?}");
+    }
+
+    /// A connection to a listener on an ephemeral port, and the server's end.
+    fn pair() -> (Connection, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = Connection::connect(&l.local_addr().unwrap().to_string(), Duration::from_secs(5))
+            .unwrap();
+        let (server, _) = l.accept().unwrap();
+        (c, server)
+    }
+
+    fn soon() -> Option<Instant> {
+        Some(Instant::now() + Duration::from_secs(10))
+    }
+
+    #[test]
+    fn garbage_from_the_server_is_a_protocol_error() {
+        let (mut c, mut server) = pair();
+        server.write_all(b"\0XYZ\0\0\0\x01\0\0\0\0").unwrap();
+        let e = c.recv(soon()).unwrap_err();
+        assert!(matches!(e, Error::Protocol(ProtocolError::BadMagic(_))), "{e:?}");
+        assert!(e.is_protocol() && !e.is_timeout() && e.io_kind().is_none());
+        assert_eq!(e.to_string(), ProtocolError::BadMagic(*b"\0XYZ").to_string());
+    }
+
+    #[test]
+    fn a_header_over_the_largest_packet_is_refused_as_a_protocol_error() {
+        let (mut c, mut server) = pair();
+        c.set_max_packet_size(1000);
+        let mut header = Vec::new();
+        header.extend_from_slice(b"\0RES");
+        header.extend_from_slice(&(PacketType::WorkData as u32).to_be_bytes());
+        header.extend_from_slice(&1001u32.to_be_bytes());
+        server.write_all(&header).unwrap();
+        let e = c.recv(soon()).unwrap_err();
+        assert!(
+            matches!(e, Error::Protocol(ProtocolError::BodyTooLarge { size: 1001, max: 1000 })),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "a packet body of 1001 bytes is over the maximum of 1000 (max_packet_size); \
+             raise it if the server is meant to send such packets"
+        );
+    }
+
+    #[test]
+    fn a_frame_of_the_wrong_kind_is_unexpected() {
+        let (mut c, mut server) = pair();
+        server.write_all(b"OK 1\r\n").unwrap();
+        let e = c.recv(soon()).unwrap_err();
+        match &e {
+            Error::Unexpected { expected: Expected::Packet, got: Received::Text(line) } => {
+                assert!(line.starts_with("OK 1"), "{line:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.to_string().starts_with("unexpected text from server: \"OK 1"), "{e}");
+        assert!(e.is_protocol());
+
+        let (mut c, mut server) = pair();
+        server.write_all(&Packet::Noop.to_vec(Magic::Res)).unwrap();
+        let e = c.recv_line(soon()).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Unexpected {
+                    expected: Expected::Line,
+                    got: Received::Packet(PacketType::Noop)
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("expected a text line, got a {} packet", PacketType::Noop)
+        );
+    }
+
+    #[test]
+    fn an_invalid_packet_is_refused_before_anything_is_sent() {
+        let (mut c, mut server) = pair();
+        let bad = Packet::CanDoTimeout { function: b"a\0b", timeout: b"1" };
+        let e = c.send(&bad).unwrap_err();
+        assert!(matches!(e, Error::Invalid(ProtocolError::NulInArgument { .. })), "{e:?}");
+        assert!(!e.is_protocol() && e.io_kind().is_none());
+        assert_eq!(e.to_string(), bad.validate().unwrap_err().to_string());
+        // The connection is still in step: the next packet is the first bytes sent.
+        c.send(&Packet::Noop).unwrap();
+        let want = Packet::Noop.to_vec(Magic::Req);
+        let mut got = vec![0u8; want.len()];
+        server.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_closed_connection_and_a_deadline_are_socket_errors() {
+        let (mut c, server) = pair();
+        let e = c.recv(Some(Instant::now() + Duration::from_millis(20))).unwrap_err();
+        assert!(e.is_timeout(), "{e:?}");
+        drop(server);
+        let e = c.recv(soon()).unwrap_err();
+        assert_eq!(e.io_kind(), Some(io::ErrorKind::UnexpectedEof), "{e:?}");
+        assert_eq!(e.to_string(), "server closed the connection");
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]

@@ -79,7 +79,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::client::JobStatus;
-use crate::conn::{Connection, with_default_port};
+use crate::conn::{self, Connection, with_default_port};
 use crate::proto::admin::is_listable_name;
 use crate::proto::{Packet, PacketType};
 
@@ -228,6 +228,14 @@ pub enum AdminErrorKind {
         /// The cause (`TimedOut` for a timeout).
         source: io::Error,
     },
+    /// The server sent bytes that are not the protocol, or a frame of the
+    /// wrong kind (a packet for a text line): it may not be a Gearman
+    /// server.
+    Protocol {
+        /// What came ([`conn::Error::Protocol`] or
+        /// [`conn::Error::Unexpected`]).
+        source: conn::Error,
+    },
     /// The server answered `ERR CODE text`.
     Server {
         /// The error code, such as `UNKNOWN_JOB` or `UNKNOWN_COMMAND`.
@@ -284,9 +292,15 @@ impl AdminError {
         self.code().is_some_and(|c| c.eq_ignore_ascii_case("UNKNOWN_COMMAND"))
     }
 
-    /// True when the server could not be reached or stopped answering.
+    /// True when the server could not be reached, stopped answering, or
+    /// does not speak the protocol.
     pub fn is_down(&self) -> bool {
-        matches!(self.kind, AdminErrorKind::Connect { .. } | AdminErrorKind::Io { .. })
+        matches!(
+            self.kind,
+            AdminErrorKind::Connect { .. }
+                | AdminErrorKind::Io { .. }
+                | AdminErrorKind::Protocol { .. }
+        )
     }
 }
 
@@ -300,6 +314,7 @@ impl fmt::Display for AdminErrorKind {
                 f.write_str("no reply in time")
             }
             AdminErrorKind::Io { source } => write!(f, "{source}"),
+            AdminErrorKind::Protocol { source } => write!(f, "{source}"),
             AdminErrorKind::Server { code, message } if code == "ERROR" => {
                 write!(f, "server error: {message}")
             }
@@ -334,6 +349,7 @@ impl std::error::Error for AdminError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             AdminErrorKind::Connect { source } | AdminErrorKind::Io { source } => Some(source),
+            AdminErrorKind::Protocol { source } => Some(source),
             AdminErrorKind::Submit { source } => Some(source),
             _ => None,
         }
@@ -412,12 +428,23 @@ impl AdminClient {
         Ok(self.conn.as_mut().expect("connected above"))
     }
 
-    fn io_err(&mut self, source: io::Error) -> AdminError {
+    fn io_err(&mut self, e: conn::Error) -> AdminError {
+        let kind = match e {
+            conn::Error::Io(source) => AdminErrorKind::Io { source },
+            // Nothing was sent: the connection is still in step.
+            conn::Error::Invalid(e) => {
+                return AdminError::new(
+                    self.server.clone(),
+                    AdminErrorKind::InvalidArgument(e.to_string()),
+                );
+            }
+            source => AdminErrorKind::Protocol { source },
+        };
         // The stream is out of step after a failure: start again next time.
         if let Some(c) = self.conn.take() {
             c.close();
         }
-        AdminError::new(self.server.clone(), AdminErrorKind::Io { source })
+        AdminError::new(self.server.clone(), kind)
     }
 
     fn send_line(&mut self, line: &str) -> Result<Instant> {

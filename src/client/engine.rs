@@ -20,7 +20,7 @@ use std::time::Instant;
 use super::ClientConfig;
 use super::error::{Context, Error, Phase, Result};
 use super::job::{Job, JobEvent, JobOutcome};
-use crate::conn::{Connection, OwnedPacket};
+use crate::conn::{self, Connection, OwnedPacket};
 use crate::proto::{Packet, PacketType};
 use crate::util::Backoff;
 use coord::Coordinator;
@@ -98,7 +98,11 @@ impl ServerEntry {
     fn dial(&self, set: &ClientConfig) -> Result<Connection> {
         let mut c = Connection::connect(&self.addr, set.connect_timeout).map_err(|e| {
             self.record_failure(set);
-            Error::Connection { phase: Phase::Connect, reason: io_reason(&e), context: self.ctx() }
+            Error::Connection {
+                phase: Phase::Connect,
+                reason: socket_reason(&e),
+                context: self.ctx(),
+            }
         })?;
         self.record_ok();
         c.set_busy_poll(set.busy_poll);
@@ -125,9 +129,21 @@ impl ServerEntry {
     }
 }
 
-/// The cause of a socket error in words: refused, reset, timed out, or a
-/// protocol error (the peer does not speak Gearman).
-fn io_reason(e: &std::io::Error) -> String {
+/// The cause of a failed exchange in words: the socket's (refused, reset,
+/// timed out), a protocol error (the peer does not speak Gearman), or the
+/// packet that could not be sent.
+fn conn_reason(e: &conn::Error) -> String {
+    match e {
+        conn::Error::Io(e) => socket_reason(e),
+        conn::Error::Protocol(_) | conn::Error::Unexpected { .. } => {
+            format!("protocol error: {e} (is it a Gearman job server?)")
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// The cause of a socket error in words: refused, reset, timed out.
+fn socket_reason(e: &std::io::Error) -> String {
     match e.kind() {
         ErrorKind::TimedOut | ErrorKind::WouldBlock => "timed out".into(),
         ErrorKind::ConnectionRefused => {
@@ -136,9 +152,6 @@ fn io_reason(e: &std::io::Error) -> String {
         ErrorKind::ConnectionReset => "connection reset by the server".into(),
         ErrorKind::BrokenPipe => "the server closed the connection".into(),
         ErrorKind::UnexpectedEof => "the server closed the connection".into(),
-        ErrorKind::InvalidData => {
-            format!("protocol error: {e} (is it a Gearman job server?)")
-        }
         _ => e.to_string(),
     }
 }
@@ -176,13 +189,13 @@ pub(crate) fn exchange(
                 allow_pooled = false;
                 continue;
             }
-            return Err(broken(io_reason(&e)));
+            return Err(broken(conn_reason(&e)));
         }
         let deadline = Instant::now() + set.ack_timeout;
         loop {
             let p = match conn.recv(Some(deadline)) {
                 Ok(p) => p,
-                Err(e) if e.kind() == ErrorKind::TimedOut => {
+                Err(e) if e.is_timeout() => {
                     return Err(Error::Timeout {
                         phase: Phase::Reply,
                         limit: set.ack_timeout,
@@ -193,7 +206,7 @@ pub(crate) fn exchange(
                     allow_pooled = false;
                     break;
                 }
-                Err(e) => return Err(broken(io_reason(&e))),
+                Err(e) => return Err(broken(conn_reason(&e))),
             };
             if p.kind == want {
                 slot.put_idle(conn);
@@ -353,6 +366,29 @@ mod tests {
                 epoch: job.epoch().map(|e| e.to_string()),
             })
             .collect()
+    }
+
+    #[test]
+    fn failed_exchanges_are_told_apart() {
+        use crate::conn::{Expected, Received};
+        use crate::proto::ProtocolError;
+        let reason = |e: conn::Error| conn_reason(&e);
+        let closed = reason(std::io::Error::from(ErrorKind::UnexpectedEof).into());
+        assert_eq!(closed, "the server closed the connection");
+        let garbage = reason(conn::Error::Protocol(ProtocolError::BadMagic(*b"\0XYZ")));
+        assert!(garbage.starts_with("protocol error: bad packet magic"), "{garbage}");
+        assert!(garbage.ends_with("(is it a Gearman job server?)"), "{garbage}");
+        let text = reason(conn::Error::Unexpected {
+            expected: Expected::Packet,
+            got: Received::Text("HTTP/1.1 400".into()),
+        });
+        assert_eq!(
+            text,
+            "protocol error: unexpected text from server: \"HTTP/1.1 400\" \
+             (is it a Gearman job server?)"
+        );
+        let bad = ProtocolError::NulInArgument { kind: PacketType::SubmitJob, index: 0 };
+        assert_eq!(reason(conn::Error::Invalid(bad.clone())), bad.to_string());
     }
 
     #[test]

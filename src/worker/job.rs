@@ -5,7 +5,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::conn::Connection;
+use crate::conn::{self, Connection};
 use crate::proto::Packet;
 
 /// A job assigned to this worker.
@@ -134,10 +134,17 @@ impl std::fmt::Display for JobError {
 
 impl std::error::Error for JobError {}
 
-/// A lost connection while sending updates fails the job (the slot then
-/// reconnects), so handlers can use `ctx.data(..)?`.
+/// An I/O failure in a handler fails the job with its message.
 impl From<io::Error> for JobError {
     fn from(e: io::Error) -> Self {
+        JobError::new(e.to_string())
+    }
+}
+
+/// A lost connection while sending updates fails the job (the slot then
+/// reconnects), so handlers can use `ctx.data(..)?`.
+impl From<conn::Error> for JobError {
+    fn from(e: conn::Error) -> Self {
         JobError::new(e.to_string())
     }
 }
@@ -178,13 +185,14 @@ impl<'a> JobContext<'a> {
         JobContext { conn: None, handle, cancel: CancelToken::default(), broken: false }
     }
 
-    fn send(&mut self, p: &Packet<'_>) -> io::Result<()> {
+    fn send(&mut self, p: &Packet<'_>) -> Result<(), conn::Error> {
         let Some(conn) = self.conn.as_deref_mut() else { return Ok(()) };
         if self.broken {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "connection lost"));
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "connection lost").into());
         }
         let r = conn.send(p);
-        if r.is_err() {
+        // An invalid packet was not sent: the connection is still in step.
+        if r.as_ref().is_err_and(|e| !matches!(e, conn::Error::Invalid(_))) {
             self.broken = true;
         }
         r
@@ -193,8 +201,9 @@ impl<'a> JobContext<'a> {
     /// Sends partial result data (WORK_DATA).
     ///
     /// # Errors
-    /// The connection to the server is lost.
-    pub fn data(&mut self, data: &[u8]) -> io::Result<()> {
+    /// The connection to the server is lost, or the packet would be over
+    /// 4 GiB ([`conn::Error::Invalid`]; nothing is sent).
+    pub fn data(&mut self, data: &[u8]) -> Result<(), conn::Error> {
         log::trace!("work_data handle={} len={}", String::from_utf8_lossy(self.handle), data.len());
         self.send(&Packet::WorkData { handle: self.handle, data })
     }
@@ -202,16 +211,18 @@ impl<'a> JobContext<'a> {
     /// Sends a warning (WORK_WARNING).
     ///
     /// # Errors
-    /// The connection to the server is lost.
-    pub fn warning(&mut self, data: &[u8]) -> io::Result<()> {
+    /// The connection to the server is lost, or the packet would be over
+    /// 4 GiB ([`conn::Error::Invalid`]; nothing is sent).
+    pub fn warning(&mut self, data: &[u8]) -> Result<(), conn::Error> {
         self.send(&Packet::WorkWarning { handle: self.handle, data })
     }
 
     /// Sends progress (WORK_STATUS), e.g. `status(3, 10)`.
     ///
     /// # Errors
-    /// The connection to the server is lost.
-    pub fn status(&mut self, numerator: u64, denominator: u64) -> io::Result<()> {
+    /// The connection to the server is lost, or the packet would be over
+    /// 4 GiB ([`conn::Error::Invalid`]; nothing is sent).
+    pub fn status(&mut self, numerator: u64, denominator: u64) -> Result<(), conn::Error> {
         let (n, d) = (numerator.to_string(), denominator.to_string());
         self.send(&Packet::WorkStatus {
             handle: self.handle,

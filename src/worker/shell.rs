@@ -238,26 +238,62 @@ impl ShellOutcome {
     }
 }
 
-/// The command could not be started.
+/// The command could not be started: what was being done, and why it
+/// failed ([`ShellError::kind`]).
 #[derive(Debug)]
 pub struct ShellError {
     message: String,
-    source: std::io::Error,
+    kind: ShellErrorKind,
+}
+
+/// Why a command could not be started.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ShellErrorKind {
+    /// The command is an empty argument list.
+    NoProgram,
+    /// The working directory does not exist or is not a directory.
+    NoDirectory,
+    /// A system call failed: writing the payload to a temporary file,
+    /// opening `/dev/null`, or starting the process.
+    Io(std::io::Error),
 }
 
 impl ShellError {
     fn new(message: String, source: std::io::Error) -> ShellError {
-        ShellError { message, source }
+        ShellError { message, kind: ShellErrorKind::Io(source) }
+    }
+
+    /// Why the command could not be started.
+    pub fn kind(&self) -> &ShellErrorKind {
+        &self.kind
+    }
+}
+
+impl std::fmt::Display for ShellErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShellErrorKind::NoProgram => f.write_str("no program given"),
+            ShellErrorKind::NoDirectory => f.write_str("no such directory"),
+            ShellErrorKind::Io(e) => write!(f, "{e}"),
+        }
     }
 }
 
 impl std::fmt::Display for ShellError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.message, self.source)
+        write!(f, "{}: {}", self.message, self.kind)
     }
 }
 
-impl std::error::Error for ShellError {}
+impl std::error::Error for ShellError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ShellErrorKind::Io(e) => Some(e),
+            ShellErrorKind::NoProgram | ShellErrorKind::NoDirectory => None,
+        }
+    }
+}
 
 impl ShellCommand {
     /// A program and its arguments (no shell).
@@ -428,18 +464,18 @@ impl ShellCommand {
             Program::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.into()],
         };
         if argv.is_empty() {
-            return Err(ShellError::new(
-                "cannot start an empty command".into(),
-                std::io::Error::new(std::io::ErrorKind::InvalidInput, "no program given"),
-            ));
+            return Err(ShellError {
+                message: "cannot start an empty command".into(),
+                kind: ShellErrorKind::NoProgram,
+            });
         }
         if let Some(dir) = &self.cwd
             && !dir.is_dir()
         {
-            return Err(ShellError::new(
-                format!("cannot start `{}` in {}", self.display_name(), dir.display()),
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory"),
-            ));
+            return Err(ShellError {
+                message: format!("cannot start `{}` in {}", self.display_name(), dir.display()),
+                kind: ShellErrorKind::NoDirectory,
+            });
         }
         let stdin_file = if self.stdin && !input.is_empty() {
             stdin_file(input).map_err(|e| {
@@ -923,6 +959,20 @@ mod tests {
         assert_eq!(parse_stat("12 (a) b) c) S 1 12 12 0"), Some((b'S', 1, 12)));
         assert_eq!(parse_stat("7 (sleep) Z 3 5 5"), Some((b'Z', 3, 5)));
         assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn a_command_that_cannot_start_says_why() {
+        let e = ShellCommand::argv(Vec::<OsString>::new()).run(b"").unwrap_err();
+        assert!(matches!(e.kind(), ShellErrorKind::NoProgram), "{e:?}");
+        assert_eq!(e.to_string(), "cannot start an empty command: no program given");
+        let e = ShellCommand::argv(["true"])
+            .cwd(Some("/nonexistent/gearframe-test-dir".into()))
+            .run(b"")
+            .unwrap_err();
+        assert!(matches!(e.kind(), ShellErrorKind::NoDirectory), "{e:?}");
+        assert!(e.to_string().ends_with(": no such directory"), "{e}");
+        assert!(std::error::Error::source(&e).is_none());
     }
 
     #[test]

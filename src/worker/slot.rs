@@ -10,7 +10,7 @@ use crossbeam_channel::Sender;
 
 use super::job::{FailKind, Job, JobContext, JobError, JobResult};
 use super::{Function, Pool, WorkerBuilder, is_shutdown_payload};
-use crate::conn::{Connection, OwnedPacket};
+use crate::conn::{self, Connection, Expected, OwnedPacket, Received};
 use crate::proto::{Packet, PacketType, Priority, SubmitKind};
 use crate::util::{Backoff, panic_message, random_u64};
 
@@ -43,7 +43,7 @@ enum End {
     /// The worker stops, or a shutdown job stopped this slot.
     Stop,
     /// The connection broke; reconnect.
-    Lost(io::Error),
+    Lost(conn::Error),
 }
 
 pub(crate) struct Slot {
@@ -126,10 +126,9 @@ impl Slot {
         log::debug!("slot={} server={}: stopped", self.id, self.server);
     }
 
-    fn register(&self, conn: &mut Connection) -> io::Result<()> {
+    fn register(&self, conn: &mut Connection) -> Result<(), conn::Error> {
         conn.set_write_timeout(Some(self.settings.config.io_timeout))?;
-        let bad = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
-        conn.queue(&Packet::SetClientId { id: self.settings.name().as_bytes() }).map_err(bad)?;
+        conn.queue(&Packet::SetClientId { id: self.settings.name().as_bytes() })?;
         for f in self.settings.functions() {
             match f.options.server_timeout {
                 Some(t) => {
@@ -137,18 +136,15 @@ impl Slot {
                     conn.queue(&Packet::CanDoTimeout {
                         function: f.name.as_bytes(),
                         timeout: ms.as_bytes(),
-                    })
-                    .map_err(bad)?;
+                    })?;
                 }
-                None => conn.queue(&Packet::CanDo { function: f.name.as_bytes() }).map_err(bad)?,
+                None => conn.queue(&Packet::CanDo { function: f.name.as_bytes() })?,
             }
         }
         // Answered before the push option, and before the first grab.
-        conn.queue(&Packet::OptionReq { option: crate::proto::EXCEPTIONS_SAFE_OPTION.as_bytes() })
-            .map_err(bad)?;
+        conn.queue(&Packet::OptionReq { option: crate::proto::EXCEPTIONS_SAFE_OPTION.as_bytes() })?;
         if self.settings.config.push {
-            conn.queue(&Packet::OptionReq { option: crate::proto::PUSH_OPTION.as_bytes() })
-                .map_err(bad)?;
+            conn.queue(&Packet::OptionReq { option: crate::proto::PUSH_OPTION.as_bytes() })?;
         }
         conn.flush()
     }
@@ -209,7 +205,7 @@ impl Slot {
         }
     }
 
-    fn lost_or_stop(&self, e: io::Error) -> End {
+    fn lost_or_stop(&self, e: conn::Error) -> End {
         if self.shared.is_stopping() { End::Stop } else { End::Lost(e) }
     }
 
@@ -220,7 +216,7 @@ impl Slot {
         conn: &mut Connection,
         push: &mut Push,
         exceptions: &mut Exceptions,
-    ) -> io::Result<Option<Job>> {
+    ) -> Result<Option<Job>, conn::Error> {
         let deadline = Instant::now() + self.settings.config.io_timeout;
         loop {
             let p = conn.recv(Some(deadline))?;
@@ -273,7 +269,7 @@ impl Slot {
         conn: &mut Connection,
         push: &mut Push,
         exceptions: &mut Exceptions,
-    ) -> io::Result<Option<Job>> {
+    ) -> Result<Option<Job>, conn::Error> {
         loop {
             let deadline = Instant::now() + self.settings.config.sleep_timeout;
             match conn.recv(Some(deadline)) {
@@ -290,7 +286,7 @@ impl Slot {
                     PacketType::Error => log_error(self.id, &p),
                     other => log::debug!("slot={}: ignoring {other} while asleep", self.id),
                 },
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                Err(e) if e.is_timeout() => {
                     conn.send(&Packet::EchoReq { data: b"" })?;
                 }
                 Err(e) => return Err(e),
@@ -299,7 +295,7 @@ impl Slot {
     }
 
     /// PRE_SLEEP, then waits for NOOP or the sleep timeout.
-    fn sleep(&self, conn: &mut Connection) -> io::Result<()> {
+    fn sleep(&self, conn: &mut Connection) -> Result<(), conn::Error> {
         conn.send(&Packet::PreSleep)?;
         let deadline = Instant::now() + self.settings.config.sleep_timeout;
         loop {
@@ -309,7 +305,7 @@ impl Slot {
                     PacketType::Error => log_error(self.id, &p),
                     other => log::debug!("slot={}: ignoring {other} while asleep", self.id),
                 },
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(()),
+                Err(e) if e.is_timeout() => return Ok(()),
                 Err(e) => return Err(e),
             }
         }
@@ -321,7 +317,7 @@ impl Slot {
         conn: &mut Connection,
         mut job: Job,
         exceptions_safe: bool,
-    ) -> io::Result<bool> {
+    ) -> Result<bool, conn::Error> {
         let handle = job.handle.clone();
         log::debug!("slot={} job start handle={handle} func={}", self.id, job.function);
         if self.settings.config.shutdown_jobs && is_shutdown_payload(&job.payload) {
@@ -364,8 +360,7 @@ impl Slot {
             Ok(data) => {
                 log::debug!("slot={} job complete handle={handle} len={}", self.id, data.len());
                 // Buffered: the next GRAB_JOB_UNIQ goes out in the same write.
-                conn.queue(&Packet::WorkComplete { handle: h, data })
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                conn.queue(&Packet::WorkComplete { handle: h, data })?;
             }
             Err(e) => {
                 log::warn!(
@@ -374,15 +369,13 @@ impl Slot {
                     job.attempt,
                     function.options.retries + 1
                 );
-                let bad = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
                 let exception = match e.kind() {
                     FailKind::Auto => exceptions_safe,
                     FailKind::Fail => false,
                     FailKind::Exception => true,
                 };
                 if e.kind() != FailKind::Exception && !e.message().is_empty() {
-                    conn.queue(&Packet::WorkWarning { handle: h, data: e.message() })
-                        .map_err(bad)?;
+                    conn.queue(&Packet::WorkWarning { handle: h, data: e.message() })?;
                 }
                 if exception {
                     conn.send(&Packet::WorkException { handle: h, data: e.message() })?;
@@ -403,7 +396,7 @@ impl Slot {
         conn: &mut Connection,
         f: &Function,
         job: &mut Job,
-    ) -> io::Result<JobResult> {
+    ) -> Result<JobResult, conn::Error> {
         let mut wait = f.options.retry_backoff;
         loop {
             let mut ctx = JobContext::new(conn, job.handle.as_bytes(), self.shared.cancel.clone());
@@ -421,7 +414,8 @@ impl Slot {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "connection lost during a job",
-                ));
+                )
+                .into());
             }
             let Err(e) = &result else { return Ok(result) };
             if job.attempt > f.options.retries
@@ -452,7 +446,7 @@ impl Slot {
         dead: &str,
         job: &Job,
         e: &JobError,
-    ) -> io::Result<()> {
+    ) -> Result<(), conn::Error> {
         let body = serde_json::json!({
             "function": job.function,
             "handle": job.handle,
@@ -488,9 +482,8 @@ impl Slot {
     }
 }
 
-fn parse_assign(p: &OwnedPacket) -> io::Result<Job> {
-    let bad = |e| io::Error::new(io::ErrorKind::InvalidData, e);
-    let (handle, function, unique, data) = match p.packet().map_err(bad)? {
+fn parse_assign(p: &OwnedPacket) -> Result<Job, conn::Error> {
+    let (handle, function, unique, data) = match p.packet().map_err(conn::Error::Protocol)? {
         Packet::JobAssignUniq { handle, function, unique, data } => {
             (handle, function, unique, data)
         }
@@ -498,7 +491,12 @@ fn parse_assign(p: &OwnedPacket) -> io::Result<Job> {
             (handle, function, unique, data)
         }
         Packet::JobAssign { handle, function, data } => (handle, function, &[][..], data),
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "not a job assignment")),
+        _ => {
+            return Err(conn::Error::Unexpected {
+                expected: Expected::JobAssignment,
+                got: Received::Packet(p.kind),
+            });
+        }
     };
     Ok(Job {
         function: String::from_utf8_lossy(function).into_owned(),
@@ -519,6 +517,38 @@ fn log_error(slot: usize, p: &OwnedPacket) {
             "slot={slot}: server error {}: {}",
             String::from_utf8_lossy(code),
             String::from_utf8_lossy(text)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Magic;
+
+    fn packet(kind: PacketType, body: &[u8]) -> OwnedPacket {
+        OwnedPacket { magic: Magic::Res, kind, body: body.to_vec() }
+    }
+
+    #[test]
+    fn a_bad_job_assignment_says_what_is_wrong() {
+        let job = parse_assign(&packet(PacketType::JobAssign, b"H:1\0f\0data")).unwrap();
+        assert_eq!((job.handle.as_str(), job.function.as_str()), ("H:1", "f"));
+        let e = parse_assign(&packet(PacketType::JobAssign, b"H:1")).unwrap_err();
+        assert!(
+            matches!(e, conn::Error::Protocol(crate::proto::ProtocolError::TooFewArguments { .. })),
+            "{e:?}"
+        );
+        let e = parse_assign(&packet(PacketType::NoJob, b"")).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                conn::Error::Unexpected {
+                    expected: Expected::JobAssignment,
+                    got: Received::Packet(PacketType::NoJob)
+                }
+            ),
+            "{e:?}"
         );
     }
 }

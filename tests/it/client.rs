@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use gearframe::client::{Client, Error, Job, JobEvent, JobOutcome};
-use gearframe::conn::Connection;
+use gearframe::conn::{self, Connection};
 use gearframe::proto::{Packet, PacketType, Priority};
 
 use crate::support::{self, ChildGuard, Gearmand, Opts, Ours, eventually};
@@ -69,7 +69,7 @@ impl Drop for RawWorker {
     }
 }
 
-fn work(mut conn: Connection, stop: &AtomicBool, ctl: &Ctl) -> std::io::Result<()> {
+fn work(mut conn: Connection, stop: &AtomicBool, ctl: &Ctl) -> Result<(), conn::Error> {
     let tick = Duration::from_millis(100);
     while !stop.load(Ordering::SeqCst) {
         conn.send(&Packet::GrabJobUniq)?;
@@ -84,7 +84,7 @@ fn work(mut conn: Connection, stop: &AtomicBool, ctl: &Ctl) -> std::io::Result<(
                 conn.send(&Packet::PreSleep)?;
                 match conn.recv(Some(Instant::now() + tick)) {
                     Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(e) if e.is_timeout() => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -106,7 +106,7 @@ fn run_job(
     function: &[u8],
     data: &[u8],
     ctl: &Ctl,
-) -> std::io::Result<()> {
+) -> Result<(), conn::Error> {
     let complete =
         |conn: &mut Connection, d: &[u8]| conn.send(&Packet::WorkComplete { handle, data: d });
     match function {

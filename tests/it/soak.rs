@@ -121,7 +121,7 @@ fn submitter(addr: &str, k: usize, strict: bool, counts: &Counts, stop: &AtomicB
                         counts.acked.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(r) => panic!("{job:?}: {r:?} instead of JOB_CREATED"),
-                    Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    Err(e) if e.is_timeout() => {
                         assert!(!strict, "{job:?}: no JOB_CREATED within {T:?}");
                         counts.stalls.fetch_add(1, Ordering::SeqCst);
                         break 'conn;

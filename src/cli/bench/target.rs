@@ -140,15 +140,15 @@ fn start(
 /// Sends one admin command and returns its reply lines: one line for
 /// `getpid`, the lines before `.` for list commands.
 pub(super) fn admin(addr: &str, command: &str) -> Result<Vec<String>, String> {
-    let err = |e: std::io::Error| format!("{addr}: admin {command}: {e}");
-    let mut c = Connection::connect(addr, Duration::from_secs(2)).map_err(err)?;
+    let err = |e: &dyn std::fmt::Display| format!("{addr}: admin {command}: {e}");
+    let mut c = Connection::connect(addr, Duration::from_secs(2)).map_err(|e| err(&e))?;
     c.queue_bytes(command.as_bytes());
     c.queue_bytes(b"\n");
-    c.flush().map_err(err)?;
+    c.flush().map_err(|e| err(&e))?;
     let deadline = Some(Instant::now() + Duration::from_secs(5));
     let mut lines = Vec::new();
     loop {
-        let line = c.recv_line(deadline).map_err(err)?;
+        let line = c.recv_line(deadline).map_err(|e| err(&e))?;
         if command == "getpid" {
             return Ok(vec![line]);
         }

@@ -76,14 +76,8 @@ impl<'a> LaneIo<'a> {
 
     fn send(&mut self, packets: &[crate::proto::Packet<'_>]) {
         let Some(conn) = self.conn.as_mut() else { return };
-        let mut r = Ok(());
-        for p in packets {
-            if let Err(e) = conn.queue(p) {
-                r = Err(io::Error::new(io::ErrorKind::InvalidInput, e));
-                break;
-            }
-        }
-        if let Err(e) = r.and_then(|()| conn.flush()) {
+        let r = packets.iter().try_for_each(|p| conn.queue(p)).and_then(|()| conn.flush());
+        if let Err(e) = r {
             self.lane.send_failed(&e, Instant::now());
         }
     }
@@ -104,7 +98,7 @@ impl<'a> LaneIo<'a> {
                 }
                 return;
             }
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            Err(e) if e.is_timeout() => {
                 return self.lane.on_timeout(Instant::now());
             }
             Err(e) => return self.lane.recv_failed(&e),

@@ -20,14 +20,13 @@
 //! to that handle.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{ClientConfig, Submission, error_fields, io_reason, strip_nul};
+use super::{ClientConfig, Submission, conn_reason, error_fields, strip_nul};
 use crate::client::error::{Context, Error, Phase, Result};
 use crate::client::job::{JobEvent, JobHandle, JobOutcome, parse_num};
-use crate::conn::OwnedPacket;
+use crate::conn::{self, OwnedPacket};
 use crate::proto::{Packet, PacketType, SubmitKind};
 
 /// What a lane tells the coordinator.
@@ -260,20 +259,20 @@ impl<'a> Lane<'a> {
     /// A write failed. The server may have answered before it closed the
     /// connection (ERROR `ARGUMENT_TOO_LARGE` for a packet over its limit),
     /// so what it sent is read, briefly, before the jobs are given back.
-    pub(super) fn send_failed(&mut self, e: &io::Error, now: Instant) {
+    pub(super) fn send_failed(&mut self, e: &conn::Error, now: Instant) {
         let error =
-            Error::Connection { phase: Phase::Send, reason: io_reason(e), context: self.ctx() };
+            Error::Connection { phase: Phase::Send, reason: conn_reason(e), context: self.ctx() };
         let until = now + self.set.ack_timeout.min(Duration::from_secs(1));
         self.draining = Some((until, error));
     }
 
     /// A read failed (other than by timing out: [`Lane::on_timeout`]).
-    pub(super) fn recv_failed(&mut self, e: &io::Error) {
+    pub(super) fn recv_failed(&mut self, e: &conn::Error) {
         if let Some((_, error)) = self.draining.take() {
             return self.broken(error);
         }
         let phase = if self.awaiting.is_empty() { Phase::Result } else { Phase::Ack };
-        let error = Error::Connection { phase, reason: io_reason(e), context: self.ctx() };
+        let error = Error::Connection { phase, reason: conn_reason(e), context: self.ctx() };
         self.broken(error)
     }
 
@@ -571,6 +570,7 @@ mod tests {
     use super::*;
     use crate::client::Job;
     use crate::proto::Magic;
+    use std::io;
 
     fn res(kind: PacketType, args: &[&[u8]]) -> OwnedPacket {
         let mut body = Vec::new();
@@ -741,7 +741,7 @@ mod tests {
         let mut lane = open(&set, &subs, now);
         lane.on_packet(&res(PacketType::JobCreated, &[b"H:1"]));
         lane.take_reports();
-        lane.recv_failed(&io::Error::from(io::ErrorKind::ConnectionReset));
+        lane.recv_failed(&io::Error::from(io::ErrorKind::ConnectionReset).into());
         match &lane.take_reports()[..] {
             [Report::Lost { jobs, error }] => {
                 let mut jobs = jobs.clone();
@@ -795,7 +795,7 @@ mod tests {
         lane.submit([0]);
         lane.connected(true);
         assert_eq!(kinds(lane.step(now)), [PacketType::SubmitJob], "no setup on a pooled one");
-        lane.recv_failed(&io::Error::from(io::ErrorKind::UnexpectedEof));
+        lane.recv_failed(&io::Error::from(io::ErrorKind::UnexpectedEof).into());
         assert!(lane.take_reports().is_empty());
         assert!(matches!(lane.step(now), Step::Close { failed: false }));
         assert!(matches!(lane.step(now), Step::Connect { fresh: true }));
@@ -808,7 +808,7 @@ mod tests {
         let subs = subs(&jobs);
         let now = Instant::now();
         let mut lane = open(&set, &subs, now);
-        lane.send_failed(&io::Error::from(io::ErrorKind::BrokenPipe), now);
+        lane.send_failed(&io::Error::from(io::ErrorKind::BrokenPipe).into(), now);
         assert!(matches!(lane.step(now), Step::Recv(Some(_))));
         lane.on_packet(&res(PacketType::Error, &[b"ARGUMENT_TOO_LARGE", b"x"]));
         assert!(matches!(&lane.take_reports()[..], [Report::Done { job: 0, result: Err(_) }]));
